@@ -1,0 +1,124 @@
+"""Diode models (the device parameters; the equations live in ``fastres.kernels.devices``).
+
+Both models are convex two-terminal devices, so a circuit of them, resistors and sources has a
+unique DC operating point that minimises the total co-content.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CircuitError
+from .kernels import devices as _kd
+
+# ngspice's physical constants (src/include/ngspice/const.h), so that fastres and ngspice agree
+# to the last digits on the thermal voltage.
+BOLTZMANN = 1.38064852e-23  # J/K
+CHARGE = 1.6021766208e-19  # C
+KELVIN = 273.15  # 0 degC in K
+K_OVER_Q = BOLTZMANN / CHARGE  # V/K
+
+
+def thermal_voltage(temp_c: float) -> float:
+    """k T / q in volts at ``temp_c`` degrees Celsius (ngspice's constants)."""
+    return K_OVER_Q * (temp_c + KELVIN)
+
+
+def _check_finite(name, **values):
+    for key, val in values.items():
+        if not np.isfinite(val):
+            raise CircuitError(f"{name}: parameter {key}={val!r} is not a finite number")
+
+
+@dataclass(frozen=True)
+class Shockley:
+    """SPICE level-1 junction diode ``I = IS (exp(V / (N vt)) - 1)``, identical to ngspice.
+
+    Parameters
+    ----------
+    IS : saturation current at ``tnom`` (A), > 0.
+    N : emission coefficient (dimensionless), > 0.
+    EG : activation energy (eV) for the temperature dependence of IS.
+    XTI : saturation-current temperature exponent.
+    tnom : parameter measurement temperature (degC); None uses the circuit's ``tnom``.
+
+    Reverse bias below ``-3 N vt`` uses ngspice's cubic, and the simulator adds the circuit's
+    ``gmin`` (S) in parallel, exactly as ngspice does. Series resistance, breakdown and charge
+    storage are not modelled (a DC solver of ideal-junction networks).
+    """
+
+    IS: float = 1e-14
+    N: float = 1.0
+    EG: float = 1.11
+    XTI: float = 3.0
+    tnom: float | None = None
+
+    def __post_init__(self):
+        _check_finite("Shockley diode model", IS=self.IS, N=self.N, EG=self.EG, XTI=self.XTI)
+        if not self.IS > 0:
+            raise CircuitError(f"Shockley diode model: IS={self.IS!r} must be > 0 A")
+        if not self.N > 0:
+            raise CircuitError(f"Shockley diode model: N={self.N!r} must be > 0")
+
+    kind = _kd.KIND_SHOCKLEY
+
+    def params(self, temp: float = 27.0, tnom: float = 27.0, gmin: float = 1e-12) -> np.ndarray:
+        """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), 0, 0]`` at ``temp`` (degC)."""
+        tnom = self.tnom if self.tnom is not None else tnom
+        T = temp + KELVIN
+        Tn = tnom + KELVIN
+        vte = self.N * K_OVER_Q * T
+        # ngspice diotemp.c: IS(T) = IS * exp((T/Tnom - 1) EG / vte + XTI/N ln(T/Tnom))
+        arg1 = (T / Tn - 1.0) * self.EG / vte
+        arg2 = self.XTI / self.N * math.log(T / Tn)
+        is_t = self.IS * math.exp(arg1 + arg2)
+        return np.array([is_t, vte, gmin, 0.0, 0.0])
+
+
+@dataclass(frozen=True)
+class PiecewiseLinear:
+    """Piecewise-linear diode, identical to ngspice's XSPICE ``sidiode`` with epsilon = 0.
+
+    Parameters
+    ----------
+    ron : on resistance (ohm) above ``vfwd``.
+    roff : off resistance (ohm) between ``-vrev`` and ``vfwd``.
+    vfwd : forward (knee) voltage (V), >= 0.
+    vrev : reverse breakdown voltage (V), > 0; ``inf`` (default) means no breakdown.
+    rrev : resistance in breakdown (ohm), used only when ``vrev`` is finite.
+
+    ``ron -> 0, roff -> inf`` gives the ideal diode. Convexity (a unique operating point)
+    requires ``ron <= roff`` and ``rrev <= roff``.
+    """
+
+    ron: float = 1.0
+    roff: float = 1e9
+    vfwd: float = 0.0
+    vrev: float = math.inf
+    rrev: float = 1.0
+
+    kind = _kd.KIND_PWL
+
+    def __post_init__(self):
+        _check_finite("piecewise-linear diode model", ron=self.ron, roff=self.roff,
+                      vfwd=self.vfwd, rrev=self.rrev)
+        if not self.ron > 0 or not self.roff > 0 or not self.rrev > 0:
+            raise CircuitError("piecewise-linear diode model: ron, roff and rrev must be > 0 ohm")
+        if self.ron > self.roff:
+            raise CircuitError(f"piecewise-linear diode model: ron={self.ron} > roff={self.roff}"
+                               " makes the device non-convex (negative incremental resistance)")
+        if not (self.vrev > 0):
+            raise CircuitError(f"piecewise-linear diode model: vrev={self.vrev!r} must be > 0 V")
+        if math.isfinite(self.vrev) and self.rrev > self.roff:
+            raise CircuitError("piecewise-linear diode model: rrev > roff makes the device non-convex")
+        if self.vfwd < 0:
+            raise CircuitError(f"piecewise-linear diode model: vfwd={self.vfwd} must be >= 0 V")
+
+    def params(self, temp: float = 27.0, tnom: float = 27.0, gmin: float = 0.0) -> np.ndarray:
+        """Kernel parameter row ``[1/ron, 1/roff, vfwd, vrev, 1/rrev]`` (S, S, V, V, S)."""
+        return np.array([1.0 / self.ron, 1.0 / self.roff, self.vfwd, self.vrev, 1.0 / self.rrev])
+
+
+DiodeModel = Shockley | PiecewiseLinear

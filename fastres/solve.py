@@ -1,0 +1,182 @@
+"""DC operating point: ``solve(DCProblem(circuit, sources), Newton()) -> DCSolution``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .circuit import Circuit
+from .compiled import CompiledCircuit
+from .errors import CircuitError, ConvergenceError
+from .kernels import newton as _newton
+
+STATUS_TEXT = {
+    _newton.CONVERGED: "converged",
+    _newton.MAXITER: "iteration limit reached",
+    _newton.LINESEARCH: "line search failed (no energy decrease along the Newton step)",
+    _newton.SINGULAR: "singular or non-finite Jacobian/residual",
+}
+
+
+@dataclass(frozen=True)
+class Newton:
+    """Damped Newton with an energy line search (the algorithm config).
+
+    ``reltol`` (relative), ``vntol`` (V) and ``abstol`` (A) are SPICE-style tolerances, much
+    tighter by default than SPICE's 1e-3 / 1e-6 / 1e-12: a sample has converged when its last
+    step is below ``vntol + reltol*max|v|`` and its KCL residual below
+    ``abstol + reltol*max|source current|``. ``structure='auto'`` eliminates an independent set of
+    nodes (a layer) before factoring; ``'dense'`` factors the full Jacobian. ``threads`` limits
+    Numba's threads (None: all).
+    """
+
+    reltol: float = 1e-10
+    vntol: float = 1e-12
+    abstol: float = 1e-15
+    maxiter: int = 100
+    structure: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self):
+        for key in ("reltol", "vntol", "abstol"):
+            val = getattr(self, key)
+            if not (np.isfinite(val) and val >= 0):
+                raise ValueError(f"Newton.{key}={val!r} must be a finite number >= 0")
+        if int(self.maxiter) < 1:
+            raise ValueError(f"Newton.maxiter={self.maxiter!r} must be >= 1")
+
+
+@dataclass
+class DCProblem:
+    """A DC operating-point problem: a circuit, source overrides and an optional start.
+
+    ``sources`` maps a source name to volts/amperes, a scalar or an array of shape (B,) (a batch
+    of B samples). ``v0`` is a warm start: node voltages (V) of shape (n_nodes,) or (B, n_nodes)
+    in ``circuit.nodes`` order, or a previous :class:`DCSolution`.
+    """
+
+    circuit: Circuit | CompiledCircuit
+    sources: dict = field(default_factory=dict)
+    v0: object = None
+    _prepared: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def prepared(self, structure: str = "auto"):
+        """``(compiled circuit, vfix (B, nX) V, inj (B, nF) A)``, computed once and cached."""
+        if self._prepared is None or self._prepared[0] != structure:
+            cc = self.circuit
+            if isinstance(cc, Circuit):
+                cc = cc.compile(structure)
+            elif not isinstance(cc, CompiledCircuit):
+                raise TypeError("DCProblem.circuit must be a Circuit or CompiledCircuit, "
+                                f"not {type(cc).__name__}")
+            self._prepared = (structure, cc, *cc.prepare(self.sources))
+        return self._prepared[1:]
+
+
+@dataclass
+class DCSolution:
+    """Result of :func:`solve`.
+
+    ``v`` (B, n_nodes) node voltages in V (columns in ``nodes`` order, ground excluded; built on
+    first access from the free-node solution ``x`` (B, nF) and the held voltages ``vfix``);
+    ``iterations`` (B,) Newton steps; ``residual`` (B,) final max |KCL residual| in A;
+    ``status`` (B,) 0 = converged (see ``STATUS_TEXT``); ``converged`` (B,) bool.
+    """
+
+    nodes: list
+    x: np.ndarray
+    vfix: np.ndarray
+    slots: np.ndarray
+    iterations: np.ndarray
+    residual: np.ndarray
+    status: np.ndarray
+    _v: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def v(self) -> np.ndarray:
+        if self._v is None:
+            v = np.empty((self.x.shape[0], len(self.nodes)))
+            free = self.slots >= 0
+            v[:, free] = self.x[:, self.slots[free]]
+            v[:, ~free] = self.vfix[:, -self.slots[~free] - 1]
+            self._v = v
+        return self._v
+
+    @property
+    def converged(self) -> np.ndarray:
+        return self.status == _newton.CONVERGED
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def voltage(self, node) -> np.ndarray:
+        """Voltages (V) of one node over the batch, shape (B,)."""
+        name = str(node).lower()
+        if name in ("0", "gnd"):
+            return np.zeros(self.x.shape[0])
+        try:
+            slot = self.slots[self.nodes.index(name)]
+        except ValueError:
+            raise KeyError(f"no node named {node!r}") from None
+        return self.x[:, slot].copy() if slot >= 0 else self.vfix[:, -slot - 1].copy()
+
+    def as_dict(self, sample: int = 0) -> dict:
+        """``{node: volts}`` for one sample."""
+        return {n: float(self.voltage(n)[sample]) for n in self.nodes}
+
+
+def _start(cc: CompiledCircuit, v0, B):
+    x = np.zeros((B, cc.nF))
+    if v0 is None:
+        return x
+    if isinstance(v0, DCSolution):
+        if v0.nodes != cc.nodes or v0.x.shape[1] != cc.nF or v0.x.shape[0] not in (1, B):
+            raise CircuitError("warm start: the solution is of a different circuit or batch size")
+        x[:] = v0.x
+        return x
+    v0 = np.asarray(v0, dtype=np.float64)
+    if v0.shape[-1] != len(cc.nodes) or v0.ndim > 2 or (v0.ndim == 2 and v0.shape[0] not in (1, B)):
+        raise CircuitError(f"warm start has shape {v0.shape}, expected ({B}, {len(cc.nodes)})")
+    if not np.all(np.isfinite(v0)):
+        raise CircuitError("warm start contains NaN or Inf")
+    col = {n: j for j, n in enumerate(cc.nodes)}
+    cols = [col[n] for n in cc.free_nodes]
+    x[:] = np.atleast_2d(v0)[:, cols]
+    return x
+
+
+def solve(problem: DCProblem, alg: Newton = Newton(), *, check: bool = True) -> DCSolution:
+    """Solve the DC operating point of every sample of ``problem``.
+
+    With ``check=True`` (default) a sample that did not converge raises
+    :class:`~fastres.errors.ConvergenceError` (which carries the solution); with ``check=False``
+    the caller inspects ``solution.converged``.
+    """
+    cc, vfix, inj = problem.prepared(alg.structure)
+    B = vfix.shape[0]
+    x = _start(cc, problem.v0, B)
+    it = np.zeros(B, dtype=np.int64)
+    res = np.zeros(B)
+    st = np.zeros(B, dtype=np.int64)
+    old = numba.get_num_threads()
+    if alg.threads is not None:
+        numba.set_num_threads(max(1, min(int(alg.threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
+        _newton.solve_batch(cc.GKK, cc.GKE, cc.gEE, cc.GFXT, vfix, inj, cc.da, cc.db, cc.dfix, cc.dkind,
+                            cc.dpar, x, float(alg.reltol), float(alg.vntol), float(alg.abstol),
+                            int(alg.maxiter), nchunks, it, res, st)
+    finally:
+        numba.set_num_threads(old)
+    sol = DCSolution(nodes=cc.nodes, x=x, vfix=vfix, slots=cc.slots, iterations=it,
+                     residual=res, status=st)
+    if check and not sol.converged.all():
+        bad = np.flatnonzero(~sol.converged)
+        first = int(bad[0])
+        raise ConvergenceError(
+            f"DC solve did not converge for {bad.size} of {B} samples (first: sample {first}, "
+            f"{STATUS_TEXT[int(st[first])]}, {int(it[first])} iterations, residual {res[first]:.3g} A)",
+            samples=bad, solution=sol)
+    return sol

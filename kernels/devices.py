@@ -1,0 +1,142 @@
+"""Diode device models: current (A), conductance (S) and co-content (J/s = W... see below).
+
+A diode is described by an integer ``kind`` and a row ``p`` of ``NPAR`` float64 parameters.
+
+``KIND_SHOCKLEY`` (SPICE level-1 junction, identical to ngspice's ``dioload.c`` with
+RS = 0, no breakdown, no sidewall/tunnel terms, GMIN in parallel)::
+
+    p = [IS_T (A), vte = N*k*T/q (V), gmin (S), 0, 0]
+    v >= -3 vte : i = IS (exp(v/vte) - 1) + gmin v
+    v <  -3 vte : i = -IS (1 + (3 vte / (e v))**3) + gmin v       (ngspice's reverse cubic)
+
+``KIND_PWL`` (piecewise linear, identical to XSPICE ``sidiode`` with epsilon = revepsilon = 0)::
+
+    p = [gon = 1/ron (S), goff = 1/roff (S), vfwd (V), vrev (V, > 0), grev = 1/rrev (S)]
+    v >= vfwd     : i = goff vfwd + gon (v - vfwd)
+    -vrev < v     : i = goff v
+    v <= -vrev    : i = -goff vrev + grev (v + vrev)
+
+The co-content ``phi(v) = integral_0^v i(u) du`` (units V*A = W) is convex for both models
+(conductance >= 0), and the circuit's DC operating point minimises the sum of the co-contents.
+``dphi(v, h) = phi(v + h) - phi(v)`` is evaluated without cancellation where possible, so that
+an energy line search works down to round-off.
+"""
+import math
+
+from numba import njit
+
+KIND_SHOCKLEY = 0
+KIND_PWL = 1
+NPAR = 5
+
+E = math.e
+E_M3 = math.exp(-3.0)
+
+
+@njit(cache=True, inline="always")
+def diode_ig(kind, p, v):
+    """Current (A) and conductance (S) of one diode at voltage ``v`` (V, anode - cathode)."""
+    if kind == KIND_SHOCKLEY:
+        IS = p[0]
+        vte = p[1]
+        gmin = p[2]
+        if v >= -3.0 * vte:
+            ev = math.exp(v / vte)
+            return IS * (ev - 1.0) + gmin * v, IS * ev / vte + gmin
+        arg = 3.0 * vte / (v * E)
+        arg = arg * arg * arg
+        return -IS * (1.0 + arg) + gmin * v, IS * 3.0 * arg / v + gmin
+    gon = p[0]
+    goff = p[1]
+    vfwd = p[2]
+    vrev = p[3]
+    grev = p[4]
+    if v >= vfwd:
+        return goff * vfwd + gon * (v - vfwd), gon
+    if v > -vrev:
+        return goff * v, goff
+    return -goff * vrev + grev * (v + vrev), grev
+
+
+@njit(cache=True, inline="always")
+def diode_phi(kind, p, v):
+    """Co-content ``integral_0^v i(u) du`` (W) of one diode."""
+    if kind == KIND_SHOCKLEY:
+        IS = p[0]
+        vte = p[1]
+        gmin = p[2]
+        q = 0.5 * gmin * v * v
+        if v >= -3.0 * vte:
+            return IS * vte * math.expm1(v / vte) - IS * v + q
+        K = 3.0 * vte / E
+        K = K * K * K
+        return -IS * v + IS * K / (2.0 * v * v) - IS * vte * (0.5 * E_M3 + 1.0) + q
+    gon = p[0]
+    goff = p[1]
+    vfwd = p[2]
+    vrev = p[3]
+    grev = p[4]
+    if v >= vfwd:
+        d = v - vfwd
+        return 0.5 * goff * vfwd * vfwd + goff * vfwd * d + 0.5 * gon * d * d
+    if v > -vrev:
+        return 0.5 * goff * v * v
+    d = v + vrev
+    return 0.5 * goff * vrev * vrev - goff * vrev * d + 0.5 * grev * d * d
+
+
+@njit(cache=True, inline="always")
+def diode_dphi(kind, p, v, h):
+    """``phi(v + h) - phi(v)`` (W), accurate when ``h`` is small."""
+    if kind == KIND_SHOCKLEY:
+        IS = p[0]
+        vte = p[1]
+        gmin = p[2]
+        lo = -3.0 * vte
+        if v >= lo and v + h >= lo:
+            # IS*vte*(exp((v+h)/vte) - exp(v/vte)) - IS*h + gmin*h*(v + h/2)
+            return IS * vte * math.exp(v / vte) * math.expm1(h / vte) - IS * h + gmin * h * (v + 0.5 * h)
+        return diode_phi(kind, p, v + h) - diode_phi(kind, p, v)
+    goff = p[1]
+    vfwd = p[2]
+    vrev = p[3]
+    w = v + h
+    if v > -vrev and v < vfwd and w > -vrev and w < vfwd:
+        return goff * h * (v + 0.5 * h)
+    return diode_phi(kind, p, w) - diode_phi(kind, p, v)
+
+
+@njit(cache=True, inline="always")
+def diode_move(kind, p, v, ev, h):
+    """Move a diode from ``v`` to ``v + h`` (V): returns ``(dphi, i, g, ev_new)``.
+
+    ``ev = exp(v / vte)`` for a forward-biased Shockley diode (else unused); ``dphi`` (W) is
+    ``phi(v + h) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``v + h``, and ``ev_new`` is
+    ``exp((v + h) / vte)`` where defined. One exponential per call: the Newton line search
+    evaluates each trial point once and reuses it as the next iterate.
+    """
+    w = v + h
+    if kind == KIND_SHOCKLEY:
+        IS = p[0]
+        vte = p[1]
+        gmin = p[2]
+        lo = -3.0 * vte
+        if w >= lo:
+            evn = math.exp(w / vte)
+            i = IS * (evn - 1.0) + gmin * w
+            g = IS * evn / vte + gmin
+            if v >= lo:
+                return IS * vte * (evn - ev) - IS * h + gmin * h * (v + 0.5 * h), i, g, evn
+            return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, evn
+        i, g = diode_ig(kind, p, w)
+        return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, 0.0
+    i, g = diode_ig(kind, p, w)
+    return diode_dphi(kind, p, v, h), i, g, 0.0
+
+
+@njit(cache=True, inline="always")
+def diode_exp(kind, p, v):
+    """``exp(v / vte)`` for a forward-region Shockley diode, else 0 (the cache of diode_move)."""
+    if kind == KIND_SHOCKLEY and v >= -3.0 * p[1]:
+        return math.exp(v / p[1])
+    return 0.0

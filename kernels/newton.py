@@ -1,0 +1,161 @@
+"""Damped Newton iteration on the free-node KCL equations, batched over samples.
+
+The operating point minimises the circuit's co-content (a convex energy) whose gradient is the
+KCL residual and whose Hessian is the Jacobian. Each Newton direction is therefore a descent
+direction, and a backtracking (Armijo) line search on the energy makes the iteration converge
+from any start. Energy differences along the step are computed without subtracting large
+numbers (the linear part as ``t r_lin.dx + t^2/2 dx.G.dx``, each diode from its own terms), so
+the line search stays meaningful down to round-off. A trial point's diode currents and
+conductances are reused as the next iterate's, so a full Newton step costs one exponential
+per diode.
+
+Termination (SPICE-style, both required): the last step satisfies
+``max|dx| <= vntol + reltol * max|x|`` (V) and the residual ``max|r| <= abstol + reltol * max|b|``
+(A), where ``b`` are the source-driven currents.
+
+Status codes per sample: 0 converged, 1 iteration limit, 2 line search failed, 3 singular or
+non-finite Jacobian/residual.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .devices import diode_exp, diode_ig, diode_move
+from .stamping import assemble, gff_matvec, schur_newton_direction
+
+CONVERGED = 0
+MAXITER = 1
+LINESEARCH = 2
+SINGULAR = 3
+
+ARMIJO = 1e-4
+MAX_BACKTRACK = 80
+
+
+@njit(cache=True)
+def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
+                  reltol, vntol, abstol, maxiter, w):
+    """Solve one sample in place in ``vext[:nF]`` (V). Returns (iterations, max|r| (A), status).
+
+    ``vext`` is the extended voltage vector ``[free nodes | fixed nodes used by diodes]`` (V);
+    ``w`` is the tuple of scratch arrays of :func:`workspace`.
+    """
+    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t = w
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    nF = nK + nE
+    nD = da.shape[0]
+    x = vext[:nF]
+    dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
+    bscale = 0.0
+    for i in range(nF):
+        bscale = max(bscale, abs(b[i]))
+    rtol = abstol + reltol * bscale
+    for k in range(nD):
+        vd = vext[da[k]] - vext[db[k]]
+        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
+        ev[k] = diode_exp(dkind[k], dpar[k], vd)
+    assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
+    it = 0
+    step_small = False
+    while True:
+        rmax = 0.0
+        for i in range(nF):
+            rmax = max(rmax, abs(r[i]))
+        if not math.isfinite(rmax):
+            return it, rmax, SINGULAR
+        if step_small and rmax <= rtol:
+            return it, rmax, CONVERGED
+        if it >= maxiter:
+            return it, rmax, MAXITER
+        if not schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
+            return it, rmax, SINGULAR
+        gff_matvec(GKK, GKE, gEE, dx, Gdx)
+        g1 = 0.0
+        g2 = 0.0
+        slope = 0.0
+        xmax = 0.0
+        dxmax = 0.0
+        for i in range(nF):
+            g1 += rlin[i] * dx[i]
+            g2 += dx[i] * Gdx[i]
+            slope += r[i] * dx[i]
+            xmax = max(xmax, abs(x[i]))
+            dxmax = max(dxmax, abs(dx[i]))
+        tol_step = vntol + reltol * xmax
+        tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
+        t = 1.0
+        accepted = False
+        for _ in range(MAX_BACKTRACK):
+            dEn = t * g1 + 0.5 * t * t * g2
+            for k in range(nD):
+                a = da[k]
+                c = db[k]
+                dphi, di_t[k], dg_t[k], ev_t[k] = diode_move(dkind[k], dpar[k], vext[a] - vext[c],
+                                                             ev[k], t * (dxe[a] - dxe[c]))
+                dEn += dphi
+            if tiny or dEn <= ARMIJO * t * slope:
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            return it, rmax, LINESEARCH
+        for i in range(nF):
+            x[i] += t * dx[i]
+        for k in range(nD):
+            di[k] = di_t[k]
+            dg[k] = dg_t[k]
+            ev[k] = ev_t[k]
+        assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
+        step_small = t * dxmax <= tol_step
+        it += 1
+
+
+@njit(cache=True)
+def workspace(nK, nE, nD, nXd):
+    """Scratch arrays for :func:`newton_sample`, allocated once per thread chunk."""
+    nF = nK + nE
+    return (np.empty(nF), np.empty(nF), np.zeros(nF + nXd), np.empty(nF),
+            np.empty((nK, nK)), np.empty(nE), np.empty((nK, nE)), np.empty((nK, nK)), np.empty(nK), np.empty(nE),
+            np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
+
+
+@njit(cache=True, parallel=True)
+def solve_batch(GKK, GKE, gEE, GFXT, vfix, inj, da, db, dfix, dkind, dpar, x,
+                reltol, vntol, abstol, maxiter, nchunks,
+                iterations, residual, status):
+    """Solve every sample of a batch in place in ``x`` (B, nF); chunks of samples in parallel.
+
+    ``vfix`` (B, nX) fixed-node voltages (V), ``inj`` (B, nF) injected currents (A), ``GFXT``
+    (nX, nF) the free-to-fixed conductances (S, transposed): the source currents
+    ``b = inj - vfix @ GFXT`` are formed per chunk by BLAS inside the thread. ``dfix`` (nXd,)
+    lists the fixed columns that diodes touch (diode index ``nF + j`` is column ``dfix[j]``). Outputs
+    ``iterations`` (B,) int64, ``residual`` (B,) float64 (A), ``status`` (B,) int64.
+    """
+    B = x.shape[0]
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    per = (B + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(B, lo + per)
+        if lo >= hi:
+            continue
+        nF = nK + nE
+        nXd = dfix.shape[0]
+        w = workspace(nK, nE, da.shape[0], nXd)
+        vext = np.empty(nF + nXd)
+        bc = inj[lo:hi] - np.dot(vfix[lo:hi], GFXT)
+        for s in range(lo, hi):
+            for i in range(nF):
+                vext[i] = x[s, i]
+            for j in range(nXd):
+                vext[nF + j] = vfix[s, dfix[j]]
+            it, rm, st = newton_sample(GKK, GKE, gEE, bc[s - lo], vext, da, db, dkind, dpar,
+                                       reltol, vntol, abstol, maxiter, w)
+            for i in range(nF):
+                x[s, i] = vext[i]
+            iterations[s] = it
+            residual[s] = rm
+            status[s] = st

@@ -1,0 +1,136 @@
+"""Assembly of the KCL residual and Jacobian on the free nodes, and the Schur-complement solve.
+
+Free nodes are ordered ``[K | E]``: ``K`` (nK nodes) is a dense block, ``E`` (nE nodes) an
+independent set whose Jacobian block is diagonal. The constant (resistor) part of the Jacobian is
+
+    G_FF = [[GKK, GKE], [GKE^T, diag(gEE)]]     (S)
+
+and the residual (net current leaving each free node, A) is ``r = G_FF x - b + i_diodes(x)``,
+where ``b`` (A) holds the currents from fixed-voltage nodes and current sources. Diode endpoints
+index an extended voltage vector ``vext = [x (nF free nodes) | fixed voltages used by diodes]``:
+``idx < nF`` is a free node, ``idx >= nF`` a fixed node (whose step is always zero).
+"""
+import math
+
+from numba import njit
+
+# Re-association lets LLVM vectorise the dot products; no nnan/ninf: NaN checks must survive.
+FASTMATH = {"reassoc", "contract"}
+
+from .devices import diode_ig
+from .linalg import cholesky_inplace, cholesky_solve_inplace
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def gff_matvec(GKK, GKE, gEE, x, out):
+    """``out = G_FF x`` (A) for free-node voltages ``x`` (V), shape (nK + nE,)."""
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    for i in range(nK):
+        s = 0.0
+        for j in range(nK):
+            s += GKK[i, j] * x[j]
+        for e in range(nE):
+            s += GKE[i, e] * x[nK + e]
+        out[i] = s
+    for e in range(nE):
+        out[nK + e] = gEE[e] * x[nK + e]
+    for i in range(nK):
+        xi = x[i]
+        for e in range(nE):
+            out[nK + e] += GKE[i, e] * xi
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def eval_diodes(vext, da, db, dkind, dpar, di, dg):
+    """Diode currents ``di`` (A) and conductances ``dg`` (S) at extended voltages ``vext`` (V)."""
+    for k in range(da.shape[0]):
+        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vext[da[k]] - vext[db[k]])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def stamp_diodes(da, db, di, dg, r, JKK, dE):
+    """Add diode currents ``di`` to ``r`` (A) and conductances ``dg`` to ``JKK`` / ``dE`` (S)."""
+    nK = JKK.shape[0]
+    nF = r.shape[0]
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        i = di[k]
+        g = dg[k]
+        if a < nF:
+            r[a] += i
+            if a < nK:
+                JKK[a, a] += g
+            else:
+                dE[a - nK] += g
+        if c < nF:
+            r[c] -= i
+            if c < nK:
+                JKK[c, c] += g
+            else:
+                dE[c - nK] += g
+        if a < nF and c < nF:
+            # both free: compile() guarantees that such nodes are both in K
+            JKK[a, c] -= g
+            JKK[c, a] -= g
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE):
+    """Residual ``r`` (A), its linear part ``rlin``, and Jacobian blocks ``JKK``, ``dE`` (S) at x."""
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    gff_matvec(GKK, GKE, gEE, x, rlin)
+    for i in range(nK + nE):
+        rlin[i] -= b[i]
+        r[i] = rlin[i]
+    for i in range(nK):
+        for j in range(nK):
+            JKK[i, j] = GKK[i, j]
+    for e in range(nE):
+        dE[e] = gEE[e]
+    stamp_diodes(da, db, di, dg, r, JKK, dE)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
+    """Solve ``J dx = -r`` by eliminating the diagonal ``E`` block. Returns False if singular.
+
+    ``S = JKK - GKE diag(1/dE) GKE^T`` is formed with ``U = GKE diag(dE^-1/2)`` so that each entry
+    is a contiguous dot product. Scratch: ``U`` (nK, nE), ``S`` (nK, nK), ``y`` (nK,), ``q`` (nE,).
+    """
+    nK = JKK.shape[0]
+    nE = dE.shape[0]
+    for e in range(nE):
+        if not (dE[e] > 0.0):
+            return False
+        q[e] = 1.0 / math.sqrt(dE[e])
+    for e in range(nE):
+        dx[nK + e] = r[nK + e] * q[e]  # scratch: rE dE^-1/2, overwritten at the end
+    for i in range(nK):
+        s = -r[i]
+        for e in range(nE):
+            u = GKE[i, e] * q[e]
+            U[i, e] = u
+            s += u * dx[nK + e]
+        y[i] = s  # rhs: -rK + GKE dE^-1 rE
+    for i in range(nK):
+        for j in range(i + 1):
+            s = 0.0
+            for e in range(nE):
+                s += U[i, e] * U[j, e]
+            S[i, j] = JKK[i, j] - s
+    if not cholesky_inplace(S, nK):
+        return False
+    cholesky_solve_inplace(S, y, nK)
+    for e in range(nE):
+        dx[nK + e] = -r[nK + e]
+    for i in range(nK):
+        yi = y[i]
+        dx[i] = yi
+        for e in range(nE):
+            dx[nK + e] -= GKE[i, e] * yi
+    for e in range(nE):
+        dx[nK + e] = dx[nK + e] / dE[e]
+    return True
