@@ -43,6 +43,8 @@ class Shockley:
     EG : activation energy (eV) for the temperature dependence of IS.
     XTI : saturation-current temperature exponent.
     tnom : parameter measurement temperature (degC); None uses the circuit's ``tnom``.
+    imax : current (A) above which the exponential is continued linearly, a numerical guard
+        only (1e6 A by default); a solution that reaches it is reported as not converged.
 
     Reverse bias below ``-3 N vt`` uses ngspice's cubic, and the simulator adds the circuit's
     ``gmin`` (S) in parallel, exactly as ngspice does. Series resistance, breakdown and charge
@@ -54,9 +56,13 @@ class Shockley:
     EG: float = 1.11
     XTI: float = 3.0
     tnom: float | None = None
+    imax: float = 1e6
 
     def __post_init__(self):
-        _check_finite("Shockley diode model", IS=self.IS, N=self.N, EG=self.EG, XTI=self.XTI)
+        _check_finite("Shockley diode model", IS=self.IS, N=self.N, EG=self.EG, XTI=self.XTI,
+                      imax=self.imax)
+        if not self.imax > self.IS:
+            raise CircuitError(f"Shockley diode model: imax={self.imax!r} must exceed IS")
         if not self.IS > 0:
             raise CircuitError(f"Shockley diode model: IS={self.IS!r} must be > 0 A")
         if not self.N > 0:
@@ -65,7 +71,7 @@ class Shockley:
     kind = _kd.KIND_SHOCKLEY
 
     def params(self, temp: float = 27.0, tnom: float = 27.0, gmin: float = 1e-12) -> np.ndarray:
-        """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), 0, 0]`` at ``temp`` (degC)."""
+        """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), vmax (V), 0]`` at ``temp`` (degC)."""
         tnom = self.tnom if self.tnom is not None else tnom
         T = temp + KELVIN
         Tn = tnom + KELVIN
@@ -74,7 +80,8 @@ class Shockley:
         arg1 = (T / Tn - 1.0) * self.EG / vte
         arg2 = self.XTI / self.N * math.log(T / Tn)
         is_t = self.IS * math.exp(arg1 + arg2)
-        return np.array([is_t, vte, gmin, 0.0, 0.0])
+        vmax = vte * math.log(self.imax / is_t + 1.0)
+        return np.array([is_t, vte, gmin, vmax, 0.0])
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,11 @@ def input_batch(sizes_in, B, rng):
 
 def random_graph_circuit(n, rng, *, p_edge=0.3, n_diodes=None, diode=None, n_vsrc=2, n_isrc=1,
                          g_range=(1e-5, 1e-2), v_range=(-2.0, 2.0), i_range=(-1e-3, 1e-3), gmin=1e-12):
-    """A random connected graph of ``n`` nodes with resistors, diodes and grounded sources."""
+    """A random connected graph of ``n`` nodes with resistors, diodes and grounded sources.
+
+    Each diode sits in series with a resistor (diode ``a -> m_k``, resistor ``m_k -> b``) so that
+    no path of diodes alone joins two sources: even for N = 0.01 every current stays bounded.
+    """
     diode = Shockley() if diode is None else diode
     c = Circuit(title=f"random graph n={n}", gmin=gmin)
     names = [f"n{i}" for i in range(n)]
@@ -79,7 +83,8 @@ def random_graph_circuit(n, rng, *, p_edge=0.3, n_diodes=None, diode=None, n_vsr
         a, b = rng.choice(n + 1, 2, replace=False)
         na = "0" if a == n else names[a]
         nb = "0" if b == n else names[b]
-        c.add_diode(f"{d}", na, nb, diode)
+        c.add_diode(f"{d}", na, f"m{d}", diode)
+        c.add_resistor(f"s{d}", f"m{d}", nb, g=rng.uniform(*g_range))
     src = rng.choice(n, n_vsrc + n_isrc, replace=False)
     for s in range(n_vsrc):
         c.add_voltage_source(f"s{s}", names[src[s]], rng.uniform(*v_range))

@@ -16,6 +16,7 @@ STATUS_TEXT = {
     _newton.MAXITER: "iteration limit reached",
     _newton.LINESEARCH: "line search failed (no energy decrease along the Newton step)",
     _newton.SINGULAR: "singular or non-finite Jacobian/residual",
+    _newton.BEYOND_IMAX: "a Shockley diode carries more than its imax guard current",
 }
 
 

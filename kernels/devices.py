@@ -5,9 +5,13 @@ A diode is described by an integer ``kind`` and a row ``p`` of ``NPAR`` float64 
 ``KIND_SHOCKLEY`` (SPICE level-1 junction, identical to ngspice's ``dioload.c`` with
 RS = 0, no breakdown, no sidewall/tunnel terms, GMIN in parallel)::
 
-    p = [IS_T (A), vte = N*k*T/q (V), gmin (S), 0, 0]
+    p = [IS_T (A), vte = N*k*T/q (V), gmin (S), vmax (V), 0]
     v >= -3 vte : i = IS (exp(v/vte) - 1) + gmin v
     v <  -3 vte : i = -IS (1 + (3 vte / (e v))**3) + gmin v       (ngspice's reverse cubic)
+    v >  vmax   : the exponential continues as its tangent at vmax (a numerical guard, where the
+                  current is ``imax``, 1e6 A by default: far beyond any physical operating point,
+                  but it keeps the energy finite from any starting point; the solver reports a
+                  solution that ends up there instead of returning it as if it were exact)
 
 ``KIND_PWL`` (piecewise linear, identical to XSPICE ``sidiode`` with epsilon = revepsilon = 0)::
 
@@ -41,6 +45,10 @@ def diode_ig(kind, p, v):
         vte = p[1]
         gmin = p[2]
         if v >= -3.0 * vte:
+            vmax = p[3]
+            if v > vmax:
+                ev = math.exp(vmax / vte)
+                return IS * (ev * (1.0 + (v - vmax) / vte) - 1.0) + gmin * v, IS * ev / vte + gmin
             ev = math.exp(v / vte)
             return IS * (ev - 1.0) + gmin * v, IS * ev / vte + gmin
         arg = 3.0 * vte / (v * E)
@@ -67,6 +75,12 @@ def diode_phi(kind, p, v):
         gmin = p[2]
         q = 0.5 * gmin * v * v
         if v >= -3.0 * vte:
+            vmax = p[3]
+            if v > vmax:
+                ev = math.exp(vmax / vte)
+                d = v - vmax
+                return (IS * vte * (ev - 1.0) - IS * vmax + IS * (ev - 1.0) * d
+                        + IS * ev * d * d / (2.0 * vte) + q)
             return IS * vte * math.expm1(v / vte) - IS * v + q
         K = 3.0 * vte / E
         K = K * K * K
@@ -93,7 +107,8 @@ def diode_dphi(kind, p, v, h):
         vte = p[1]
         gmin = p[2]
         lo = -3.0 * vte
-        if v >= lo and v + h >= lo:
+        vmax = p[3]
+        if v >= lo and v + h >= lo and v <= vmax and v + h <= vmax:
             # IS*vte*(exp((v+h)/vte) - exp(v/vte)) - IS*h + gmin*h*(v + h/2)
             return IS * vte * math.exp(v / vte) * math.expm1(h / vte) - IS * h + gmin * h * (v + 0.5 * h)
         return diode_phi(kind, p, v + h) - diode_phi(kind, p, v)
@@ -107,36 +122,44 @@ def diode_dphi(kind, p, v, h):
 
 
 @njit(cache=True, inline="always")
-def diode_move(kind, p, v, ev, h):
-    """Move a diode from ``v`` to ``v + h`` (V): returns ``(dphi, i, g, ev_new)``.
+def diode_move(kind, p, v, ev, w):
+    """Move a diode from ``v`` to ``w`` (V): returns ``(dphi, i, g, ev_new)``.
 
     ``ev = exp(v / vte)`` for a forward-biased Shockley diode (else unused); ``dphi`` (W) is
-    ``phi(v + h) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``v + h``, and ``ev_new`` is
-    ``exp((v + h) / vte)`` where defined. One exponential per call: the Newton line search
-    evaluates each trial point once and reuses it as the next iterate.
+    ``phi(w) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``w``, and ``ev_new`` is
+    ``exp(w / vte)`` where defined. One exponential per call: the Newton line search evaluates
+    each trial point once and reuses it as the next iterate, so ``w`` must be computed exactly
+    as the next iterate's voltage will be (the cached exponential must match it to the bit).
     """
-    w = v + h
+    h = w - v
     if kind == KIND_SHOCKLEY:
         IS = p[0]
         vte = p[1]
         gmin = p[2]
         lo = -3.0 * vte
-        if w >= lo:
+        vmax = p[3]
+        if w >= lo and w <= vmax:
             evn = math.exp(w / vte)
             i = IS * (evn - 1.0) + gmin * w
             g = IS * evn / vte + gmin
-            if v >= lo:
+            if v >= lo and v <= vmax:
                 return IS * vte * (evn - ev) - IS * h + gmin * h * (v + 0.5 * h), i, g, evn
             return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, evn
         i, g = diode_ig(kind, p, w)
-        return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, 0.0
+        return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, diode_exp(kind, p, w)
     i, g = diode_ig(kind, p, w)
     return diode_dphi(kind, p, v, h), i, g, 0.0
 
 
 @njit(cache=True, inline="always")
 def diode_exp(kind, p, v):
-    """``exp(v / vte)`` for a forward-region Shockley diode, else 0 (the cache of diode_move)."""
-    if kind == KIND_SHOCKLEY and v >= -3.0 * p[1]:
+    """``exp(v / vte)`` for a Shockley diode in [-3 vte, vmax], else 0 (the cache of diode_move)."""
+    if kind == KIND_SHOCKLEY and v >= -3.0 * p[1] and v <= p[3]:
         return math.exp(v / p[1])
     return 0.0
+
+
+@njit(cache=True, inline="always")
+def beyond_imax(kind, p, v):
+    """True if a Shockley diode is past its exact range (current above ``imax``)."""
+    return kind == KIND_SHOCKLEY and v > p[3]

@@ -2,35 +2,67 @@
 
 The operating point minimises the circuit's co-content (a convex energy) whose gradient is the
 KCL residual and whose Hessian is the Jacobian. Each Newton direction is therefore a descent
-direction, and a backtracking (Armijo) line search on the energy makes the iteration converge
-from any start. Energy differences along the step are computed without subtracting large
-numbers (the linear part as ``t r_lin.dx + t^2/2 dx.G.dx``, each diode from its own terms), so
-the line search stays meaningful down to round-off. A trial point's diode currents and
-conductances are reused as the next iterate's, so a full Newton step costs one exponential
-per diode.
+direction, and a line search on the energy makes the iteration converge from any start.
+
+The line search looks for a step ``t`` (not limited to 1) that satisfies the strong Wolfe
+conditions on ``phi(t) = E(x + t dx)``: sufficient decrease (Armijo) and
+``|phi'(t)| <= C2 |phi'(0)|``. Because ``phi`` is convex, its derivative is monotone and is
+bracketed and solved by a safeguarded Newton iteration (``phi''`` is known from the device
+conductances). Allowing ``t > 1`` matters for exponential diodes approached from above, where
+the Newton step is only about one ``N vt`` long; the curvature condition stops
+overshooting from below. Energy differences are computed without subtracting large numbers
+(the linear part as ``t r_lin.dx + t^2/2 dx.G.dx``, each diode from its own terms). A trial
+point's diode currents and conductances are reused as the next iterate's, so a full Newton
+step costs one exponential per diode.
 
 Termination (SPICE-style, both required): the last step satisfies
-``max|dx| <= vntol + reltol * max|x|`` (V) and the residual ``max|r| <= abstol + reltol * max|b|``
-(A), where ``b`` are the source-driven currents.
+``max|dx| <= vntol + reltol * max|x|`` (V) and the residual
+``max|r| <= abstol + reltol * max|b| + 16 eps max(J_ii) max|x|`` (A), where ``b`` are the
+source-driven currents and the last term is the round-off floor of evaluating ``J x``.
 
 Status codes per sample: 0 converged, 1 iteration limit, 2 line search failed, 3 singular or
-non-finite Jacobian/residual.
+non-finite Jacobian/residual, 4 converged with a Shockley diode beyond its ``imax`` guard.
 """
 import math
 
 import numpy as np
 from numba import njit, prange
 
-from .devices import diode_exp, diode_ig, diode_move
+from .devices import beyond_imax, diode_exp, diode_ig, diode_move
 from .stamping import assemble, gff_matvec, schur_newton_direction
 
 CONVERGED = 0
 MAXITER = 1
 LINESEARCH = 2
 SINGULAR = 3
+BEYOND_IMAX = 4
 
+EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
-MAX_BACKTRACK = 80
+C2 = 0.1
+MAX_LINESEARCH = 60
+
+
+@njit(cache=True)
+def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
+    """Energy change (W), phi'(t) (W) and phi''(t) (W) at ``x + t dx``; fills the trial caches."""
+    dEn = t * g1 + 0.5 * t * t * g2
+    d1 = g1 + t * g2
+    d2 = g2
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        h = dxe[a] - dxe[c]
+        # the new voltage exactly as the update x += t*dx will produce it
+        w = (vext[a] + t * dxe[a]) - (vext[c] + t * dxe[c])
+        dphi, i, g, evn = diode_move(dkind[k], dpar[k], vext[a] - vext[c], ev[k], w)
+        di_t[k] = i
+        dg_t[k] = g
+        ev_t[k] = evn
+        dEn += dphi
+        d1 += i * h
+        d2 += g * h * h
+    return dEn, d1, d2
 
 
 @njit(cache=True)
@@ -65,7 +97,19 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             rmax = max(rmax, abs(r[i]))
         if not math.isfinite(rmax):
             return it, rmax, SINGULAR
-        if step_small and rmax <= rtol:
+        # round-off floor of the residual: eps * |J x| (a stiff diode cannot do better)
+        jmax = 0.0
+        for i in range(nK):
+            jmax = max(jmax, JKK[i, i])
+        for e in range(nE):
+            jmax = max(jmax, dE[e])
+        xabs = 0.0
+        for i in range(nF):
+            xabs = max(xabs, abs(x[i]))
+        if step_small and rmax <= rtol + 16.0 * EPS * jmax * xabs:
+            for k in range(nD):
+                if beyond_imax(dkind[k], dpar[k], vext[da[k]] - vext[db[k]]):
+                    return it, rmax, BEYOND_IMAX
             return it, rmax, CONVERGED
         if it >= maxiter:
             return it, rmax, MAXITER
@@ -86,21 +130,41 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
         t = 1.0
+        lo = 0.0
+        hi = math.inf
         accepted = False
-        for _ in range(MAX_BACKTRACK):
-            dEn = t * g1 + 0.5 * t * t * g2
-            for k in range(nD):
-                a = da[k]
-                c = db[k]
-                dphi, di_t[k], dg_t[k], ev_t[k] = diode_move(dkind[k], dpar[k], vext[a] - vext[c],
-                                                             ev[k], t * (dxe[a] - dxe[c]))
-                dEn += dphi
-            if tiny or dEn <= ARMIJO * t * slope:
+        for _ in range(MAX_LINESEARCH):
+            dEn, d1, d2 = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
+            if tiny:
                 accepted = True
                 break
-            t *= 0.5
+            if not (math.isfinite(dEn) and math.isfinite(d1)) or dEn > ARMIJO * t * slope or d1 > 0.0:
+                if math.isfinite(dEn) and math.isfinite(d1) and dEn <= ARMIJO * t * slope \
+                        and abs(d1) <= C2 * abs(slope):
+                    accepted = True
+                    break
+                hi = t
+            else:
+                if abs(d1) <= C2 * abs(slope):
+                    accepted = True
+                    break
+                lo = t
+            # next trial: Newton on phi'(t) = 0, safeguarded inside (lo, hi)
+            tn = t - d1 / d2 if (math.isfinite(d1) and math.isfinite(d2) and d2 > 0.0) else -1.0
+            if hi == math.inf:
+                t = tn if tn > 2.0 * lo else 2.0 * lo
+            elif tn > lo + 0.01 * (hi - lo) and tn < hi - 0.01 * (hi - lo):
+                t = tn
+            else:
+                t = 0.5 * (lo + hi)
+            if hi - lo <= 1e-14 * hi:
+                break
         if not accepted:
-            return it, rmax, LINESEARCH
+            if lo > 0.0:  # phi'(lo) < 0 with sufficient decrease: accept the bracket's left end
+                t = lo
+                _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
+            else:
+                return it, rmax, LINESEARCH
         for i in range(nF):
             x[i] += t * dx[i]
         for k in range(nD):

@@ -1,0 +1,224 @@
+"""Physics of the DC solver: KCL, co-content minimum, linear circuits, structure paths, bad input."""
+import numpy as np
+import pytest
+import scipy.linalg
+
+import fastres
+from fastres import (Circuit, CircuitError, ConvergenceError, DCProblem, Newton, PiecewiseLinear,
+                     Shockley, solve)
+from fastres.circuit import CurrentSource, Diode, Resistor, VoltageSource
+from fastres.generators import input_batch, layered_circuit, random_graph_circuit
+from fastres.kernels import devices as kd
+
+
+def branch_currents(circuit, sol, sample=0):
+    """KCL residual per node (A) recomputed from the elements, independent of the kernels."""
+    v = dict(sol.as_dict(sample))
+    v["0"] = 0.0
+    net = {n: 0.0 for n in circuit.nodes}
+    net["0"] = 0.0
+    for e in circuit.elements.values():
+        if isinstance(e, Resistor):
+            i = e.g * (v[e.a] - v[e.b])
+            net[e.a] += i
+            net[e.b] -= i
+        elif isinstance(e, Diode):
+            p = e.model.params(temp=circuit.temp, tnom=circuit.tnom, gmin=circuit.gmin)
+            i, _ = kd.diode_ig(e.model.kind, p, v[e.anode] - v[e.cathode])
+            net[e.anode] += i
+            net[e.cathode] -= i
+        elif isinstance(e, CurrentSource):
+            net[e.node] -= np.atleast_1d(e.value)[min(sample, np.size(e.value) - 1)]
+    held = {e.node for e in circuit.of_type(VoltageSource)} | {"0"}
+    return {n: i for n, i in net.items() if n not in held}
+
+
+def cocontent(circuit, v):
+    """Total co-content (W) of resistors, diodes and current sources at node voltages ``v``."""
+    v = dict(v)
+    v["0"] = 0.0
+    E = 0.0
+    for e in circuit.elements.values():
+        if isinstance(e, Resistor):
+            E += 0.5 * e.g * (v[e.a] - v[e.b]) ** 2
+        elif isinstance(e, Diode):
+            p = e.model.params(temp=circuit.temp, tnom=circuit.tnom, gmin=circuit.gmin)
+            E += kd.diode_phi(e.model.kind, p, v[e.anode] - v[e.cathode])
+        elif isinstance(e, CurrentSource):
+            E -= float(e.value) * v[e.node]
+    return E
+
+
+GRAPHS = [
+    ("shockley", lambda rng: random_graph_circuit(12, rng)),
+    ("shockley-n0.01", lambda rng: random_graph_circuit(12, rng, diode=Shockley(IS=1e-12, N=0.01))),
+    ("pwl", lambda rng: random_graph_circuit(12, rng, diode=PiecewiseLinear(ron=10.0, roff=1e7, vfwd=0.4))),
+    ("layered", lambda rng: layered_circuit((16, 8, 4), rng, rails=(-0.3, 0.3))),
+]
+
+
+@pytest.mark.parametrize("name,make", GRAPHS)
+def test_kcl_residual_at_solution(name, make):
+    rng = np.random.default_rng(11)
+    c = make(rng)
+    sol = solve(DCProblem(c))
+    assert sol.converged.all()
+    net = branch_currents(c, sol)
+    scale = max(1e-3, max(abs(float(np.max(np.abs(e.value)))) for e in c.of_type(CurrentSource)) if c.of_type(CurrentSource) else 1e-3)
+    assert max(abs(i) for i in net.values()) < 1e-13 * scale * 1e3
+
+
+@pytest.mark.parametrize("name,make", GRAPHS)
+def test_solution_minimises_cocontent(name, make):
+    rng = np.random.default_rng(5)
+    c = make(rng)
+    sol = solve(DCProblem(c))
+    v = sol.as_dict()
+    E0 = cocontent(c, v)
+    held = {e.node for e in c.of_type(VoltageSource)}
+    free = [n for n in c.nodes if n not in held]
+    for _ in range(40):
+        w = dict(v)
+        for n in free:
+            w[n] += rng.normal(0, 1e-3)
+        assert cocontent(c, w) > E0
+    # and along single-node directions (both signs)
+    for n in free[:5]:
+        for s in (1e-4, -1e-4):
+            w = dict(v)
+            w[n] += s
+            assert cocontent(c, w) > E0
+
+
+def test_linear_circuit_matches_scipy():
+    rng = np.random.default_rng(2)
+    n = 15
+    c = random_graph_circuit(n, rng, n_diodes=0, n_vsrc=3, n_isrc=2)
+    sol = solve(DCProblem(c))
+    # nodal analysis written from scratch: G v = i with held nodes eliminated
+    idx = {name: k for k, name in enumerate(c.nodes)}
+    G = np.zeros((n, n))
+    I = np.zeros(n)
+    for e in c.of_type(Resistor):
+        for a, b in ((e.a, e.b), (e.b, e.a)):
+            if a != "0":
+                G[idx[a], idx[a]] += e.g
+                if b != "0":
+                    G[idx[a], idx[b]] -= e.g
+    for e in c.of_type(CurrentSource):
+        I[idx[e.node]] += e.value
+    held = {idx[e.node]: e.value for e in c.of_type(VoltageSource)}
+    free = [k for k in range(n) if k not in held]
+    hk = list(held)
+    hv = np.array([held[k] for k in hk])
+    vf = scipy.linalg.solve(G[np.ix_(free, free)], I[free] - G[np.ix_(free, hk)] @ hv)
+    np.testing.assert_allclose(sol.v[0, free], vf, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name,make", GRAPHS)
+def test_structured_and_dense_paths_agree(name, make):
+    rng = np.random.default_rng(8)
+    c = make(rng)
+    auto = c.compile("auto")
+    dense = c.compile("dense")
+    assert dense.nE == 0
+    if name == "layered":
+        assert auto.nE == 8 and auto.nK == 4  # the hidden layer is eliminated
+    sa = solve(DCProblem(auto))
+    sd = solve(DCProblem(dense))
+    np.testing.assert_allclose(sa.v, sd.v, rtol=0, atol=1e-12)
+
+
+def test_batched_sources_and_warm_start():
+    rng = np.random.default_rng(4)
+    c = layered_circuit((20, 10, 4), rng)
+    src = input_batch(20, 64, rng)
+    prob = DCProblem(c.compile(), src)
+    sol = solve(prob)
+    assert sol.v.shape == (64, len(c.nodes)) and sol.converged.all()
+    # every sample equals its own unbatched solve
+    for s in (0, 17, 63):
+        one = solve(DCProblem(c.compile(), {k: v[s] for k, v in src.items()}))
+        np.testing.assert_allclose(one.v[0], sol.v[s], atol=1e-13)
+    warm = solve(DCProblem(c.compile(), src, v0=sol))
+    assert warm.converged.all()
+    assert warm.iterations.mean() < sol.iterations.mean()
+    np.testing.assert_allclose(warm.v, sol.v, atol=1e-12)
+
+
+def test_nonconvergence_is_reported():
+    rng = np.random.default_rng(0)
+    c = layered_circuit((10, 5, 2), rng, rails=(-0.1, 0.1), inputs=np.full(10, 5.0))
+    with pytest.raises(ConvergenceError, match="did not converge") as err:
+        solve(DCProblem(c), Newton(maxiter=1))
+    assert err.value.samples.tolist() == [0]
+    sol = solve(DCProblem(c), Newton(maxiter=1), check=False)
+    assert not sol.converged[0] and sol.status[0] == 1
+
+
+def test_bad_input_errors():
+    c = Circuit()
+    with pytest.raises(CircuitError, match="NaN or Inf"):
+        c.add_voltage_source("v1", "a", np.nan)
+    with pytest.raises(CircuitError, match="NaN or Inf"):
+        c.add_current_source("i1", "a", [1.0, np.inf])
+    with pytest.raises(CircuitError, match="must be finite and > 0"):
+        c.add_resistor("r1", "a", "b", g=-1e-3)
+    with pytest.raises(CircuitError, match="must be finite and > 0"):
+        c.add_resistor("r1", "a", "b", r=0.0)
+    with pytest.raises(CircuitError, match="must be finite"):
+        c.add_resistor("r1", "a", "b", g=np.inf)
+    with pytest.raises(CircuitError, match="non-convex"):
+        PiecewiseLinear(ron=10, roff=1)
+    with pytest.raises(CircuitError, match="IS"):
+        Shockley(IS=-1)
+    # floating nodes
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_resistor("r1", "a", "b", r=1e3)
+    c.add_resistor("r2", "c", "d", r=1e3)
+    c.add_current_source("i1", "c", 1e-3)
+    with pytest.raises(CircuitError, match="floating node.*c, d"):
+        c.compile()
+    # a node held by two sources
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_voltage_source("v2", "a", 2.0)
+    c.add_resistor("r1", "a", "b", r=1.0)
+    with pytest.raises(CircuitError, match="two voltage sources"):
+        c.compile()
+    # overrides: unknown name, NaN, mismatched batch
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_voltage_source("v2", "c", 1.0)
+    c.add_resistor("r1", "a", "b", r=1.0)
+    c.add_resistor("r2", "b", "c", r=1.0)
+    with pytest.raises(CircuitError, match="no voltage or current source named 'vx'"):
+        solve(DCProblem(c, {"vx": 1.0}))
+    with pytest.raises(CircuitError, match="NaN or Inf"):
+        solve(DCProblem(c, {"v1": [1.0, np.nan]}))
+    with pytest.raises(CircuitError, match="batch of 3 values"):
+        solve(DCProblem(c, {"v1": [1.0, 2.0], "v2": [1.0, 2.0, 3.0]}))
+    with pytest.raises(CircuitError, match="NaN or Inf"):
+        solve(DCProblem(c, v0=np.array([np.nan, 0.0, 0.0])))
+    with pytest.raises(ValueError, match="reltol"):
+        Newton(reltol=np.nan)
+
+
+def test_temperature_scales_saturation_current():
+    d = Shockley(IS=1e-14, N=1.0)
+    p27 = d.params(temp=27.0, tnom=27.0)
+    p50 = d.params(temp=50.0, tnom=27.0)
+    assert p27[0] == 1e-14
+    assert p50[0] > 10 * p27[0]  # IS roughly doubles every ~5 K
+    assert p50[1] == pytest.approx(fastres.thermal_voltage(50.0))
+
+
+def test_ideal_diode_limit():
+    """PWL with ron -> 0, roff -> inf clips exactly at vfwd (an ideal diode with offset)."""
+    c = Circuit()
+    c.add_voltage_source("v1", "in", 2.0)
+    c.add_resistor("r1", "in", "out", r=1e3)
+    c.add_diode("a1", "out", "0", PiecewiseLinear(ron=1e-6, roff=1e12, vfwd=0.5))
+    sol = solve(DCProblem(c))
+    assert abs(sol.voltage("out")[0] - 0.5) < 1e-8
