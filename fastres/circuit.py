@@ -76,7 +76,15 @@ class CurrentSource:
     value: object  # float or (B,) array
 
 
-_LETTER = {Resistor: "r", VoltageSource: "v", CurrentSource: "i"}
+@dataclass
+class Amplifier:
+    """Ideal bidirectional amplifier: V(out) = gain * V(inp), and the current drawn from ``out``
+    is drawn from ``inp`` multiplied by ``gain`` (power in = power out, so the circuit keeps its
+    energy function). In SPICE it is a VCVS (E) with a 0 V sense source and a CCCS (F)."""
+    name: str
+    inp: str
+    out: str
+    gain: float
 
 
 @dataclass
@@ -168,6 +176,20 @@ class Circuit:
         if n == "0":
             raise CircuitError(f"current source {name}: both terminals are ground")
         return self._add(CurrentSource(name, n, _as_value("current source", name, amps)), "i")
+
+    def add_amplifier(self, name, inp, out, gain) -> Amplifier:
+        """Bidirectional amplifier from node ``inp`` to node ``out`` with voltage gain ``gain``.
+
+        ``out`` must be a node of its own that only resistors attach to; its voltage is
+        ``gain * V(inp)``. Used between the layers of deep networks so signals do not decay.
+        """
+        gain = float(gain)
+        if not np.isfinite(gain) or gain == 0:
+            raise CircuitError(f"amplifier {name}: gain {gain!r} must be finite and non-zero")
+        a, b = self._node(inp), self._node(out)
+        if b == "0" or a == b:
+            raise CircuitError(f"amplifier {name}: output must be its own non-ground node")
+        return self._add(Amplifier(name, a, b, gain), "x")
 
     def set_source(self, name, value):
         """Set the value (V or A; scalar or (B,)) of an existing source."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .circuit import Circuit, CurrentSource, Diode, Resistor, VoltageSource
+from .circuit import Amplifier, Circuit, CurrentSource, Diode, Resistor, VoltageSource
 from .errors import CircuitError
 
 
@@ -43,6 +43,7 @@ class CompiledCircuit:
     dpar: np.ndarray
     vsrc: dict
     isrc: dict
+    scales: np.ndarray  # (n_nodes,) voltage of each node = scale * its slot (amplifier outputs)
 
     @property
     def nF(self) -> int:
@@ -88,11 +89,11 @@ class CompiledCircuit:
         return vfix, np.ascontiguousarray(inj.T)
 
     @property
-    def GFXT(self) -> np.ndarray:
-        """(nX, nF) contiguous transpose of ``GFX`` (S), the operand of the source product."""
-        if getattr(self, "_gfxt", None) is None:
-            self._gfxt = np.ascontiguousarray(self.GFX.T)
-        return self._gfxt
+    def P(self) -> np.ndarray:
+        """(nX, nF) ``-GFX^T`` (S): source currents are ``inj + vfix @ P``."""
+        if getattr(self, "_P", None) is None:
+            self._P = np.ascontiguousarray(-self.GFX.T)
+        return self._P
 
     @property
     def slots(self) -> np.ndarray:
@@ -104,7 +105,9 @@ class CompiledCircuit:
     def _node_slots(self):
         free = {n: i for i, n in enumerate(self.free_nodes)}
         fixed = {n: j for j, n in enumerate(self.fixed_nodes)}
-        return np.array([free[n] if n in free else -fixed[n] - 1 for n in self.nodes], dtype=np.int64)
+        alias = {a.out: a.inp for a in self.circuit.of_type(Amplifier)}
+        base = [alias.get(n, n) for n in self.nodes]
+        return np.array([free[n] if n in free else -fixed[n] - 1 for n in base], dtype=np.int64)
 
 
 def _floating_nodes(nodes, fixed, edges):
@@ -158,25 +161,54 @@ def compile_circuit(circuit: Circuit, structure: str = "auto") -> CompiledCircui
         if v.node in held:
             raise CircuitError(f"node {v.node!r} is held by two voltage sources ({held[v.node]}, {v.name})")
         held[v.node] = v.name
-    fixed_nodes = ["0"] + [v.node for v in vs]
-    fixed_col = {n: j for j, n in enumerate(fixed_nodes)}
     res = circuit.of_type(Resistor)
     dio = circuit.of_type(Diode)
+    amps = circuit.of_type(Amplifier)
+    # amplifier outputs are aliases: V(out) = gain * V(inp)
+    alias = {}
+    for a in amps:
+        if a.out in alias or a.out in held:
+            raise CircuitError(f"amplifier {a.name}: node {a.out!r} is already driven")
+        alias[a.out] = (a.inp, a.gain)
+    for a in amps:
+        if a.inp in alias:
+            raise CircuitError(f"amplifier {a.name}: input {a.inp!r} is another amplifier's output "
+                               "(chained amplifiers are not supported)")
+    for d in dio:
+        for n in (d.anode, d.cathode):
+            if n in alias:
+                raise CircuitError(f"diode {d.name}: node {n!r} is an amplifier output; only "
+                                   "resistors may attach to an amplifier output")
+    for i in circuit.of_type(CurrentSource):
+        if i.node in alias:
+            raise CircuitError(f"current source {i.name}: node {i.node!r} is an amplifier output")
+
+    def base(n):
+        return alias.get(n, (n, 1.0))
+
+    fixed_nodes = ["0"] + [v.node for v in vs]
+    fixed_col = {n: j for j, n in enumerate(fixed_nodes)}
     for r in res:
         if not (np.isfinite(r.g) and r.g > 0):
             raise CircuitError(f"resistor {r.name}: conductance {r.g!r} S must be finite and > 0")
     floating = _floating_nodes(nodes, [v.node for v in vs],
-                               [(r.a, r.b) for r in res] + [(d.anode, d.cathode) for d in dio])
+                               [(r.a, r.b) for r in res] + [(d.anode, d.cathode) for d in dio]
+                               + [(a.inp, a.out) for a in amps])
     if floating:
         shown = ", ".join(floating[:10]) + (" ..." if len(floating) > 10 else "")
         raise CircuitError(f"floating node(s) with no DC path to ground or a voltage source: {shown}")
-    free_all = [n for n in nodes if n not in fixed_col]
+    free_all = [n for n in nodes if n not in fixed_col and n not in alias]
     if not free_all:
         raise CircuitError("every node is held by a voltage source: nothing to solve")
+    # resistors in terms of base nodes: (pa, sa, pb, sb, g), energy g/2 (sa V(pa) - sb V(pb))^2
+    rb = []
+    for r in res:
+        (pa, sa), (pb, sb) = base(r.a), base(r.b)
+        rb.append((pa, sa, pb, sb, r.g))
     idx0 = {n: i for i, n in enumerate(free_all)}
     adj = [set() for _ in free_all]
     forbidden = set()
-    for a, b in [(r.a, r.b) for r in res] + [(d.anode, d.cathode) for d in dio]:
+    for a, b in [(x[0], x[2]) for x in rb] + [(d.anode, d.cathode) for d in dio]:
         if a in idx0 and b in idx0 and a != b:
             adj[idx0[a]].add(idx0[b])
             adj[idx0[b]].add(idx0[a])
@@ -203,25 +235,28 @@ def compile_circuit(circuit: Circuit, structure: str = "auto") -> CompiledCircui
         else:
             gEE[i - nK] += g
 
-    for r in res:
-        a, b, g = r.a, r.b, r.g
-        if a == b or (a not in fidx and b not in fidx):
+    for pa, sa, pb, sb, g in rb:
+        if pa not in fidx and pb not in fidx:
             continue  # no effect on any free node voltage
-        if a in fidx:
-            diag(fidx[a], g)
-        if b in fidx:
-            diag(fidx[b], g)
-        if a in fidx and b in fidx:
-            i, j = sorted((fidx[a], fidx[b]))
+        if pa == pb:
+            if sa != sb:
+                diag(fidx[pa], (sa - sb) ** 2 * g)
+            continue
+        if pa in fidx:
+            diag(fidx[pa], sa * sa * g)
+        if pb in fidx:
+            diag(fidx[pb], sb * sb * g)
+        if pa in fidx and pb in fidx:
+            i, j = sorted((fidx[pa], fidx[pb]))
             if j < nK:
-                GKK[i, j] -= g
-                GKK[j, i] -= g
+                GKK[i, j] -= sa * sb * g
+                GKK[j, i] -= sa * sb * g
             else:  # i in K, j in E (E is independent)
-                GKE[i, j - nK] -= g
-        elif a in fidx:
-            GFX[fidx[a], fixed_col[b]] -= g
+                GKE[i, j - nK] -= sa * sb * g
+        elif pa in fidx:
+            GFX[fidx[pa], fixed_col[pb]] -= sa * sb * g
         else:
-            GFX[fidx[b], fixed_col[a]] -= g
+            GFX[fidx[pb], fixed_col[pa]] -= sa * sb * g
     da, db, kinds, pars = [], [], [], []
     dfix = {}  # fixed column -> slot j (extended index nF + j)
 
@@ -240,9 +275,11 @@ def compile_circuit(circuit: Circuit, structure: str = "auto") -> CompiledCircui
     dpar = np.array(pars, dtype=np.float64).reshape(-1, 5)
     vsrc = {v.name: fixed_col[v.node] for v in vs}
     isrc = {i.name: fidx.get(i.node, -1) for i in circuit.of_type(CurrentSource)}
+    scales = np.array([base(n)[1] for n in nodes])
     return CompiledCircuit(
         circuit=circuit, nodes=nodes, free_nodes=free_nodes, fixed_nodes=fixed_nodes, nK=nK, nE=nE,
         GKK=GKK, GKE=GKE, gEE=gEE, GFX=GFX,
         da=np.array(da, dtype=np.int64), db=np.array(db, dtype=np.int64),
         dfix=np.array(list(dfix), dtype=np.int64),
-        dkind=np.array(kinds, dtype=np.int64), dpar=np.ascontiguousarray(dpar), vsrc=vsrc, isrc=isrc)
+        dkind=np.array(kinds, dtype=np.int64), dpar=np.ascontiguousarray(dpar), vsrc=vsrc, isrc=isrc,
+        scales=scales)

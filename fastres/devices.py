@@ -94,7 +94,8 @@ class PiecewiseLinear:
     roff : off resistance (ohm) between ``-vrev`` and ``vfwd``.
     vfwd : forward (knee) voltage (V), >= 0.
     vrev : reverse breakdown voltage (V), > 0; ``inf`` (default) means no breakdown.
-    rrev : resistance in breakdown (ohm), used only when ``vrev`` is finite.
+    rrev : resistance in breakdown (ohm), used only when ``vrev`` is finite; None means
+        ``ron`` (ngspice's default).
 
     ``ron -> 0, roff -> inf`` gives the ideal diode. Convexity (a unique operating point)
     requires ``ron <= roff`` and ``rrev <= roff``.
@@ -104,11 +105,13 @@ class PiecewiseLinear:
     roff: float = 1e9
     vfwd: float = 0.0
     vrev: float = math.inf
-    rrev: float = 1.0
+    rrev: float | None = None
 
     kind = _kd.KIND_PWL
 
     def __post_init__(self):
+        if self.rrev is None:
+            object.__setattr__(self, "rrev", self.ron)
         _check_finite("piecewise-linear diode model", ron=self.ron, roff=self.roff,
                       vfwd=self.vfwd, rrev=self.rrev)
         if not self.ron > 0 or not self.roff > 0 or not self.rrev > 0:

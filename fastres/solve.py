@@ -10,6 +10,7 @@ from .circuit import Circuit
 from .compiled import CompiledCircuit
 from .errors import CircuitError, ConvergenceError
 from .kernels import newton as _newton
+from .kernels import stamping as _stamping
 
 STATUS_TEXT = {
     _newton.CONVERGED: "converged",
@@ -89,6 +90,7 @@ class DCSolution:
     x: np.ndarray
     vfix: np.ndarray
     slots: np.ndarray
+    scales: np.ndarray
     iterations: np.ndarray
     residual: np.ndarray
     status: np.ndarray
@@ -101,6 +103,8 @@ class DCSolution:
             free = self.slots >= 0
             v[:, free] = self.x[:, self.slots[free]]
             v[:, ~free] = self.vfix[:, -self.slots[~free] - 1]
+            if np.any(self.scales != 1.0):
+                v *= self.scales
             self._v = v
         return self._v
 
@@ -118,10 +122,12 @@ class DCSolution:
         if name in ("0", "gnd"):
             return np.zeros(self.x.shape[0])
         try:
-            slot = self.slots[self.nodes.index(name)]
+            j = self.nodes.index(name)
         except ValueError:
             raise KeyError(f"no node named {node!r}") from None
-        return self.x[:, slot].copy() if slot >= 0 else self.vfix[:, -slot - 1].copy()
+        slot = self.slots[j]
+        v = self.x[:, slot] if slot >= 0 else self.vfix[:, -slot - 1]
+        return v * self.scales[j]
 
     def as_dict(self, sample: int = 0) -> dict:
         """``{node: volts}`` for one sample."""
@@ -144,7 +150,7 @@ def _start(cc: CompiledCircuit, v0, B):
         raise CircuitError("warm start contains NaN or Inf")
     col = {n: j for j, n in enumerate(cc.nodes)}
     cols = [col[n] for n in cc.free_nodes]
-    x[:] = np.atleast_2d(v0)[:, cols]
+    x[:] = np.atleast_2d(v0)[:, cols]  # free nodes are never amplifier outputs: scale 1
     return x
 
 
@@ -166,12 +172,15 @@ def solve(problem: DCProblem, alg: Newton = Newton(), *, check: bool = True) -> 
         numba.set_num_threads(max(1, min(int(alg.threads), numba.config.NUMBA_NUM_THREADS)))
     try:
         nchunks = max(1, min(B, 4 * numba.get_num_threads()))
-        _newton.solve_batch(cc.GKK, cc.GKE, cc.gEE, cc.GFXT, vfix, inj, cc.da, cc.db, cc.dfix, cc.dkind,
-                            cc.dpar, x, float(alg.reltol), float(alg.vntol), float(alg.abstol),
-                            int(alg.maxiter), nchunks, it, res, st)
+        b = np.empty((B, cc.nF))
+        _stamping.source_currents(vfix, cc.P, 0, np.zeros(cc.nF), inj, nchunks, b)
+        vdfix = np.ascontiguousarray(vfix[:, cc.dfix]) if cc.dfix.size else np.zeros((1, 0))
+        _newton.solve_b(cc.GKK, cc.GKE, cc.gEE, b, vdfix, cc.da, cc.db, cc.dkind, cc.dpar, x,
+                        float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter),
+                        nchunks, it, res, st)
     finally:
         numba.set_num_threads(old)
-    sol = DCSolution(nodes=cc.nodes, x=x, vfix=vfix, slots=cc.slots, iterations=it,
+    sol = DCSolution(nodes=cc.nodes, x=x, vfix=vfix, slots=cc.slots, scales=cc.scales, iterations=it,
                      residual=res, status=st)
     if check and not sol.converged.all():
         bad = np.flatnonzero(~sol.converged)

@@ -186,37 +186,35 @@ def workspace(nK, nE, nD, nXd):
 
 
 @njit(cache=True, parallel=True)
-def solve_batch(GKK, GKE, gEE, GFXT, vfix, inj, da, db, dfix, dkind, dpar, x,
-                reltol, vntol, abstol, maxiter, nchunks,
-                iterations, residual, status):
-    """Solve every sample of a batch in place in ``x`` (B, nF); chunks of samples in parallel.
+def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
+            reltol, vntol, abstol, maxiter, nchunks, iterations, residual, status):
+    """Solve every sample of a batch in place in ``x`` (B, nF) (V); chunks of samples in parallel.
 
-    ``vfix`` (B, nX) fixed-node voltages (V), ``inj`` (B, nF) injected currents (A), ``GFXT``
-    (nX, nF) the free-to-fixed conductances (S, transposed): the source currents
-    ``b = inj - vfix @ GFXT`` are formed per chunk by BLAS inside the thread. ``dfix`` (nXd,)
-    lists the fixed columns that diodes touch (diode index ``nF + j`` is column ``dfix[j]``). Outputs
-    ``iterations`` (B,) int64, ``residual`` (B,) float64 (A), ``status`` (B,) int64.
+    ``b`` (B, nF) source currents (A, see :func:`~fastres.kernels.stamping.source_currents`);
+    ``vdfix`` (B, nXd) or (1, nXd) the fixed voltages (V) that diodes touch: diode index
+    ``nF + j`` is ``vdfix[:, j]``. Outputs ``iterations`` (B,) int64, ``residual`` (B,) float64 (A),
+    ``status`` (B,) int64 (see the module docstring).
     """
     B = x.shape[0]
     nK = GKK.shape[0]
     nE = gEE.shape[0]
+    nF = nK + nE
+    nXd = vdfix.shape[1]
     per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
         lo = c * per
         hi = min(B, lo + per)
         if lo >= hi:
             continue
-        nF = nK + nE
-        nXd = dfix.shape[0]
         w = workspace(nK, nE, da.shape[0], nXd)
         vext = np.empty(nF + nXd)
-        bc = inj[lo:hi] - np.dot(vfix[lo:hi], GFXT)
         for s in range(lo, hi):
             for i in range(nF):
                 vext[i] = x[s, i]
+            row = s if vdfix.shape[0] > 1 else 0
             for j in range(nXd):
-                vext[nF + j] = vfix[s, dfix[j]]
-            it, rm, st = newton_sample(GKK, GKE, gEE, bc[s - lo], vext, da, db, dkind, dpar,
+                vext[nF + j] = vdfix[row, j]
+            it, rm, st = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar,
                                        reltol, vntol, abstol, maxiter, w)
             for i in range(nF):
                 x[s, i] = vext[i]

@@ -12,7 +12,8 @@ index an extended voltage vector ``vext = [x (nF free nodes) | fixed voltages us
 """
 import math
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
 # Re-association lets LLVM vectorise the dot products; no nnan/ninf: NaN checks must survive.
 FASTMATH = {"reassoc", "contract"}
@@ -134,3 +135,29 @@ def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
     for e in range(nE):
         dx[nK + e] = dx[nK + e] / dE[e]
     return True
+
+
+@njit(cache=True, parallel=True)
+def source_currents(U, P, col0, b0, inj, nchunks, b):
+    """``b = inj + b0``, plus ``U @ P`` added to columns ``col0 : col0 + P.shape[1]`` (A).
+
+    ``U`` (B, nU) are source voltages (V) and ``P`` (nU, nP) the conductances (S) from those
+    sources into a contiguous block of free nodes, so the large product runs in BLAS, one
+    chunk of samples per thread. ``b0`` (nF,) constant currents, ``inj`` (B, nF) or (1, nF).
+    """
+    B = b.shape[0]
+    nF = b.shape[1]
+    nP = P.shape[1]
+    per = (B + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(B, lo + per)
+        if lo >= hi:
+            continue
+        prod = np.dot(U[lo:hi], P)
+        for s in range(lo, hi):
+            row = s if inj.shape[0] > 1 else 0
+            for i in range(nF):
+                b[s, i] = inj[row, i] + b0[i]
+            for i in range(nP):
+                b[s, col0 + i] += prod[s - lo, i]

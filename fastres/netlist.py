@@ -1,0 +1,656 @@
+"""Read and write SPICE netlists: the ngspice subset of resistors, diodes and grounded DC sources.
+
+Supported input (case-insensitive):
+
+* the first line of the top file is the title; ``*`` comment lines, inline ``;`` and ``$ ``
+  comments, ``+`` continuation lines, blank lines;
+* numbers with SI suffixes ``f p n u m mil k meg g t`` followed by ignored unit letters
+  (``1kohm``, ``10uA``, ``1V``), exactly as ngspice reads them;
+* ``R name n1 n2 value`` (or ``r=value`` / ``resistance=value``);
+* ``D name anode cathode model [1 | area=1]`` with ``.model name D(IS= N= EG= XTI= TNOM=)``
+  (capacitance/transit-time/noise parameters are accepted and ignored; parameters that change
+  the DC behaviour -- RS, BV, IKF, IKR, JSW, ISR, ... -- are rejected);
+* ``A name anode cathode model`` with ``.model name sidiode(ron= roff= vfwd= vrev= rrev=
+  epsilon=0 revepsilon=0)`` (the XSPICE simple diode, a :class:`~fastres.devices.PiecewiseLinear`);
+  ``vrev >= 1e30`` means no breakdown (``inf``);
+* ``V name n+ n- [DC] value`` and ``I name n+ n- [DC] value`` with one grounded terminal
+  (``0`` or ``gnd``); V(n+) - V(n-) = value, and a current source drives its current from
+  ``n+`` through itself to ``n-``;
+* ``.model``, ``.include``/``.inc`` (relative to the including file), ``.options``/``.option``
+  (gmin, temp, tnom; other solver options are ignored), ``.temp``, ``.title``, ``.op``, ``.end``,
+  ``.control ... .endc`` (skipped), ``.save/.print/.plot/.probe/.width`` (ignored).
+
+Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``.
+
+:func:`write_netlist` writes a deck that ``ngspice -b`` runs unchanged and that
+:func:`parse_netlist` reads back to the same circuit, values bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from decimal import Context, Decimal
+from fractions import Fraction
+
+import numpy as np
+
+from .circuit import Amplifier, Circuit, CurrentSource, Diode, Resistor, VoltageSource
+from .devices import PiecewiseLinear, Shockley
+from .errors import CircuitError, NetlistError
+
+__all__ = ["read_netlist", "parse_netlist", "write_netlist", "parse_number", "VREV_INFINITE"]
+
+#: A sidiode ``vrev`` at or above this is "no breakdown" (written for ``vrev = inf``).
+VREV_INFINITE = 1e30
+
+_SCALE = {"t": "1e12", "g": "1e9", "meg": "1e6", "k": "1e3", "mil": "25.4e-6", "m": "1e-3",
+          "u": "1e-6", "n": "1e-9", "p": "1e-12", "f": "1e-15"}
+_NUMBER = re.compile(
+    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpf])?([a-z_]*)\Z", re.IGNORECASE)
+_GROUND = ("0", "gnd")
+
+# .model D parameters: supported, ignored (no DC effect), or only allowed at their default.
+_D_SUPPORTED = {"is": "IS", "js": "IS", "n": "N", "eg": "EG", "xti": "XTI", "tnom": "tnom",
+                "tref": "tnom"}
+_D_IGNORED = {"cjo", "cj0", "cj", "vj", "pb", "m", "mj", "fc", "tt", "cjp", "cjsw", "php",
+              "mjsw", "fcs", "tt1", "tt2", "tm1", "tm2", "cta", "ctp", "tpb", "tphp", "kf", "af",
+              "fv_max", "bv_max", "id_max", "pd_max", "te_max", "ibv", "nbv", "tbv1", "tbv2",
+              "tcv", "trs", "trs1", "trs2", "ns", "nr", "keg", "xom", "xoi",
+              "lm", "lp", "wm", "wp", "cth0"}
+_D_DEFAULT_ONLY = {"rs": 0.0, "ikf": 0.0, "ik": 0.0, "ikr": 0.0, "jsw": 0.0,
+                   "isr": 0.0, "level": 1.0, "tlev": 0.0, "tlevc": 0.0, "area": 1.0, "pj": 0.0,
+                   "rth0": 0.0}
+_D_NEVER = {"bv"}
+# sidiode parameters (ngspice 39 defaults, measured: ron=1, roff=1, vfwd=0, no breakdown,
+# rrev=ron, epsilon=revepsilon=0, no current limits).
+_SIDIODE = {"ron", "roff", "vfwd", "vrev", "rrev", "epsilon", "revepsilon", "ilimit",
+            "revilimit"}
+_IGNORED_DOT = {".save", ".print", ".plot", ".probe", ".width"}
+
+
+class _Err:
+    """Builds NetlistErrors that name ``file:line``."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def __call__(self, msg):
+        return NetlistError(f"{self.where}: {msg}")
+
+
+def parse_number(token: str, where: str = "<number>") -> float:
+    """A SPICE number: ``1.5k``, ``10uA``, ``2meg``, ``1e-3``; NaN/Inf and garbage are errors."""
+    return float(_parse_exact(token, where))
+
+
+def _parse_exact(token, where):
+    m = _NUMBER.match(token.strip())
+    if not m:
+        raise NetlistError(f"{where}: bad number {token!r}")
+    mant, suffix, _units = m.groups()
+    return _Number(mant, _SCALE[suffix.lower()] if suffix else None, where, token)
+
+
+class _Number:
+    """A parsed SPICE number, kept exact so that ``1 / value`` can be rounded correctly."""
+
+    __slots__ = ("mant", "scale", "where", "token")
+
+    def __init__(self, mant, scale, where, token):
+        self.mant, self.scale, self.where, self.token = mant, scale, where, token
+
+    def __float__(self):
+        val = float(self.mant)
+        if self.scale is not None:
+            val = float(Fraction(self.mant) * Fraction(self.scale))
+        if not math.isfinite(val):
+            raise NetlistError(f"{self.where}: number {self.token!r} is not finite")
+        return val
+
+    def reciprocal(self):
+        """``1 / value`` as a float: ``1 / float(value)`` unless the literal has more than 17
+        significant digits (as :func:`write_netlist` writes when that is needed for an exact
+        round trip), when the exact decimal's reciprocal is rounded once."""
+        val = float(self)
+        if len(self.mant) <= 17 and self.scale is None:  # fast path: at most 17 digits
+            if val == 0:
+                raise NetlistError(f"{self.where}: resistance {self.token!r} must be > 0 ohm")
+            return 1.0 / val
+        digits = re.sub(r"e.*", "", self.mant.lower()).lstrip("+-").replace(".", "").lstrip("0")
+        if val == 0:
+            raise NetlistError(f"{self.where}: resistance {self.token!r} must be > 0 ohm")
+        if len(digits) <= 17 and self.scale is None:
+            return 1.0 / val
+        exact = Fraction(self.mant) * (Fraction(self.scale) if self.scale else 1)
+        return float(1 / exact)
+
+
+# -------------------------------------------------------------------------------------------
+# Reading
+# -------------------------------------------------------------------------------------------
+@dataclass
+class _Stmt:
+    where: str  # "file:line"
+    tokens: list  # lower-case tokens, except "raw" keeps the original text
+    raw: str
+
+
+def _strip_comment(line):
+    cut = line.find(";")
+    if cut >= 0:
+        line = line[:cut]
+    m = re.search(r"(?:^|\s)\$(?:\s|$)", line)
+    if m:
+        line = line[:m.start()]
+    return line.rstrip()
+
+
+def _tokenize(text):
+    # parentheses, commas and '=' are separators; '=' is kept as its own token
+    if not any(ch in text for ch in "(),="):
+        return text.split()
+    text = re.sub(r"[(),]", " ", text)
+    text = re.sub(r"\s*=\s*", " = ", text)
+    return text.split()
+
+
+def _logical_lines(text, source, has_title):
+    """(where, text) of each logical line, continuations joined; the title first if any."""
+    lines = text.splitlines()
+    out = []
+    title = None
+    start = 0
+    if has_title:
+        title = lines[0].strip() if lines else ""
+        start = 1
+    for i in range(start, len(lines)):
+        raw = lines[i].replace("\t", " ")
+        s = raw.strip()
+        if not s or s.startswith("*"):
+            continue
+        if s.startswith("+"):
+            body = _strip_comment(s[1:])
+            if not out:
+                raise NetlistError(f"{source}:{i + 1}: continuation line '+' with nothing to continue")
+            out[-1][1] += " " + body
+            continue
+        out.append([f"{source}:{i + 1}", _strip_comment(s)])
+    return title, out
+
+
+def _read_statements(text, source, path, stack, has_title):
+    """Flatten a deck and its includes into statements; returns (title, statements)."""
+    title, lines = _logical_lines(text, source, has_title)
+    stmts = []
+    in_control = False
+    for where, line in lines:
+        err = _Err(where)
+        if not line.strip():
+            continue
+        head = line.split()[0].lower()
+        if in_control:
+            if head == ".endc":
+                in_control = False
+            continue
+        if head == ".control":
+            in_control = True
+            continue
+        if head == ".endc":
+            raise err(".endc without .control")
+        if head == ".end":
+            break
+        if head in (".include", ".inc"):
+            rest = line.split(None, 1)
+            if len(rest) < 2:
+                raise err(".include needs a file name")
+            fname = rest[1].strip().strip("\"'")
+            base = os.path.dirname(path) if path else os.getcwd()
+            inc = os.path.join(base, os.path.expanduser(fname))
+            real = os.path.realpath(inc)
+            if real in stack:
+                raise err(f"recursive .include of {fname!r}")
+            try:
+                with open(inc, encoding="utf-8", errors="replace") as f:
+                    sub = f.read()
+            except OSError as exc:
+                raise err(f"cannot read .include file {fname!r}: {exc.strerror or exc}") from None
+            _, sub_stmts = _read_statements(sub, inc, inc, stack | {real}, has_title=False)
+            stmts.extend(sub_stmts)
+            continue
+        stmts.append(_Stmt(where, [t.lower() for t in _tokenize(line)], line))
+    if in_control:
+        raise NetlistError(f"{source}: .control block without .endc")
+    return title, stmts
+
+
+def _params(tokens, err, what):
+    """``key = value`` pairs (lower-case keys) from a token list."""
+    out = {}
+    i = 0
+    while i < len(tokens):
+        if i + 1 < len(tokens) and tokens[i + 1] == "=":
+            if i + 2 >= len(tokens):
+                raise err(f"{what}: parameter {tokens[i]!r} has no value")
+            key = tokens[i]
+            if key in out:
+                raise err(f"{what}: parameter {key!r} given twice")
+            out[key] = (tokens[i + 2], _parse_exact(tokens[i + 2], err.where))
+            i += 3
+        else:
+            raise err(f"{what}: expected name=value, got {tokens[i]!r}")
+    return out
+
+
+def _parse_model(stmt):
+    err = _Err(stmt.where)
+    t = stmt.tokens
+    if len(t) < 3:
+        raise err(".model needs a name and a type")
+    name, mtype = t[1], t[2]
+    params = _params(t[3:], err, f"model {name}")
+    if mtype == "d":
+        kw = {}
+        for key, (tok, num) in params.items():
+            if key in _D_SUPPORTED:
+                kw[_D_SUPPORTED[key]] = float(num)
+            elif key in _D_IGNORED:
+                float(num)
+            elif key in _D_DEFAULT_ONLY:
+                if float(num) != _D_DEFAULT_ONLY[key]:
+                    raise err(f"model {name}: diode parameter {key.upper()}={tok} is not supported"
+                              f" (only the default {_D_DEFAULT_ONLY[key]:g}; fastres models an"
+                              " ideal junction)")
+            elif key in _D_NEVER:
+                raise err(f"model {name}: diode parameter {key.upper()} (reverse breakdown)"
+                          " is not supported")
+            else:
+                raise err(f"model {name}: unknown or unsupported diode parameter {key.upper()}")
+        try:
+            return name, Shockley(**kw)
+        except (CircuitError, TypeError) as exc:
+            raise err(f"model {name}: {exc}") from None
+    if mtype == "sidiode":
+        kw = {}
+        for key, (tok, num) in params.items():
+            if key not in _SIDIODE:
+                raise err(f"model {name}: unknown sidiode parameter {key!r}")
+            val = float(num)
+            if key in ("epsilon", "revepsilon"):
+                if val != 0:
+                    raise err(f"model {name}: sidiode {key}={tok} is not supported (must be 0:"
+                              " fastres models the sharp piecewise-linear corners)")
+            elif key in ("ilimit", "revilimit"):
+                raise err(f"model {name}: sidiode current limit {key!r} is not supported")
+            else:
+                kw[key] = val
+        # ngspice 39 defaults (measured): ron = roff = 1 ohm, vfwd = 0, no breakdown, rrev = ron
+        kw.setdefault("ron", 1.0)
+        kw.setdefault("roff", 1.0)
+        kw.setdefault("vfwd", 0.0)
+        kw.setdefault("rrev", kw["ron"])
+        vrev = kw.get("vrev", math.inf)
+        kw["vrev"] = math.inf if vrev >= VREV_INFINITE else vrev
+        try:
+            return name, PiecewiseLinear(**kw)
+        except CircuitError as exc:
+            raise err(f"model {name}: {exc}") from None
+    raise err(f"model {name}: model type {mtype.upper()!r} is not supported (only D and sidiode)")
+
+
+def _source_value(tokens, err, what):
+    """``[DC] value`` / ``DC=value`` / nothing (0)."""
+    t = list(tokens)
+    if len(t) >= 2 and t[0] == "dc" and t[1] == "=":
+        t = t[2:]
+    elif t and t[0] == "dc":
+        t = t[1:]
+    if not t:
+        return 0.0
+    if len(t) > 1:
+        raise err(f"{what}: unsupported source specification {' '.join(t[1:])!r}"
+                  " (only a DC value)")
+    return float(_parse_exact(t[0], err.where))
+
+
+def _build(title, stmts, source):
+    options = {}
+    models = {}
+    model_where = {}
+    elements = []
+    for st in stmts:
+        err = _Err(st.where)
+        t = st.tokens
+        head = t[0]
+        if head.startswith("."):
+            if head == ".model":
+                name, model = _parse_model(st)
+                if name in models:
+                    raise err(f"duplicate .model {name!r} (first defined at {model_where[name]})")
+                models[name] = model
+                model_where[name] = st.where
+            elif head in (".options", ".option", ".opt", ".opts"):
+                i = 1
+                while i < len(t):
+                    key = t[i]
+                    if i + 1 < len(t) and t[i + 1] == "=":
+                        if i + 2 >= len(t):
+                            raise err(f".options: {key} has no value")
+                        val = t[i + 2]
+                        i += 3
+                    else:
+                        val = None
+                        i += 1
+                    if key in ("gmin", "temp", "tnom"):
+                        if val is None:
+                            raise err(f".options: {key} needs a value")
+                        options[key] = float(_parse_exact(val, st.where))
+                    elif key == "rshunt":
+                        raise err(".options rshunt (a resistor from every node to ground) is"
+                                  " not supported")
+                    # other options (reltol, abstol, vntol, itl1, method, klu, ...) only steer
+                    # ngspice's numerics: accepted and ignored
+            elif head == ".temp":
+                if len(t) != 2:
+                    raise err(".temp needs exactly one temperature")
+                options["temp"] = float(_parse_exact(t[1], st.where))
+            elif head == ".title":
+                title = st.raw.strip()[len(".title"):].strip()
+            elif head == ".op":
+                pass
+            elif head in _IGNORED_DOT:
+                pass
+            else:
+                raise err(f"dot-command {head!r} is not supported")
+            continue
+        elements.append(st)
+
+    try:
+        circ = Circuit(title=title if title is not None else "", **options)
+    except CircuitError as exc:
+        raise NetlistError(f"{source}: {exc}") from None
+
+    amps, consumed = _amplifiers(elements)
+    for st in elements:
+        if id(st) in consumed:
+            continue
+        err = _Err(st.where)
+        t = st.tokens
+        name = t[0]
+        letter = name[0]
+        try:
+            if id(st) in amps:
+                inp, out, gain = amps[id(st)]
+                circ.add_amplifier(name[1:], inp, out, gain)
+                continue
+            if letter in ("e", "f", "g", "h"):
+                raise err(f"controlled source {name}: E/F/G/H elements are supported only as a "
+                          "bidirectional amplifier: 'E<n> q 0 in 0 A', 'V<n>_s q out DC 0', "
+                          "'F<n> in 0 V<n>_s A' (what write_netlist emits for an Amplifier)")
+            if letter == "r":
+                if len(t) < 4:
+                    raise err(f"resistor {name}: expected 'R name n1 n2 value'")
+                rest = t[3:]
+                if len(rest) >= 3 and rest[1] == "=" and rest[0] in ("r", "resistance"):
+                    rest = [rest[2]] + rest[3:]
+                if len(rest) != 1:
+                    raise err(f"resistor {name}: unsupported extra fields {' '.join(rest[1:])!r}"
+                              " (models, tc1/tc2, m, ... are not supported)")
+                num = _parse_exact(rest[0], st.where)
+                r = float(num)
+                if not r > 0:
+                    raise err(f"resistor {name}: resistance {rest[0]!r} must be > 0 ohm")
+                circ.add_resistor(name, t[1], t[2], g=num.reciprocal())
+            elif letter in ("d", "a"):
+                toks = t[1:]
+                if letter == "a":
+                    toks = [x for x in toks if x not in ("%gd", "%d", "%g")]
+                if len(toks) < 3:
+                    raise err(f"diode {name}: expected '{letter.upper()} name anode cathode model'")
+                anode, cathode, mname = toks[:3]
+                extra = toks[3:]
+                if letter == "d":
+                    if len(extra) == 1 or (len(extra) == 3 and extra[:2] == ["area", "="]):
+                        area = float(_parse_exact(extra[-1], st.where))
+                        if area != 1:
+                            raise err(f"diode {name}: area {extra[-1]} is not supported (only 1)")
+                    elif extra:
+                        raise err(f"diode {name}: unsupported instance parameters"
+                                  f" {' '.join(extra)!r}")
+                elif extra:
+                    raise err(f"XSPICE device {name}: unsupported extra fields {' '.join(extra)!r}")
+                if mname not in models:
+                    raise err(f"diode {name}: unknown model {mname!r}")
+                model = models[mname]
+                if letter == "d" and not isinstance(model, Shockley):
+                    raise err(f"diode {name}: model {mname!r} is not a D model (use an A device"
+                              " for sidiode)")
+                if letter == "a" and not isinstance(model, PiecewiseLinear):
+                    raise err(f"XSPICE device {name}: model {mname!r} is not a sidiode model")
+                circ.add_diode(name, anode, cathode, model, mname)
+            elif letter in ("v", "i"):
+                kind = "voltage source" if letter == "v" else "current source"
+                if len(t) < 3:
+                    raise err(f"{kind} {name}: expected '{letter.upper()} name n+ n- [DC] value'")
+                npos, nneg = t[1], t[2]
+                value = _source_value(t[3:], err, f"{kind} {name}")
+                gpos, gneg = npos in _GROUND, nneg in _GROUND
+                if not (gpos or gneg):
+                    raise err(f"{kind} {name}: not supported: a source between two non-ground"
+                              f" nodes ({npos}, {nneg})")
+                if gpos and gneg:
+                    raise err(f"{kind} {name}: both terminals are ground")
+                if letter == "v":
+                    # V(n+) - V(n-) = value
+                    node, val = (npos, value) if gneg else (nneg, -value)
+                    circ.add_voltage_source(name, node, val)
+                else:
+                    # current flows from n+ through the source to n-: injected into n-
+                    node, val = (nneg, value) if gpos else (npos, -value)
+                    circ.add_current_source(name, node, val)
+            else:
+                raise err(f"element {name!r}: element type {letter.upper()!r} is not supported"
+                          " (only R, D, A (sidiode), V and I)")
+        except CircuitError as exc:
+            raise err(str(exc)) from None
+    return circ
+
+
+def _amplifiers(elements):
+    """Find bidirectional amplifiers written as E (VCVS) + 0 V sense source + F (CCCS).
+
+    Returns ({id(E statement): (inp, out, gain)}, {ids of the V and F statements they use}).
+    """
+    by_name = {st.tokens[0]: st for st in elements}
+    amps, consumed = {}, set()
+    for st in elements:
+        t = st.tokens
+        if t[0][0] != "e" or len(t) != 6 or t[2] not in _GROUND or t[4] not in _GROUND:
+            continue
+        q, inp, gain_tok = t[1], t[3], t[5]
+        sense = by_name.get("v" + t[0][1:] + "_s")
+        ctl = by_name.get("f" + t[0][1:])
+        if sense is None or ctl is None:
+            continue
+        vs, ft = sense.tokens, ctl.tokens
+        vals = [x for x in vs[3:] if x != "dc"]
+        if len(vs) < 4 or vs[1] != q or len(vals) != 1 or float(_parse_exact(vals[0], sense.where)) != 0.0:
+            continue
+        if len(ft) != 5 or ft[1] != inp or ft[2] not in _GROUND or ft[3] != vs[0]:
+            continue
+        gain = float(_parse_exact(gain_tok, st.where))
+        if float(_parse_exact(ft[4], ctl.where)) != gain:
+            continue
+        users = [o for o in elements if o is not st and o is not sense and q in o.tokens[1:3]]
+        if users:
+            continue
+        amps[id(st)] = (inp, vs[2], gain)
+        consumed.update((id(sense), id(ctl)))
+    return amps, consumed
+
+
+def parse_netlist(text: str, source: str = "<string>", *, path: str | None = None) -> Circuit:
+    """Parse netlist ``text`` (first line: title). ``source`` names it in error messages;
+    ``path`` (the file it came from) anchors relative ``.include`` paths (default: the current
+    directory)."""
+    if path is None and source != "<string>" and os.path.exists(source):
+        path = source
+    stack = frozenset({os.path.realpath(path)}) if path else frozenset()
+    title, stmts = _read_statements(text, source, path, stack, has_title=True)
+    return _build(title, stmts, source)
+
+
+def read_netlist(path) -> Circuit:
+    """Read a SPICE deck from ``path`` (``.include`` files relative to its directory)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as exc:
+        raise NetlistError(f"{path}: cannot read netlist: {exc.strerror or exc}") from None
+    return parse_netlist(text, source=path, path=path)
+
+
+# -------------------------------------------------------------------------------------------
+# Writing
+# -------------------------------------------------------------------------------------------
+_SAFE_NAME = re.compile(r"[a-z0-9_.:#!%&/\[\]<>|~^@?-][a-z0-9_.:#!%&/\[\]<>|~^@?+-]*\Z")
+
+
+def _num(x) -> str:
+    """Shortest decimal that reads back to the same float (Python's repr)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise CircuitError(f"cannot write non-finite value {x!r} to a netlist")
+    return repr(x)
+
+
+def _resistance(g) -> str:
+    """A resistance literal that :func:`parse_netlist` reads back to conductance ``g`` exactly."""
+    r = 1.0 / g
+    # the shortest repr of 1/g or of a neighbour (a few ulps away) usually round-trips
+    for direction in (math.inf, 0.0):
+        cand = r
+        for _ in range(3):
+            if 1.0 / cand == g:
+                return repr(cand)
+            cand = math.nextafter(cand, direction)
+    # otherwise 25 significant digits of the exact 1/g: its reciprocal rounds back to g
+    return format(Context(prec=25).divide(Decimal(1), Decimal(g)), "e").lower()
+
+
+def _check_name(kind, name):
+    if not _SAFE_NAME.match(name) or name.startswith(("*", ".", "+")):
+        raise CircuitError(f"cannot write {kind} name {name!r} to a SPICE netlist"
+                           " (use letters, digits and _ . : - etc.)")
+    return name
+
+
+def _value(elem, sample):
+    val = elem.value
+    if isinstance(val, np.ndarray):
+        if not -val.size <= sample < val.size:
+            raise CircuitError(f"source {elem.name}: sample {sample} out of range for a batch of"
+                               f" {val.size}")
+        return float(val[sample])
+    return float(val)
+
+
+def write_netlist(circuit: Circuit, path=None, *, sample: int = 0, analysis: str = ".op",
+                  sources: dict | None = None) -> str:
+    """Write ``circuit`` as an ngspice deck; returns the text (and writes it to ``path`` if given).
+
+    ``sample`` selects the entry written for batched (B,) source values; ``sources`` optionally
+    overrides source values by element name (scalar or (B,), indexed by ``sample`` too).
+    ``analysis`` is the analysis line (``.op`` by default; ``None`` or ``""`` for none).
+
+    Values are written with ``repr`` (17 significant digits at most), so that
+    :func:`parse_netlist` reads back bit-identical values; resistors are written as resistances
+    chosen so that their reciprocal is exactly the stored conductance. Diode models are named
+    by ``Diode.model_name``; distinct models that share a name get ``_2``, ``_3``, ... suffixes.
+    Shockley ``imax`` (a numerical guard with no SPICE equivalent) is not written.
+    """
+    sources = {str(k).lower(): v for k, v in (sources or {}).items()}
+    for key in sources:
+        if not isinstance(circuit.elements.get(key), (VoltageSource, CurrentSource)):
+            raise CircuitError(f"write_netlist: no voltage or current source named {key!r}")
+    title = " ".join(str(circuit.title).split()) or "fastres circuit"
+    lines = [title]
+
+    # model names: one per distinct model; a name reused by a different model is suffixed
+    model_of = {}  # (type, model) -> written name
+    used = {}  # name -> (type, model)
+    for elem in circuit.elements.values():
+        if not isinstance(elem, Diode):
+            continue
+        key = (type(elem.model), elem.model)
+        if key in model_of:
+            continue
+        base = _check_name("model", str(elem.model_name).lower())
+        name, k = base, 1
+        while name in used and used[name] != key:
+            k += 1
+            name = f"{base}_{k}"
+        used[name] = key
+        model_of[key] = name
+
+    body = []
+    for elem in circuit.elements.values():
+        ename = _check_name("element", elem.name)
+        if isinstance(elem, Resistor):
+            body.append(f"{ename} {_check_name('node', elem.a)} {_check_name('node', elem.b)}"
+                        f" {_resistance(elem.g)}")
+        elif isinstance(elem, Diode):
+            mname = model_of[(type(elem.model), elem.model)]
+            body.append(f"{ename} {_check_name('node', elem.anode)}"
+                        f" {_check_name('node', elem.cathode)} {mname}")
+        elif isinstance(elem, (VoltageSource, CurrentSource)):
+            if elem.name in sources:
+                tmp = VoltageSource(elem.name, elem.node, sources[elem.name])
+                tmp.value = np.asarray(tmp.value, dtype=np.float64)
+                if tmp.value.ndim == 0:
+                    tmp.value = float(tmp.value)
+                val = _value(tmp, sample)
+            else:
+                val = _value(elem, sample)
+            node = _check_name("node", elem.node)
+            if isinstance(elem, VoltageSource):
+                body.append(f"{ename} {node} 0 DC {_num(val)}")
+            else:  # injected into node: flows from ground (n+) through the source to node (n-)
+                body.append(f"{ename} 0 {node} DC {_num(val)}")
+        elif isinstance(elem, Amplifier):
+            # V(q) = A V(inp); the 0 V source senses the current delivered into ``out``; the
+            # F source draws A times that current out of ``inp``: an ideal bidirectional amplifier
+            inp = _check_name("node", elem.inp)
+            out = _check_name("node", elem.out)
+            q = _check_name("node", f"{elem.out}_q")
+            body.append(f"e{ename} {q} 0 {inp} 0 {_num(elem.gain)}")
+            body.append(f"v{ename}_s {q} {out} DC 0")
+            body.append(f"f{ename} {inp} 0 v{ename}_s {_num(elem.gain)}")
+        else:  # pragma: no cover - Circuit only holds these kinds
+            raise CircuitError(f"cannot write element {elem!r}")
+
+    lines.append(f".options gmin={_num(circuit.gmin)} temp={_num(circuit.temp)}"
+                 f" tnom={_num(circuit.tnom)}")
+    for (mtype, model), name in model_of.items():
+        if mtype is Shockley:
+            params = (f"IS={_num(model.IS)} N={_num(model.N)} EG={_num(model.EG)}"
+                      f" XTI={_num(model.XTI)}")
+            if model.tnom is not None:
+                params += f" TNOM={_num(model.tnom)}"
+            lines.append(f".model {name} D({params})")
+        else:
+            vrev = VREV_INFINITE if math.isinf(model.vrev) else model.vrev
+            lines.append(f".model {name} sidiode(ron={_num(model.ron)} roff={_num(model.roff)}"
+                         f" vfwd={_num(model.vfwd)} vrev={_num(vrev)} rrev={_num(model.rrev)}"
+                         " epsilon=0 revepsilon=0)")
+    lines.extend(body)
+    if analysis:
+        lines.append(str(analysis).strip())
+    lines.append(".end")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text

@@ -1,0 +1,311 @@
+"""The paper's layered analog network, built directly as kernel arrays.
+
+``LayeredNetwork(sizes=(784, 100, 10))``: every pixel ``x_i`` (in [0, 1]) drives two voltage
+sources ``+x_i * input_volts`` and ``-x_i * input_volts`` so that positive conductances realise
+both signs of weight. Each hidden and output node is joined to every node of the previous layer
+by a programmable conductance in ``[g_min, g_max]`` (S) and to a bias source (``bias_volts``) by
+one more. Each hidden node has two clipping diodes, node -> ``rail_hi`` and ``rail_lo`` -> node.
+Each class ``k`` has two output nodes, and its output is ``V(o_k+) - V(o_k-)`` (V). Between
+layers, optional bidirectional amplifiers of voltage gain ``gain`` (the next layer sees
+``gain * V``; the current it draws is reflected back multiplied by ``gain``) keep the circuit an
+energy-minimising one while stopping the signal from decaying with depth.
+
+Parameters are conductances in siemens: ``params["W{l}"]`` of shape (nodes of layer l-1, nodes of
+layer l), and ``params["B{l}"]`` of shape (nodes of layer l,), l = 1..L. Layer 0 has
+``2 * n_in`` nodes (the +x block, then the -x block); the output layer has ``2 * n_classes``
+nodes (the + block, then the - block).
+
+The free layers are split into two parity classes (no conductance inside a layer or between
+layers of the same parity), one of which is eliminated exactly in every Newton step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .circuit import Circuit
+from .devices import PiecewiseLinear, Shockley
+from .kernels import newton as _newton
+from .kernels import stamping as _stamping
+from .solve import Newton, STATUS_TEXT
+from .errors import CircuitError, ConvergenceError
+
+
+def make_diode(kind: str, **params):
+    """``"shockley"`` -> :class:`Shockley`, ``"pwl"`` -> :class:`PiecewiseLinear` (with params)."""
+    if kind == "shockley":
+        return Shockley(**params)
+    if kind == "pwl":
+        return PiecewiseLinear(**params)
+    raise CircuitError(f"unknown diode model {kind!r}: use 'shockley' or 'pwl'")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Architecture and physical constants of a layered network (volts, siemens, ohms)."""
+
+    sizes: tuple = (784, 100, 10)
+    diode: str = "shockley"
+    diode_params: dict = field(default_factory=dict)
+    input_volts: float = 1.0
+    bias_volts: float = 1.0
+    rail_lo: float = 0.0
+    rail_hi: float = 0.0
+    g_min: float = 1e-7
+    g_max: float = 1e-4
+    gain: float = 1.0
+    output_diodes: bool = False
+    gmin: float = 1e-12
+
+    def __post_init__(self):
+        sizes = tuple(int(s) for s in self.sizes)
+        object.__setattr__(self, "sizes", sizes)
+        if len(sizes) < 2 or any(s <= 0 for s in sizes):
+            raise CircuitError(f"sizes {self.sizes!r}: need an input size and at least one layer, all > 0")
+        for key in ("input_volts", "bias_volts", "rail_lo", "rail_hi", "g_min", "g_max", "gain", "gmin"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise CircuitError(f"network option {key}={v!r} must be a finite number")
+        if not 0 < self.g_min < self.g_max:
+            raise CircuitError(f"conductance bounds must satisfy 0 < g_min < g_max, got {self.g_min}, {self.g_max} S")
+        if self.gain <= 0:
+            raise CircuitError(f"amplifier gain {self.gain} must be > 0")
+        make_diode(self.diode, **self.diode_params)  # validates
+
+    @property
+    def model(self):
+        return make_diode(self.diode, **self.diode_params)
+
+    def layer_nodes(self) -> list:
+        """Node count per layer: 2 n_in, hidden sizes..., 2 n_classes."""
+        s = self.sizes
+        return [2 * s[0]] + list(s[1:-1]) + [2 * s[-1]]
+
+    def param_shapes(self) -> dict:
+        n = self.layer_nodes()
+        shapes = {}
+        for l in range(1, len(n)):
+            shapes[f"W{l}"] = (n[l - 1], n[l])
+            shapes[f"B{l}"] = (n[l],)
+        return shapes
+
+
+class LayeredNetwork:
+    """A layered resistor/diode network and its batched DC solver.
+
+    ``solve(X, params, inj=None, x0=None)`` returns the free-node voltages (B, nF) in kernel
+    order; :meth:`layer` slices one layer out of them.
+    """
+
+    def __init__(self, spec: NetworkSpec, alg: Newton = Newton()):
+        self.spec = spec
+        self.alg = alg
+        n = spec.layer_nodes()
+        self.nodes_per_layer = n
+        L = len(n) - 1
+        self.L = L
+        # parity classes of the free layers 1..L; eliminate the one that leaves the cheaper Schur
+        odd = [l for l in range(1, L + 1) if l % 2 == 1]
+        even = [l for l in range(1, L + 1) if l % 2 == 0]
+
+        def cost(K, E):
+            nk = sum(n[l] for l in K)
+            ne = sum(n[l] for l in E)
+            return nk * nk * max(ne, 1)
+
+        if not even or cost(even, odd) <= cost(odd, even):
+            self.K_layers, self.E_layers = even, odd
+        else:
+            self.K_layers, self.E_layers = odd, even
+        self.offset = {}
+        pos = 0
+        for l in self.K_layers + self.E_layers:
+            self.offset[l] = pos
+            pos += n[l]
+        self.nK = sum(n[l] for l in self.K_layers)
+        self.nE = sum(n[l] for l in self.E_layers)
+        self.nF = self.nK + self.nE
+        # diodes: hidden nodes (and outputs if asked) to the rails (extended slots nF, nF + 1)
+        model = spec.model
+        da, db = [], []
+        for l in range(1, L + 1):
+            if l < L or spec.output_diodes:
+                for j in range(n[l]):
+                    f = self.offset[l] + j
+                    da += [f, self.nF + 0]
+                    db += [self.nF + 1, f]
+        self.da = np.array(da, dtype=np.int64)
+        self.db = np.array(db, dtype=np.int64)
+        self.dkind = np.full(len(da), model.kind, dtype=np.int64)
+        prow = model.params(gmin=spec.gmin)
+        self.dpar = np.ascontiguousarray(np.tile(prow, (len(da), 1)))
+        self.vdfix = np.array([[spec.rail_lo, spec.rail_hi]])
+        self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
+
+    # -- parameters --------------------------------------------------------------------------
+    def init_params(self, rng: np.random.Generator, lo=None, hi=None) -> dict:
+        """Conductances drawn uniformly from [lo, hi] (S), by default [g_min, g_max/2]."""
+        lo = self.spec.g_min if lo is None else lo
+        hi = 0.5 * self.spec.g_max if hi is None else hi
+        return {k: rng.uniform(lo, hi, shape) for k, shape in self.spec.param_shapes().items()}
+
+    def check_params(self, params):
+        for k, shape in self.spec.param_shapes().items():
+            if k not in params:
+                raise CircuitError(f"missing parameter {k}")
+            a = params[k]
+            if a.shape != shape:
+                raise CircuitError(f"parameter {k} has shape {a.shape}, expected {shape}")
+            if not np.all(np.isfinite(a)) or np.any(a <= 0):
+                raise CircuitError(f"parameter {k}: conductances must be finite and > 0 S")
+
+    # -- kernel arrays -----------------------------------------------------------------------
+    def arrays(self, params):
+        """``(GKK, GKE, gEE, b0)``: Jacobian blocks (S) and constant bias currents (A)."""
+        n = self.nodes_per_layer
+        L = self.L
+        d = {}
+        for l in range(1, L + 1):
+            dl = params[f"W{l}"].sum(axis=0) + params[f"B{l}"]
+            if l < L:
+                A = self.gains[l + 1]
+                dl = dl + A * A * params[f"W{l + 1}"].sum(axis=1)
+            d[l] = dl
+        GKK = np.zeros((self.nK, self.nK))
+        GKE = np.zeros((self.nK, self.nE))
+        gEE = np.empty(self.nE)
+        b0 = np.empty(self.nF)
+        for l in range(1, L + 1):
+            o = self.offset[l]
+            if l in self.K_layers:
+                idx = np.arange(o, o + n[l])
+                GKK[idx, idx] = d[l]
+            else:
+                gEE[o - self.nK:o - self.nK + n[l]] = d[l]
+            b0[o:o + n[l]] = params[f"B{l}"] * self.spec.bias_volts
+        for l in range(2, L + 1):
+            A = self.gains[l]
+            W = params[f"W{l}"]  # (n[l-1], n[l])
+            if l - 1 in self.K_layers:
+                ok, oe = self.offset[l - 1], self.offset[l] - self.nK
+                GKE[ok:ok + n[l - 1], oe:oe + n[l]] = -A * W
+            else:
+                ok, oe = self.offset[l], self.offset[l - 1] - self.nK
+                GKE[ok:ok + n[l], oe:oe + n[l - 1]] = -A * W.T
+        return GKK, GKE, gEE, b0
+
+    def input_voltages(self, X) -> np.ndarray:
+        """Mirrored input source voltages (B, 2 n_in) in V for pixels ``X`` (B, n_in) in [0, 1]."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.spec.sizes[0]:
+            raise CircuitError(f"inputs have shape {X.shape}, expected (B, {self.spec.sizes[0]})")
+        V = self.spec.input_volts
+        return np.ascontiguousarray(np.concatenate([V * X, -V * X], axis=1))
+
+    def source_currents(self, X, params, arrays=None):
+        """Free-node source currents ``b`` (B, nF) in A for a batch of inputs."""
+        GKK, GKE, gEE, b0 = self.arrays(params) if arrays is None else arrays
+        U = self.input_voltages(X)
+        B = U.shape[0]
+        b = np.empty((B, self.nF))
+        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
+        _stamping.source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], b0,
+                                  np.zeros((1, self.nF)), nchunks, b)
+        return b
+
+    def solve_b(self, b, arrays, x0=None, check=True):
+        """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A."""
+        GKK, GKE, gEE, _ = arrays
+        B = b.shape[0]
+        x = np.zeros((B, self.nF)) if x0 is None else np.array(x0, dtype=np.float64, copy=True)
+        it = np.zeros(B, dtype=np.int64)
+        res = np.zeros(B)
+        st = np.zeros(B, dtype=np.int64)
+        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
+        a = self.alg
+        _newton.solve_b(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da, self.db,
+                        self.dkind, self.dpar, x, float(a.reltol), float(a.vntol), float(a.abstol),
+                        int(a.maxiter), nchunks, it, res, st)
+        if check and np.any(st != 0):
+            bad = np.flatnonzero(st != 0)
+            raise ConvergenceError(f"network solve did not converge for {bad.size} of {B} samples "
+                                   f"(first: {bad[0]}, {STATUS_TEXT[int(st[bad[0]])]})", samples=bad)
+        return x, it, st
+
+    def layer(self, x, l) -> np.ndarray:
+        """Voltages (B, nodes of layer l) of free layer ``l`` (1..L) from kernel-order ``x``."""
+        o = self.offset[l]
+        return x[:, o:o + self.nodes_per_layer[l]]
+
+    def outputs(self, x) -> np.ndarray:
+        """Class outputs ``V(o_k+) - V(o_k-)`` (B, n_classes) in V."""
+        out = self.layer(x, self.L)
+        c = self.spec.sizes[-1]
+        return out[:, :c] - out[:, c:]
+
+    def output_injection(self, dC_dout) -> np.ndarray:
+        """Injected currents (B, nF) in A = ``-dC/dV`` on the output nodes for ``dC/d(output)``."""
+        B = dC_dout.shape[0]
+        c = self.spec.sizes[-1]
+        inj = np.zeros((B, self.nF))
+        o = self.offset[self.L]
+        inj[:, o:o + c] = -dC_dout
+        inj[:, o + c:o + 2 * c] = dC_dout
+        return inj
+
+    # -- the same network as a Circuit (for SPICE export and cross-checks) --------------------
+    def to_circuit(self, params, x, title=None) -> Circuit:
+        """The network with one sample's pixels ``x`` (n_in,) as a :class:`Circuit`."""
+        spec = self.spec
+        n = self.nodes_per_layer
+        L = self.L
+        c = Circuit(title=title or f"fastres layered network {'-'.join(map(str, spec.sizes))}", gmin=spec.gmin)
+        n_in = spec.sizes[0]
+        for i in range(n_in):
+            c.add_voltage_source(f"vxp{i}", f"xp{i}", spec.input_volts * float(x[i]))
+        for i in range(n_in):
+            c.add_voltage_source(f"vxn{i}", f"xn{i}", -spec.input_volts * float(x[i]))
+        c.add_voltage_source("vbias", "bias", spec.bias_volts)
+        c.add_voltage_source("vrlo", "rail_lo", spec.rail_lo)
+        c.add_voltage_source("vrhi", "rail_hi", spec.rail_hi)
+        names = {0: [f"xp{i}" for i in range(n_in)] + [f"xn{i}" for i in range(n_in)]}
+        ncls = spec.sizes[-1]
+        for l in range(1, L + 1):
+            if l == L:
+                names[l] = [f"op{k}" for k in range(ncls)] + [f"on{k}" for k in range(ncls)]
+            else:
+                names[l] = [f"h{l}_{j}" for j in range(n[l])]
+        model = spec.model
+        mname = "dclip" if spec.diode == "shockley" else "pwlclip"
+        for l in range(1, L + 1):
+            W = params[f"W{l}"]
+            Bv = params[f"B{l}"]
+            src = names[l - 1]
+            if l >= 2 and self.gains[l] != 1.0:
+                amp = [f"{s}_amp" for s in src]
+                for s, t in zip(src, amp):
+                    c.add_amplifier(f"{s}", s, t, self.gains[l])
+                src = amp
+            for j, node in enumerate(names[l]):
+                for i, s in enumerate(src):
+                    c.add_resistor(f"w{l}_{i}_{j}", s, node, g=float(W[i, j]))
+                c.add_resistor(f"b{l}_{j}", "bias", node, g=float(Bv[j]))
+                if l < L or spec.output_diodes:
+                    c.add_diode(f"{node}_hi", node, "rail_hi", model, mname)
+                    c.add_diode(f"{node}_lo", "rail_lo", node, model, mname)
+        return c
+
+    def node_names(self) -> list:
+        """Names (as in :meth:`to_circuit`) of the free nodes in kernel order."""
+        n = self.nodes_per_layer
+        ncls = self.spec.sizes[-1]
+        out = []
+        for l in self.K_layers + self.E_layers:
+            if l == self.L:
+                out += [f"op{k}" for k in range(ncls)] + [f"on{k}" for k in range(ncls)]
+            else:
+                out += [f"h{l}_{j}" for j in range(n[l])]
+        return out

@@ -1,0 +1,402 @@
+"""SPICE netlist reader/writer, and the ngspice runner."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from fastres.circuit import Circuit, CurrentSource, Diode, Resistor, VoltageSource
+from fastres.devices import PiecewiseLinear, Shockley
+from fastres.errors import CircuitError, NetlistError
+from fastres.netlist import parse_netlist, parse_number, read_netlist, write_netlist
+
+
+def deck(body, title="test deck"):
+    return title + "\n" + body.strip("\n") + "\n"
+
+
+# ------------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("tok,val", [
+    ("1", 1.0), ("-2.5", -2.5), (".5", 0.5), ("1e3", 1e3), ("1E-3", 1e-3), ("+3.", 3.0),
+    ("1k", 1e3), ("1K", 1e3), ("2.2kohm", 2200.0), ("1meg", 1e6), ("1MEGohm", 1e6),
+    ("1m", 1e-3), ("1mA", 1e-3), ("10uA", 1e-5), ("1V", 1.0), ("3n", 3e-9), ("4p", 4e-12),
+    ("5f", 5e-15), ("1g", 1e9), ("1t", 1e12), ("1mil", 25.4e-6), ("1.5e3k", 1.5e6),
+    ("1ohm", 1.0), ("1a", 1.0),  # ngspice 39 has no atto suffix: 'a' is an ignored unit
+])
+def test_numbers(tok, val):
+    assert parse_number(tok) == pytest.approx(val, rel=1e-15)
+
+
+@pytest.mark.parametrize("tok", ["nan", "NaN", "inf", "abc", "1..2", "", "k1", "1e999", "1k2"])
+def test_bad_numbers(tok):
+    with pytest.raises(NetlistError):
+        parse_number(tok)
+
+
+# ------------------------------------------------------------------------------- parsing
+def test_parse_basic_syntax():
+    c = parse_netlist(deck("""
+* a comment line
+R1 IN Mid 1kOhm ; inline comment
+rLoad mid 0 r=2.2k $ another comment
+R3 mid
++ OUT
++ 1meg
+  * comment inside a continuation
++ ; nothing
+D1 out 0 DMOD
+A1 out gnd SD
+V1 in 0 DC 1.5
+Vneg 0 x 2
+R4 x 0 1
+I1 0 out 10uA
+I2 out 0 1m
+.MODEL dmod D(IS=2e-14 N=1.5 EG=1.2 XTI=2 TNOM=30 CJO=1p TT=1n VJ=.7 M=.4 FC=.5 RS=0)
+.model SD sidiode(ron=2 roff=1e6 vfwd=0.3 vrev=5 rrev=10 epsilon=0 revepsilon=0)
+.options gmin=1e-11 reltol=1e-6 abstol=1e-15 vntol=1e-9 itl1=500 klu
+.option tnom=25
+.temp 50
+.control
+  run
+  print all
+.endc
+.op
+.end
+R9 this is after .end and ignored
+""", title="My Fancy Title"))
+    assert c.title == "My Fancy Title"
+    assert (c.gmin, c.temp, c.tnom) == (1e-11, 50.0, 25.0)
+    assert c.nodes == ["in", "mid", "out", "x"]
+    e = c.elements
+    assert set(e) == {"r1", "rload", "r3", "d1", "a1", "v1", "vneg", "r4", "i1", "i2"}
+    assert e["r1"] == Resistor("r1", "in", "mid", 1e-3)
+    assert e["rload"].g == 1 / 2200.0 and e["rload"].b == "0"
+    assert e["r3"].g == 1e-6 and (e["r3"].a, e["r3"].b) == ("mid", "out")
+    assert e["d1"].model == Shockley(IS=2e-14, N=1.5, EG=1.2, XTI=2.0, tnom=30.0)
+    assert e["d1"].model_name == "dmod"
+    assert e["a1"].model == PiecewiseLinear(ron=2.0, roff=1e6, vfwd=0.3, vrev=5.0, rrev=10.0)
+    assert (e["a1"].anode, e["a1"].cathode) == ("out", "0")
+    assert e["v1"] == VoltageSource("v1", "in", 1.5)
+    assert e["vneg"] == VoltageSource("vneg", "x", -2.0)  # V(0) - V(x) = 2
+    assert e["i1"] == CurrentSource("i1", "out", 1e-5)  # flows 0 -> source -> out
+    assert e["i2"] == CurrentSource("i2", "out", -1e-3)
+
+
+def test_models_after_use_and_defaults():
+    c = parse_netlist(deck("""
+D1 a 0 d1n 1
+D2 a 0 d1n area=1
+A1 a 0 pwl
+V1 a 0
+.model d1n D
+.model pwl sidiode(roff=1e9)
+"""))
+    assert c.elements["d1"].model == Shockley()
+    assert c.elements["v1"].value == 0.0
+    # ngspice 39 sidiode defaults: ron=1, vfwd=0, no breakdown, rrev=ron
+    assert c.elements["a1"].model == PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.0,
+                                                     vrev=math.inf, rrev=1.0)
+
+
+def test_include_relative_path(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "models.lib").write_text(".model dm D(IS=3e-14)\n.include more.inc\n")
+    (sub / "more.inc").write_text("* resistors\nR2 b 0 2k\n")
+    top = tmp_path / "top.cir"
+    top.write_text(deck("""
+V1 a 0 1
+R1 a b 1k
+D1 b 0 dm
+.include sub/models.lib
+.op
+.end
+"""))
+    old = os.getcwd()
+    os.chdir("/")  # the include must resolve relative to the file, not the cwd
+    try:
+        c = read_netlist(str(top))
+    finally:
+        os.chdir(old)
+    assert c.elements["d1"].model.IS == 3e-14
+    assert c.elements["r2"].g == 1 / 2000.0
+
+
+def test_include_recursion_guard(tmp_path):
+    (tmp_path / "a.inc").write_text(".include b.inc\n")
+    (tmp_path / "b.inc").write_text("R1 x 0 1\n.include a.inc\n")
+    top = tmp_path / "top.cir"
+    top.write_text(deck(".include a.inc\nV1 x 0 1\n"))
+    with pytest.raises(NetlistError, match=r"b\.inc:2: recursive \.include"):
+        read_netlist(top)
+
+
+def test_missing_include_names_file_and_line(tmp_path):
+    top = tmp_path / "deck.cir"
+    top.write_text(deck("V1 a 0 1\n.include nothere.inc\n"))
+    with pytest.raises(NetlistError, match=r"deck\.cir:3: cannot read \.include"):
+        read_netlist(top)
+
+
+BAD = [
+    ("Q1 c b e npn", "element type 'Q'"),
+    ("L1 a 0 1u", "element type 'L'"),
+    (".tran 1n 1u", "dot-command '.tran'"),
+    (".subckt foo a b", "dot-command '.subckt'"),
+    (".param x=1", "dot-command '.param'"),
+    ("R1 a 0 abc", "bad number 'abc'"),
+    ("R1 a 0 nan", "bad number 'nan'"),
+    ("R1 a 0 0", "must be > 0"),
+    ("R1 a 0 -5", "must be > 0"),
+    ("R1 a 0 1k tc1=0.1", "unsupported extra fields"),
+    ("R1 a 0", "expected 'R name n1 n2 value'"),
+    ("D1 a 0 nomodel", "unknown model 'nomodel'"),
+    ("D1 a 0 dm 2\n.model dm D", "area 2 is not supported"),
+    ("D1 a 0 dm off\n.model dm D", "bad number 'off'"),
+    (".model dm D(RS=10)", "RS=10 is not supported"),
+    (".model dm D(BV=5 IBV=1m)", "BV"),
+    (".model dm D(IKF=1)", "IKF=1 is not supported"),
+    (".model dm D(JSW=1e-15)", "JSW"),
+    (".model dm D(FOO=1)", "unknown or unsupported diode parameter FOO"),
+    (".model dm D(IS=-1)", "must be > 0"),
+    (".model q npn(bf=100)", "model type 'NPN' is not supported"),
+    (".model s sidiode(ron=1 roff=1e6 epsilon=0.1)", "epsilon=0.1 is not supported"),
+    (".model s sidiode(ron=1 roff=1e6 revepsilon=1m)", "revepsilon=1m is not supported"),
+    (".model s sidiode(ron=1 roff=1e6 ilimit=1)", "current limit 'ilimit'"),
+    (".model s sidiode(ron=1 roff=1e6 revilimit=1)", "current limit 'revilimit'"),
+    (".model s sidiode(ron=10 roff=1)", "non-convex"),
+    (".model s sidiode(bogus=1)", "unknown sidiode parameter 'bogus'"),
+    (".model dm D\n.model dm D", "duplicate .model 'dm'"),
+    ("A1 a 0 dm\n.model dm D", "not a sidiode model"),
+    ("D1 a 0 s\n.model s sidiode(roff=1e6)", "not a D model"),
+    ("R1 a 0 1\nr1 b 0 2", "duplicate element name 'r1'"),
+    ("V1 a b 1", "not supported: a source between two non-ground nodes"),
+    ("I1 a b 1", "not supported: a source between two non-ground nodes"),
+    ("V1 0 gnd 1", "both terminals are ground"),
+    ("V1 a 0 SIN(0 1 1k)", "unsupported source specification"),
+    ("V1 a 0 DC 1e999", "not finite"),
+    (".options gmin=-1", "gmin"),
+    (".options rshunt=1e9", "rshunt"),
+    (".options temp", "needs a value"),
+    (".temp", ".temp needs"),
+    (".control\nrun", ".control block without .endc"),
+]
+
+
+@pytest.mark.parametrize("line,msg", BAD)
+def test_errors_name_file_and_line(tmp_path, line, msg):
+    text = deck("* first\nR0 z 0 1\n" + line + "\n.op\n.end\n")
+    path = tmp_path / "deck.cir"
+    path.write_text(text)
+    with pytest.raises(NetlistError) as info:
+        read_netlist(path)
+    err = str(info.value)
+    assert msg in err
+    assert "deck.cir" in err
+    if "without .endc" not in msg and "gmin" not in msg:
+        # the offending statement is on line 4 or 5 (after title, comment, R0)
+        assert any(f"deck.cir:{n}:" in err for n in (4, 5)), err
+    with pytest.raises(NetlistError, match="<string>"):
+        parse_netlist(text)
+
+
+def test_error_line_of_continued_statement(tmp_path):
+    p = tmp_path / "deck.cir"
+    p.write_text("t\nV1 a 0 1\nR1 a\n+ 0\n+ bogus\n")
+    with pytest.raises(NetlistError, match=r"deck\.cir:3: bad number 'bogus'"):
+        read_netlist(p)
+
+
+def test_error_is_valueerror():
+    with pytest.raises(ValueError):
+        parse_netlist("t\nX1 a b sub\n")
+
+
+# ------------------------------------------------------------------------------- round trip
+def random_circuit(rng, n_nodes=12, n_res=30, n_diodes=10):
+    c = Circuit(title="random circuit", gmin=float(rng.choice([1e-12, 0.0, 3.3e-13])),
+                temp=float(rng.uniform(-20, 120)), tnom=float(rng.uniform(10, 40)))
+    nodes = ["0"] + [f"n{i}" for i in range(n_nodes)] + ["Out.x", "a:b_c-1"]
+    shockley = [Shockley(IS=float(rng.lognormal(-32, 2)), N=float(rng.uniform(1, 2)),
+                         EG=float(rng.uniform(0.6, 1.2)), XTI=float(rng.uniform(2, 4)),
+                         tnom=[None, float(rng.uniform(0, 50))][i % 2]) for i in range(2)]
+    pwl = [PiecewiseLinear(ron=float(rng.uniform(0.1, 10)), roff=float(rng.uniform(1e5, 1e9)),
+                           vfwd=float(rng.uniform(0, 1)),
+                           vrev=[math.inf, float(rng.uniform(1, 10))][i % 2],
+                           rrev=float(rng.uniform(0.5, 5))) for i in range(2)]
+    for k in range(n_res):
+        a, b = rng.choice(len(nodes), 2, replace=False)
+        if rng.random() < 0.5:
+            c.add_resistor(f"r{k}", nodes[a], nodes[b], g=float(rng.lognormal(-7, 3)))
+        else:
+            c.add_resistor(f"x{k}", nodes[a], nodes[b], r=float(rng.uniform(1, 1e6)))
+    for k in range(n_diodes):
+        a, b = rng.choice(len(nodes), 2, replace=False)
+        if k % 2:
+            c.add_diode(f"d{k}", nodes[a], nodes[b], shockley[k % 4 // 2], f"dm{k % 4 // 2}")
+        else:
+            # two different models share the name "pwl": the writer must disambiguate
+            c.add_diode(f"a{k}", nodes[a], nodes[b], pwl[k % 4 // 2], "pwl")
+    c.add_voltage_source("vin", nodes[1], float(rng.normal()))
+    c.add_voltage_source("vb", nodes[2], rng.normal(size=5))
+    c.add_current_source("i1", nodes[3], float(rng.normal() * 1e-3))
+    c.add_current_source("i2", nodes[4], rng.normal(size=5) * 1e-3)
+    return c
+
+
+def assert_same_circuit(a, b, sample=0, rename_models=False):
+    assert (a.title, a.gmin, a.temp, a.tnom) == (b.title, b.gmin, b.temp, b.tnom)
+    assert a.nodes == b.nodes
+    assert list(a.elements) == list(b.elements)
+    for name, ea in a.elements.items():
+        eb = b.elements[name]
+        assert type(ea) is type(eb), name
+        if isinstance(ea, Resistor):
+            assert (ea.a, ea.b) == (eb.a, eb.b)
+            assert ea.g == eb.g, (name, ea.g, eb.g)  # bit-identical
+        elif isinstance(ea, Diode):
+            assert (ea.anode, ea.cathode, ea.model) == (eb.anode, eb.cathode, eb.model), name
+            if not rename_models:
+                assert ea.model_name == eb.model_name
+        else:
+            va = ea.value[sample] if isinstance(ea.value, np.ndarray) else ea.value
+            assert ea.node == eb.node
+            assert va == eb.value, name
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_round_trip_bit_identical(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    c = random_circuit(rng)
+    for sample in (0, 3):
+        text = write_netlist(c, tmp_path / "c.cir", sample=sample)
+        assert (tmp_path / "c.cir").read_text() == text
+        back = read_netlist(tmp_path / "c.cir")
+        assert_same_circuit(c, back, sample, rename_models=True)
+        names = {e.model_name for e in back.of_type(Diode) if isinstance(e.model, PiecewiseLinear)}
+        assert names == {"pwl", "pwl_2"}
+        # and again: writing what was read gives the same text
+        assert write_netlist(back, sample=0) == write_netlist(c, sample=sample)
+
+
+def test_round_trip_exact_resistances():
+    # conductances whose reciprocal has no double that maps back: written with 25 digits
+    rng = np.random.default_rng(1)
+    c = Circuit()
+    gs = np.concatenate([rng.lognormal(0, 10, 3000), [1e-300, 1e300, 5e-324 * 2**60, 0.1, 3.0]])
+    for k, g in enumerate(gs):
+        c.add_resistor(f"{k}", "a", "0", g=float(g))
+    back = parse_netlist(write_netlist(c))
+    assert [e.g for e in back.of_type(Resistor)] == [float(g) for g in gs]
+
+
+def test_writer_format():
+    c = Circuit(title="t")
+    c.add_voltage_source("1", "a", 2.0)
+    c.add_current_source("2", "b", 1e-3)
+    c.add_resistor("1", "a", "b", r=1000.0)
+    c.add_diode("1", "b", "0", PiecewiseLinear(roff=1e6))
+    text = write_netlist(c, sources={"v1": np.array([5.0, 6.0])}, sample=1)
+    lines = text.splitlines()
+    assert lines[0] == "t"
+    assert "v1 a 0 DC 6.0" in lines
+    assert "i2 0 b DC 0.001" in lines  # 1 mA injected into b: flows 0 -> source -> b
+    assert any("vrev=1e+30" in ln and "epsilon=0 revepsilon=0" in ln for ln in lines)
+    assert lines[-2:] == [".op", ".end"]
+    back = parse_netlist(text)
+    assert back.elements["a1"].model.vrev == math.inf
+    assert back.elements["v1"].value == 6.0
+    with pytest.raises(CircuitError):
+        write_netlist(c, sample=0, sources={"r1": 1.0})
+    c.add_voltage_source("3", "c", np.zeros(2))
+    with pytest.raises(CircuitError, match="out of range"):
+        write_netlist(c, sample=5)
+
+
+def test_writer_rejects_unsafe_names():
+    c = Circuit()
+    c.add_resistor("1", "a;b", "0", r=1.0)
+    with pytest.raises(CircuitError, match="node name"):
+        write_netlist(c)
+
+
+# ------------------------------------------------------------------------------- ngspice
+@pytest.mark.ngspice
+def test_read_raw_and_dc_sweep():
+    from fastres import ngspice
+    text = deck("""
+V1 a 0 0
+R1 a b 1k
+R2 b 0 1k
+.op
+.end
+""")
+    nodes, volts = ngspice.run_dc_sweep(text, "v1", np.linspace(-1, 1, 5))
+    assert volts.shape == (5, len(nodes))
+    np.testing.assert_allclose(volts[:, nodes.index("b")], np.linspace(-0.5, 0.5, 5), atol=1e-12)
+
+
+@pytest.mark.ngspice
+def test_ngspice_reports_failures():
+    from fastres import ngspice
+    with pytest.raises(ngspice.NgspiceError, match="singular|Transient op"):
+        ngspice.run_op(deck("V1 a 0 1\nR1 a b 1k\nR2 c d 1k\n.op\n.end\n"))
+    with pytest.raises(ngspice.NgspiceError, match="output tail"):
+        ngspice.run_op(deck("V1 a 0 1\nA1 a 0 nomodel\n.op\n.end\n"))
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("seed", range(3))
+def test_written_decks_run_in_ngspice(seed):
+    """ngspice runs the written deck unchanged, and its solution satisfies KCL of our circuit."""
+    from fastres import ngspice
+    rng = np.random.default_rng(100 + seed)
+    c = random_circuit(rng, n_nodes=8, n_res=30, n_diodes=8)
+    # make every node reach ground through a resistor, so the operating point is unique
+    for n in list(c.nodes):
+        c.add_resistor(f"rg_{n}", n, "0", g=float(rng.uniform(1e-4, 1e-2)))
+    text = write_netlist(c, sample=2)
+    v = ngspice.run_op(text, extra_options={"reltol": 1e-12, "abstol": 1e-18, "vntol": 1e-12})
+    assert set(c.nodes) <= set(v)
+    volt = dict(v, **{"0": 0.0})
+    assert volt[c.elements["vin"].node] == pytest.approx(c.elements["vin"].value, abs=1e-12)
+    assert volt[c.elements["vb"].node] == pytest.approx(c.elements["vb"].value[2], abs=1e-12)
+    # KCL at every node not held by a voltage source, with the device equations
+    net = {n: 0.0 for n in c.nodes}
+    scale = {n: 0.0 for n in c.nodes}
+
+    def add(a, b, i):
+        for n, s in ((a, -1.0), (b, 1.0)):
+            if n != "0":
+                net[n] += s * i
+                scale[n] += abs(i)
+
+    for e in c.elements.values():
+        if isinstance(e, Resistor):
+            add(e.a, e.b, e.g * (volt[e.a] - volt[e.b]))
+        elif isinstance(e, Diode):
+            vd = volt[e.anode] - volt[e.cathode]
+            m = e.model
+            if isinstance(m, Shockley):
+                is_t, vte, gmin, _, _ = m.params(c.temp, c.tnom, c.gmin)
+                if vd >= -3 * vte:
+                    i = is_t * math.expm1(vd / vte)
+                else:  # ngspice's reverse cubic
+                    arg = 3 * vte / (vd * math.e)
+                    i = -is_t * (1 + arg ** 3)
+                i += gmin * vd
+            else:
+                if vd > m.vfwd:
+                    i = m.vfwd / m.roff + (vd - m.vfwd) / m.ron
+                elif vd < -m.vrev:
+                    i = -m.vrev / m.roff + (vd + m.vrev) / m.rrev
+                else:
+                    i = vd / m.roff
+            add(e.anode, e.cathode, i)
+        elif isinstance(e, CurrentSource):
+            val = e.value[2] if isinstance(e.value, np.ndarray) else e.value
+            add("0", e.node, val)
+    held = {e.node for e in c.of_type(VoltageSource)}
+    for n in c.nodes:
+        if n not in held:
+            assert abs(net[n]) <= 1e-9 * scale[n] + 1e-15, (n, net[n], scale[n])
