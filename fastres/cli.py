@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--json", action="store_true", help='print {"node": volts, ...}')
     op.add_argument("--sweep", metavar="S.npz", help="one (B,) array per source name to override")
     op.add_argument("--out", metavar="O.npz", help="write nodes (names) and v (B x nodes) to O.npz")
-    op.add_argument("--reltol", type=float, default=1e-10)
+    op.add_argument("--reltol", type=float, default=1e-12)
     op.add_argument("--vntol", type=float, default=1e-12, help="volts")
     op.add_argument("--abstol", type=float, default=1e-15, help="amperes")
     op.add_argument("--maxiter", type=int, default=100)

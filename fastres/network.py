@@ -28,9 +28,7 @@ import numpy as np
 
 from .circuit import Circuit
 from .devices import PiecewiseLinear, Shockley
-from .kernels import newton as _newton
-from .kernels import stamping as _stamping
-from .solve import Newton, STATUS_TEXT
+from .solve import STATUS_TEXT, Newton, solve_kernel, source_currents
 from .errors import CircuitError, ConvergenceError
 
 
@@ -209,26 +207,16 @@ class LayeredNetwork:
         """Free-node source currents ``b`` (B, nF) in A for a batch of inputs."""
         GKK, GKE, gEE, b0 = self.arrays(params) if arrays is None else arrays
         U = self.input_voltages(X)
-        B = U.shape[0]
-        b = np.empty((B, self.nF))
-        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
-        _stamping.source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], b0,
-                                  np.zeros((1, self.nF)), nchunks, b)
-        return b
+        return source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], b0,
+                               np.zeros((1, self.nF)))
 
     def solve_b(self, b, arrays, x0=None, check=True):
         """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A."""
         GKK, GKE, gEE, _ = arrays
         B = b.shape[0]
         x = np.zeros((B, self.nF)) if x0 is None else np.array(x0, dtype=np.float64, copy=True)
-        it = np.zeros(B, dtype=np.int64)
-        res = np.zeros(B)
-        st = np.zeros(B, dtype=np.int64)
-        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
-        a = self.alg
-        _newton.solve_b(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da, self.db,
-                        self.dkind, self.dpar, x, float(a.reltol), float(a.vntol), float(a.abstol),
-                        int(a.maxiter), nchunks, it, res, st)
+        it, res, st = solve_kernel(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da,
+                                   self.db, self.dkind, self.dpar, x, self.alg)
         if check and np.any(st != 0):
             bad = np.flatnonzero(st != 0)
             raise ConvergenceError(f"network solve did not converge for {bad.size} of {B} samples "

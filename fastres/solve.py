@@ -21,6 +21,23 @@ STATUS_TEXT = {
 }
 
 
+PARALLEL_MIN_BATCH = 64
+
+
+def chunks(B: int) -> int:
+    """Number of sample chunks for a batch of B samples.
+
+    1 below ``PARALLEL_MIN_BATCH``: then the caller runs the serial kernel, because waking the
+    threads of a parallel region costs more than a few small solves (and far more on a busy
+    2-core machine); otherwise one to four chunks per thread (each chunk allocates its scratch
+    once; several per thread balance the load).
+    """
+    t = numba.get_num_threads()
+    if B < PARALLEL_MIN_BATCH or t == 1:
+        return 1
+    return max(1, min(B, t * max(1, min(4, B // (64 * t)))))
+
+
 @dataclass(frozen=True)
 class Newton:
     """Damped Newton with an energy line search (the algorithm config).
@@ -33,7 +50,7 @@ class Newton:
     Numba's threads (None: all).
     """
 
-    reltol: float = 1e-10
+    reltol: float = 1e-12
     vntol: float = 1e-12
     abstol: float = 1e-15
     maxiter: int = 100
@@ -154,6 +171,35 @@ def _start(cc: CompiledCircuit, v0, B):
     return x
 
 
+def source_currents(U, P, col0, b0, inj) -> np.ndarray:
+    """Free-node source currents (B, nF) in A: ``inj + b0`` plus ``U @ P`` into columns
+    ``col0:col0 + P.shape[1]`` (see :func:`fastres.kernels.stamping.source_currents`)."""
+    B = U.shape[0]
+    b = np.empty((B, b0.shape[0]))
+    n = chunks(B)
+    if n == 1:
+        _stamping.source_currents_range(U, P, col0, b0, inj, 0, B, b)
+    else:
+        _stamping.source_currents(U, P, col0, b0, inj, n, b)
+    return b
+
+
+def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton):
+    """Run the batched Newton kernel in place on ``x`` (B, nF); returns (iterations, residual,
+    status) arrays of shape (B,). Serial for small batches, parallel chunks otherwise."""
+    B = x.shape[0]
+    it = np.zeros(B, dtype=np.int64)
+    res = np.zeros(B)
+    st = np.zeros(B, dtype=np.int64)
+    n = chunks(B)
+    args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter))
+    if n == 1:
+        _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)
+    else:
+        _newton.solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, n, it, res, st)
+    return it, res, st
+
+
 def solve(problem: DCProblem, alg: Newton = Newton(), *, check: bool = True) -> DCSolution:
     """Solve the DC operating point of every sample of ``problem``.
 
@@ -164,20 +210,14 @@ def solve(problem: DCProblem, alg: Newton = Newton(), *, check: bool = True) -> 
     cc, vfix, inj = problem.prepared(alg.structure)
     B = vfix.shape[0]
     x = _start(cc, problem.v0, B)
-    it = np.zeros(B, dtype=np.int64)
-    res = np.zeros(B)
-    st = np.zeros(B, dtype=np.int64)
     old = numba.get_num_threads()
     if alg.threads is not None:
         numba.set_num_threads(max(1, min(int(alg.threads), numba.config.NUMBA_NUM_THREADS)))
     try:
-        nchunks = max(1, min(B, 4 * numba.get_num_threads()))
-        b = np.empty((B, cc.nF))
-        _stamping.source_currents(vfix, cc.P, 0, np.zeros(cc.nF), inj, nchunks, b)
+        b = source_currents(vfix, cc.P, 0, np.zeros(cc.nF), inj)
         vdfix = np.ascontiguousarray(vfix[:, cc.dfix]) if cc.dfix.size else np.zeros((1, 0))
-        _newton.solve_b(cc.GKK, cc.GKE, cc.gEE, b, vdfix, cc.da, cc.db, cc.dkind, cc.dpar, x,
-                        float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter),
-                        nchunks, it, res, st)
+        it, res, st = solve_kernel(cc.GKK, cc.GKE, cc.gEE, b, vdfix, cc.da, cc.db, cc.dkind,
+                                   cc.dpar, x, alg)
     finally:
         numba.set_num_threads(old)
     sol = DCSolution(nodes=cc.nodes, x=x, vfix=vfix, slots=cc.slots, scales=cc.scales, iterations=it,

@@ -101,23 +101,37 @@ def diode_phi(kind, p, v):
 
 @njit(cache=True, inline="always")
 def diode_dphi(kind, p, v, h):
-    """``phi(v + h) - phi(v)`` (W), accurate when ``h`` is small."""
+    """``phi(v + h) - phi(v)`` (W), accurate when ``h`` is small.
+
+    Within one smooth region the difference is formed from the current at ``v`` and the step
+    (``expm1`` for the exponential, exact quadratics for linear pieces), never as a difference
+    of two large co-contents; across region boundaries it is the plain difference.
+    """
+    w = v + h
     if kind == KIND_SHOCKLEY:
         IS = p[0]
         vte = p[1]
         gmin = p[2]
-        lo = -3.0 * vte
         vmax = p[3]
-        if v >= lo and v + h >= lo and v <= vmax and v + h <= vmax:
-            # IS*vte*(exp((v+h)/vte) - exp(v/vte)) - IS*h + gmin*h*(v + h/2)
-            return IS * vte * math.exp(v / vte) * math.expm1(h / vte) - IS * h + gmin * h * (v + 0.5 * h)
-        return diode_phi(kind, p, v + h) - diode_phi(kind, p, v)
-    goff = p[1]
+        lo = -3.0 * vte
+        q = gmin * h * (v + 0.5 * h)
+        if v >= lo and w >= lo and v <= vmax and w <= vmax:
+            return IS * vte * math.exp(v / vte) * math.expm1(h / vte) - IS * h + q
+        if v < lo and w < lo:
+            K = 3.0 * vte / E
+            K = K * K * K
+            return -IS * h - 0.5 * IS * K * h * (v + w) / (v * v * w * w) + q
+        if v > vmax and w > vmax:
+            i, g = diode_ig(kind, p, v)
+            return i * h + 0.5 * g * h * h
+        return diode_phi(kind, p, w) - diode_phi(kind, p, v)
     vfwd = p[2]
     vrev = p[3]
-    w = v + h
-    if v > -vrev and v < vfwd and w > -vrev and w < vfwd:
-        return goff * h * (v + 0.5 * h)
+    rv = 0 if v >= vfwd else (1 if v > -vrev else 2)
+    rw = 0 if w >= vfwd else (1 if w > -vrev else 2)
+    if rv == rw:  # one linear piece: exact quadratic in h
+        i, g = diode_ig(kind, p, v)
+        return i * h + 0.5 * g * h * h
     return diode_phi(kind, p, w) - diode_phi(kind, p, v)
 
 
@@ -127,26 +141,30 @@ def diode_move(kind, p, v, ev, w):
 
     ``ev = exp(v / vte)`` for a forward-biased Shockley diode (else unused); ``dphi`` (W) is
     ``phi(w) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``w``, and ``ev_new`` is
-    ``exp(w / vte)`` where defined. One exponential per call: the Newton line search evaluates
-    each trial point once and reuses it as the next iterate, so ``w`` must be computed exactly
-    as the next iterate's voltage will be (the cached exponential must match it to the bit).
+    ``exp(w / vte)`` where defined, carried multiplicatively from ``ev`` (relative drift of
+    order eps per Newton step). One transcendental per call: the Newton line search evaluates
+    each trial point once and reuses it as the next iterate.
     """
     h = w - v
     if kind == KIND_SHOCKLEY:
         IS = p[0]
         vte = p[1]
         gmin = p[2]
-        lo = -3.0 * vte
         vmax = p[3]
+        lo = -3.0 * vte
         if w >= lo and w <= vmax:
-            evn = math.exp(w / vte)
-            i = IS * (evn - 1.0) + gmin * w
-            g = IS * evn / vte + gmin
             if v >= lo and v <= vmax:
-                return IS * vte * (evn - ev) - IS * h + gmin * h * (v + 0.5 * h), i, g, evn
-            return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, evn
+                # one transcendental, and an energy change without cancellation:
+                # exp(w/vte) = ev * (1 + expm1(h/vte))
+                em1 = math.expm1(h / vte)
+                evn = ev + ev * em1
+                dphi = IS * vte * ev * em1 - IS * h + gmin * h * (v + 0.5 * h)
+            else:
+                evn = math.exp(w / vte)
+                dphi = diode_phi(kind, p, w) - diode_phi(kind, p, v)
+            return dphi, IS * (evn - 1.0) + gmin * w, IS * evn / vte + gmin, evn
         i, g = diode_ig(kind, p, w)
-        return diode_phi(kind, p, w) - diode_phi(kind, p, v), i, g, diode_exp(kind, p, w)
+        return diode_dphi(kind, p, v, h), i, g, diode_exp(kind, p, w)
     i, g = diode_ig(kind, p, w)
     return diode_dphi(kind, p, v, h), i, g, 0.0
 

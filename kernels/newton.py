@@ -16,9 +16,9 @@ point's diode currents and conductances are reused as the next iterate's, so a f
 step costs one exponential per diode.
 
 Termination (SPICE-style, both required): the last step satisfies
-``max|dx| <= vntol + reltol * max|x|`` (V) and the residual
-``max|r| <= abstol + reltol * max|b| + 16 eps max(J_ii) max|x|`` (A), where ``b`` are the
-source-driven currents and the last term is the round-off floor of evaluating ``J x``.
+``max|dx| <= tol_v = vntol + reltol * max|x|`` (V), and at every node the KCL residual satisfies
+``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
+voltage error there, and the last term is the round-off floor of evaluating ``J x``.
 
 Status codes per sample: 0 converged, 1 iteration limit, 2 line search failed, 3 singular or
 non-finite Jacobian/residual, 4 converged with a Shockley diode beyond its ``imax`` guard.
@@ -44,25 +44,56 @@ MAX_LINESEARCH = 60
 
 
 @njit(cache=True)
+def _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
+    """KCL residual test, node by node: ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|``.
+
+    ``r_i / J_ii`` estimates the voltage error at node ``i``, so the test asks for the same
+    accuracy in volts as the step test (``tol_v = vntol + reltol max|x|``); the last term is the
+    round-off floor of evaluating ``J x`` (a stiff diode cannot do better).
+    """
+    nK = JKK.shape[0]
+    nF = r.shape[0]
+    xabs = 0.0
+    for i in range(nF):
+        xabs = max(xabs, abs(x[i]))
+    tol_v = vntol + reltol * xabs
+    for i in range(nF):
+        jii = JKK[i, i] if i < nK else dE[i - nK]
+        if abs(r[i]) > max(abstol, jii * tol_v) + 16.0 * EPS * jii * xabs:
+            return False
+    return True
+
+
+@njit(cache=True)
 def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
-    """Energy change (W), phi'(t) (W) and phi''(t) (W) at ``x + t dx``; fills the trial caches."""
+    """Energy change (W), phi'(t) (W), phi''(t) (W) and the energy's round-off scale (W) at
+    ``x + t dx``; fills the trial caches.
+
+    Node voltages are quantised (one ulp of ``v``), so a diode carrying ``i`` cannot resolve an
+    energy change below about ``|i| ulp(v)``; the returned scale ``sum |i| (|v_a| + |v_b|)``,
+    times a few eps, is the floor under which an energy comparison means nothing.
+    """
     dEn = t * g1 + 0.5 * t * t * g2
     d1 = g1 + t * g2
     d2 = g2
+    scale = 0.0
     for k in range(da.shape[0]):
         a = da[k]
         c = db[k]
         h = dxe[a] - dxe[c]
         # the new voltage exactly as the update x += t*dx will produce it
-        w = (vext[a] + t * dxe[a]) - (vext[c] + t * dxe[c])
+        wa = vext[a] + t * dxe[a]
+        wc = vext[c] + t * dxe[c]
+        w = wa - wc
         dphi, i, g, evn = diode_move(dkind[k], dpar[k], vext[a] - vext[c], ev[k], w)
+        scale += abs(i) * (abs(wa) + abs(wc))
         di_t[k] = i
         dg_t[k] = g
         ev_t[k] = evn
         dEn += dphi
         d1 += i * h
         d2 += g * h * h
-    return dEn, d1, d2
+    return dEn, d1, d2, scale
 
 
 @njit(cache=True)
@@ -80,10 +111,6 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    bscale = 0.0
-    for i in range(nF):
-        bscale = max(bscale, abs(b[i]))
-    rtol = abstol + reltol * bscale
     for k in range(nD):
         vd = vext[da[k]] - vext[db[k]]
         di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
@@ -97,16 +124,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             rmax = max(rmax, abs(r[i]))
         if not math.isfinite(rmax):
             return it, rmax, SINGULAR
-        # round-off floor of the residual: eps * |J x| (a stiff diode cannot do better)
-        jmax = 0.0
-        for i in range(nK):
-            jmax = max(jmax, JKK[i, i])
-        for e in range(nE):
-            jmax = max(jmax, dE[e])
-        xabs = 0.0
-        for i in range(nF):
-            xabs = max(xabs, abs(x[i]))
-        if step_small and rmax <= rtol + 16.0 * EPS * jmax * xabs:
+        if step_small and _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
             for k in range(nD):
                 if beyond_imax(dkind[k], dpar[k], vext[da[k]] - vext[db[k]]):
                     return it, rmax, BEYOND_IMAX
@@ -121,7 +139,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
         slope = 0.0
         xmax = 0.0
         dxmax = 0.0
+        lin_scale = 0.0
         for i in range(nF):
+            lin_scale += abs(rlin[i] + b[i]) * abs(x[i]) + abs(b[i]) * abs(x[i])
             g1 += rlin[i] * dx[i]
             g2 += dx[i] * Gdx[i]
             slope += r[i] * dx[i]
@@ -134,12 +154,14 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
         hi = math.inf
         accepted = False
         for _ in range(MAX_LINESEARCH):
-            dEn, d1, d2 = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
+            dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
             if tiny:
                 accepted = True
                 break
-            if not (math.isfinite(dEn) and math.isfinite(d1)) or dEn > ARMIJO * t * slope or d1 > 0.0:
-                if math.isfinite(dEn) and math.isfinite(d1) and dEn <= ARMIJO * t * slope \
+            # sufficient decrease, up to the round-off floor of the energy (linear + diode parts)
+            decrease = dEn <= ARMIJO * t * slope + 8.0 * EPS * (lin_scale + dscale)
+            if not (math.isfinite(dEn) and math.isfinite(d1)) or not decrease or d1 > 0.0:
+                if math.isfinite(dEn) and math.isfinite(d1) and decrease \
                         and abs(d1) <= C2 * abs(slope):
                     accepted = True
                     break
@@ -157,7 +179,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                 t = tn
             else:
                 t = 0.5 * (lo + hi)
-            if hi - lo <= 1e-14 * hi:
+            if hi < math.inf and hi - lo <= 1e-14 * hi:
                 break
         if not accepted:
             if lo > 0.0:  # phi'(lo) < 0 with sufficient decrease: accept the bracket's left end
@@ -185,6 +207,31 @@ def workspace(nK, nE, nD, nXd):
             np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
 
 
+@njit(cache=True)
+def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
+                reltol, vntol, abstol, maxiter, lo, hi, iterations, residual, status):
+    """Solve samples ``lo..hi-1`` in place in ``x`` (serially; see :func:`solve_b`)."""
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    nF = nK + nE
+    nXd = vdfix.shape[1]
+    w = workspace(nK, nE, da.shape[0], nXd)
+    vext = np.empty(nF + nXd)
+    for s in range(lo, hi):
+        for i in range(nF):
+            vext[i] = x[s, i]
+        row = s if vdfix.shape[0] > 1 else 0
+        for j in range(nXd):
+            vext[nF + j] = vdfix[row, j]
+        it, rm, st = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar,
+                                   reltol, vntol, abstol, maxiter, w)
+        for i in range(nF):
+            x[s, i] = vext[i]
+        iterations[s] = it
+        residual[s] = rm
+        status[s] = st
+
+
 @njit(cache=True, parallel=True)
 def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
             reltol, vntol, abstol, maxiter, nchunks, iterations, residual, status):
@@ -193,31 +240,14 @@ def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     ``b`` (B, nF) source currents (A, see :func:`~fastres.kernels.stamping.source_currents`);
     ``vdfix`` (B, nXd) or (1, nXd) the fixed voltages (V) that diodes touch: diode index
     ``nF + j`` is ``vdfix[:, j]``. Outputs ``iterations`` (B,) int64, ``residual`` (B,) float64 (A),
-    ``status`` (B,) int64 (see the module docstring).
+    ``status`` (B,) int64 (see the module docstring). Small batches should call
+    :func:`solve_range` directly: a parallel region costs more than it saves there.
     """
     B = x.shape[0]
-    nK = GKK.shape[0]
-    nE = gEE.shape[0]
-    nF = nK + nE
-    nXd = vdfix.shape[1]
     per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
         lo = c * per
         hi = min(B, lo + per)
-        if lo >= hi:
-            continue
-        w = workspace(nK, nE, da.shape[0], nXd)
-        vext = np.empty(nF + nXd)
-        for s in range(lo, hi):
-            for i in range(nF):
-                vext[i] = x[s, i]
-            row = s if vdfix.shape[0] > 1 else 0
-            for j in range(nXd):
-                vext[nF + j] = vdfix[row, j]
-            it, rm, st = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar,
-                                       reltol, vntol, abstol, maxiter, w)
-            for i in range(nF):
-                x[s, i] = vext[i]
-            iterations[s] = it
-            residual[s] = rm
-            status[s] = st
+        if lo < hi:
+            solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, reltol, vntol, abstol,
+                        maxiter, lo, hi, iterations, residual, status)

@@ -137,6 +137,20 @@ def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
     return True
 
 
+@njit(cache=True)
+def source_currents_range(U, P, col0, b0, inj, lo, hi, b):
+    """Rows ``lo..hi-1`` of :func:`source_currents` (serial)."""
+    nF = b.shape[1]
+    nP = P.shape[1]
+    prod = np.dot(U[lo:hi], P)
+    for s in range(lo, hi):
+        row = s if inj.shape[0] > 1 else 0
+        for i in range(nF):
+            b[s, i] = inj[row, i] + b0[i]
+        for i in range(nP):
+            b[s, col0 + i] += prod[s - lo, i]
+
+
 @njit(cache=True, parallel=True)
 def source_currents(U, P, col0, b0, inj, nchunks, b):
     """``b = inj + b0``, plus ``U @ P`` added to columns ``col0 : col0 + P.shape[1]`` (A).
@@ -146,18 +160,9 @@ def source_currents(U, P, col0, b0, inj, nchunks, b):
     chunk of samples per thread. ``b0`` (nF,) constant currents, ``inj`` (B, nF) or (1, nF).
     """
     B = b.shape[0]
-    nF = b.shape[1]
-    nP = P.shape[1]
     per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
         lo = c * per
         hi = min(B, lo + per)
-        if lo >= hi:
-            continue
-        prod = np.dot(U[lo:hi], P)
-        for s in range(lo, hi):
-            row = s if inj.shape[0] > 1 else 0
-            for i in range(nF):
-                b[s, i] = inj[row, i] + b0[i]
-            for i in range(nP):
-                b[s, col0 + i] += prod[s - lo, i]
+        if lo < hi:
+            source_currents_range(U, P, col0, b0, inj, lo, hi, b)

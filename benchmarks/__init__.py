@@ -1,0 +1,1 @@
+"""airspeed velocity benchmarks of fastres (see asv.conf.json at the repository top)."""

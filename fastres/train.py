@@ -1,0 +1,367 @@
+"""Minibatch Equilibrium-Propagation training of a layered analog network, state in HDF5.
+
+``TrainConfig`` is the whole run configuration (stored in the run file); ``train(cfg, path)``
+runs it, writing one crash-safe checkpoint per epoch; ``resume(path)`` continues a run and ends
+bit-identical to an uninterrupted one (same machine, same thread count).
+
+Learning rates are dimensionless: a step changes a conductance by
+``-lr * g_max^2 * dC/dg`` (``dC/dg`` in V^2/S), i.e. they act on conductances measured in units
+of ``g_max``. ``beta`` is given relative to the mean output-node conductance (``beta_rel``), so
+the nudge moves the outputs by about ``beta_rel`` volts per volt of error whatever the device
+range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from . import __version__
+from .eqprop import (ESTIMATORS, EqProp, eqprop_gradient, eqprop_phases, exact_gradient, loss_and_grad,
+                     relative_error)
+from .errors import FastresError
+from .kernels import updates as _updates
+from .network import LayeredNetwork, NetworkSpec
+from .solve import Newton
+from .store import RunStore, generator_state, restore_generator
+
+
+PARALLEL_MIN_UPDATE = 1 << 20  # conductances: below this a serial update pass is faster
+
+
+class ConfigError(FastresError, ValueError):
+    """A bad training configuration value; the message names the option."""
+
+
+def parse_arch(arch) -> tuple:
+    if isinstance(arch, (list, tuple)):
+        sizes = tuple(int(s) for s in arch)
+    else:
+        try:
+            sizes = tuple(int(s) for s in str(arch).split("-"))
+        except ValueError:
+            raise ConfigError(f"arch {arch!r}: expected sizes like 784-100-10") from None
+    if len(sizes) < 2 or any(s <= 0 for s in sizes):
+        raise ConfigError(f"arch {arch!r}: need at least an input and an output layer, all sizes > 0")
+    return sizes
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (units: V, S, ohm; lr dimensionless, see module doc)."""
+
+    arch: str = "784-100-10"
+    dataset: str = "mnist"
+    data: str | None = None
+    diode: str = "shockley"
+    diode_params: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 20
+    lr: list = field(default_factory=lambda: [0.1, 0.05])
+    momentum: float = 0.0
+    beta_rel: float = 0.1
+    estimator: str = "centered"
+    target_volts: float = 0.25
+    input_volts: float = 1.0
+    bias_volts: float = 1.0
+    rail_lo: float = 0.0
+    rail_hi: float = 0.0
+    g_min: float = 1e-7
+    g_max: float = 1e-4
+    init_lo: float = 1e-7
+    init_hi: float = 5e-5
+    gain: float = 1.0
+    output_diodes: bool = False
+    seed: int = 0
+    n_train: int | None = None
+    n_test: int | None = None
+    eval_batch: int = 10000
+    gradcheck_every: int = 0
+    gradcheck_samples: int = 16
+    reltol: float = 1e-12
+    vntol: float = 1e-12
+    abstol: float = 1e-15
+    maxiter: int = 100
+    store_samples: int = 256
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def sizes(self) -> tuple:
+        return parse_arch(self.arch)
+
+    def validate(self):
+        sizes = self.sizes
+        if isinstance(self.lr, (int, float)):
+            self.lr = [float(self.lr)] * (len(sizes) - 1)
+        self.lr = [float(v) for v in self.lr]
+        if len(self.lr) != len(sizes) - 1:
+            raise ConfigError(f"lr: need one learning rate per layer ({len(sizes) - 1}), got {len(self.lr)}")
+        if any(not math.isfinite(v) or v < 0 for v in self.lr):
+            raise ConfigError(f"lr {self.lr}: learning rates must be finite and >= 0")
+        if self.dataset not in ("mnist", "fashion-mnist"):
+            raise ConfigError(f"unknown dataset {self.dataset!r}: use 'mnist' or 'fashion-mnist'")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        for key in ("epochs", "batch_size", "eval_batch", "maxiter"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 1")
+        if not (math.isfinite(self.beta_rel) and self.beta_rel > 0):
+            raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0")
+        if not (0 <= self.momentum < 1):
+            raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
+        if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
+            raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
+        if sizes[0] != 784:
+            raise ConfigError(f"arch {self.arch}: the input size must be 784 for {self.dataset}")
+        if sizes[-1] != 10:
+            raise ConfigError(f"arch {self.arch}: the output size must be 10 for {self.dataset}")
+        self.spec()  # validates the physical options
+
+    def spec(self) -> NetworkSpec:
+        try:
+            return NetworkSpec(sizes=self.sizes, diode=self.diode, diode_params=dict(self.diode_params),
+                               input_volts=self.input_volts, bias_volts=self.bias_volts,
+                               rail_lo=self.rail_lo, rail_hi=self.rail_hi, g_min=self.g_min,
+                               g_max=self.g_max, gain=self.gain, output_diodes=self.output_diodes)
+        except FastresError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def newton(self) -> Newton:
+        return Newton(reltol=self.reltol, vntol=self.vntol, abstol=self.abstol, maxiter=self.maxiter)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path) -> dict:
+        """Options from a TOML (``.toml``) or JSON file, as a dict (merge, then ``from_dict``)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+                return tomllib.loads(text)
+            return json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse error is a config error
+            raise ConfigError(f"{path}: cannot parse config file: {exc}") from None
+
+
+def load_data(cfg: TrainConfig):
+    from .datasets import load, subset
+    data = load(cfg.dataset, cfg.data)
+    if cfg.n_train or cfg.n_test:
+        data = subset(data, cfg.n_train, cfg.n_test)
+    return data
+
+
+class Trainer:
+    """Holds the network, parameters and optimiser state of a run (no hidden global state)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.net = LayeredNetwork(cfg.spec(), cfg.newton())
+        self.vel = None
+        self.params = None
+
+    def init_state(self, rng):
+        self.params = self.net.init_params(rng, self.cfg.init_lo, self.cfg.init_hi)
+        self.vel = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def beta(self) -> float:
+        """Absolute beta (S): ``beta_rel`` times the mean output-node conductance."""
+        L = self.net.L
+        G = float(np.mean(self.params[f"W{L}"].sum(axis=0) + self.params[f"B{L}"]))
+        return self.cfg.beta_rel * G
+
+    def step(self, X, y, rng):
+        """One minibatch: EqProp phases, then the fused SGD step on every conductance."""
+        cfg = self.cfg
+        eq = EqProp(self.beta(), cfg.estimator)
+        t0 = time.perf_counter()
+        ph = eqprop_phases(self.net, self.params, X, y, eq, cfg.target_volts, rng)
+        t1 = time.perf_counter()
+        scale = cfg.g_max * cfg.g_max
+        for l in range(1, self.net.L + 1):
+            lr = cfg.lr[l - 1] * scale
+            for key in (f"W{l}", f"B{l}"):
+                row, col, prod = ph.terms[key]
+                W = self.params[key].reshape(len(row), len(col))
+                args = (W, row, col, prod, ph.scale, self.vel[key].reshape(W.shape), lr,
+                        cfg.momentum, cfg.g_min, cfg.g_max)
+                if W.size >= PARALLEL_MIN_UPDATE and numba.get_num_threads() > 1:
+                    _updates.drop_square_step(*args, numba.get_num_threads())
+                else:
+                    _updates.drop_square_step_rows(*args, 0, W.shape[0])
+        t2 = time.perf_counter()
+        pred = np.argmax(self.net.outputs(ph.free), axis=1)
+        return ph.loss, pred, ph.stats, t1 - t0, t2 - t1
+
+    def evaluate(self, X, y, batch=10000):
+        """(mean loss, error fraction, predictions, non-converged count) on a dataset."""
+        arrays = self.net.arrays(self.params)
+        losses, preds, bad = [], [], 0
+        for s in range(0, X.shape[0], batch):
+            Xb = X[s:s + batch]
+            x, _, st = self.net.solve_b(self.net.source_currents(Xb, self.params, arrays), arrays, check=False)
+            out = self.net.outputs(x)
+            C, _ = loss_and_grad(out, y[s:s + batch], self.cfg.target_volts)
+            losses.append(C)
+            preds.append(np.argmax(out, axis=1))
+            bad += int(np.sum(st != 0))
+        pred = np.concatenate(preds)
+        return float(np.concatenate(losses).mean()), float(np.mean(pred != y)), pred, bad
+
+    def hidden_voltages(self, X):
+        arrays = self.net.arrays(self.params)
+        x, _, _ = self.net.solve_b(self.net.source_currents(X, self.params, arrays), arrays, check=False)
+        return {f"v_layer{l}": self.net.layer(x, l).copy() for l in range(1, self.net.L + 1)}
+
+    def gradcheck(self, X, y):
+        exact, _, _ = exact_gradient(self.net, self.params, X, y, self.cfg.target_volts)
+        g, _, _, _ = eqprop_gradient(self.net, self.params, X, y,
+                                     EqProp(self.beta(), "centered" if self.cfg.estimator == "random-sign"
+                                            else self.cfg.estimator), self.cfg.target_volts)
+        return relative_error(g, exact)
+
+
+class Progress:
+    """A one-line progress display on stderr (samples/s, loss, error)."""
+
+    def __init__(self, total, epoch, epochs, enabled=True):
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done, loss, err):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        frac = done / self.total
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        sys.stderr.write(f"\repoch {self.epoch}/{self.epochs} [{bar}] {done}/{self.total} "
+                         f"{rate:,.0f} samples/s loss {loss:.4f} err {100 * err:.2f}%")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _meta(cfg, data):
+    return {"fastres_version": __version__, "seed": cfg.seed, "dataset": cfg.dataset,
+            "dataset_checksums": data.checksums, "data_root": str(data.root),
+            "numba_threads": numba.get_num_threads(), "kind": "eqprop"}
+
+
+def run_epochs(trainer: Trainer, store: RunStore, data, rng, first_epoch, step, log=print, progress=True):
+    """Train epochs ``first_epoch..cfg.epochs``, checkpointing each; returns the last metrics."""
+    cfg = trainer.cfg
+    N = data.x_train.shape[0]
+    bs = cfg.batch_size
+    nb = cfg.n_test if cfg.n_test else data.x_test.shape[0]
+    gc_X, gc_y = data.x_test[:cfg.gradcheck_samples], data.y_test[:cfg.gradcheck_samples]
+    metrics = None
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t_start = time.perf_counter()
+        perm = rng.permutation(N)
+        tot_loss = tot_err = 0.0
+        it_free = it_nudged = nonconv = 0
+        t_solve = t_update = 0.0
+        bar = Progress(N, epoch, cfg.epochs, progress)
+        for k in range(0, N, bs):
+            idx = perm[k:k + bs]
+            X, y = data.x_train[idx], data.y_train[idx]
+            C, pred, st, ts, tu = trainer.step(X, y, rng)
+            tot_loss += float(C.sum())
+            tot_err += float(np.sum(pred != y))
+            it_free += st.free_iterations
+            it_nudged += st.nudged_iterations
+            nonconv += st.nonconverged
+            t_solve += ts
+            t_update += tu
+            step += 1
+            bar.update(min(k + bs, N), tot_loss / min(k + bs, N), tot_err / min(k + bs, N))
+        bar.close()
+        t_train = time.perf_counter() - t_start
+        test_loss, test_err, test_pred, test_bad = trainer.evaluate(data.x_test, data.y_test, cfg.eval_batch)
+        metrics = {
+            "epoch": epoch, "train_loss": tot_loss / N, "train_error": tot_err / N,
+            "test_loss": test_loss, "test_error": test_err, "epoch_seconds": t_train,
+            "eval_seconds": time.perf_counter() - t_start - t_train,
+            "samples_per_second": N / t_train, "solver_seconds": t_solve, "update_seconds": t_update,
+            "python_seconds": t_train - t_solve - t_update,
+            "free_iterations": it_free / N, "nudged_iterations": it_nudged / N,
+            "nonconverged": nonconv, "eval_nonconverged": test_bad, "beta": trainer.beta(),
+        }
+        if cfg.gradcheck_every and epoch % cfg.gradcheck_every == 0:
+            metrics["gradcheck_rel_error"] = trainer.gradcheck(gc_X, gc_y)
+        samples = {"test_pred": test_pred.astype(np.int16), "test_label": data.y_test.astype(np.int16)}
+        samples.update(trainer.hidden_voltages(data.x_test[:cfg.store_samples]))
+        store.write_checkpoint(epoch, trainer.params, trainer.vel, generator_state(rng),
+                               extra={"step": step}, metrics=metrics, extra_arrays=samples)
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} error "
+            f"{100 * metrics['train_error']:.2f}% | test loss {test_loss:.4f} error {100 * test_err:.2f}% | "
+            f"{t_train:.1f} s ({metrics['samples_per_second']:,.0f} samples/s; solver {t_solve:.1f} s, "
+            f"update {t_update:.1f} s) | non-converged {nonconv}")
+    return metrics
+
+
+def train(cfg: TrainConfig, path, *, overwrite=False, log=print, progress=True):
+    """Run ``cfg`` from scratch, writing the run file ``path``. Returns the last epoch's metrics."""
+    data = load_data(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    trainer = Trainer(cfg)
+    trainer.init_state(rng)
+    store = RunStore.create(path, config=cfg.to_dict(), meta=_meta(cfg, data), params=trainer.params,
+                            overwrite=overwrite, rng_state=generator_state(rng))
+    log(f"fastres {__version__}: EqProp {cfg.arch} ({cfg.diode} diodes) on {cfg.dataset} "
+        f"({data.x_train.shape[0]} train / {data.x_test.shape[0]} test), seed {cfg.seed}, "
+        f"{numba.get_num_threads()} threads -> {path}")
+    return run_epochs(trainer, store, data, rng, 1, 0, log, progress)
+
+
+def resume(path, *, epochs=None, log=print, progress=True):
+    """Continue the run in ``path`` from its latest checkpoint (optionally to more ``epochs``)."""
+    store = RunStore.open(path, writable=True)
+    d = store.config
+    if epochs is not None:
+        d["epochs"] = int(epochs)
+    cfg = TrainConfig.from_dict(d)
+    ck = store.load_checkpoint()
+    if ck.epoch >= cfg.epochs:
+        log(f"{path}: already trained to epoch {ck.epoch} of {cfg.epochs}; nothing to do")
+        return store.metrics()
+    data = load_data(cfg)
+    if data.checksums != store.meta.get("dataset_checksums"):
+        raise FastresError(f"{path}: the dataset found at {data.root} differs from the one the run started with")
+    trainer = Trainer(cfg)
+    trainer.params = {k: np.array(v, dtype=np.float64) for k, v in ck.params.items()}
+    trainer.vel = {k: np.array(ck.optimizer[k], dtype=np.float64) for k in trainer.params}
+    rng = restore_generator(ck.rng_state)
+    log(f"resuming {path} from epoch {ck.epoch} (of {cfg.epochs})")
+    return run_epochs(trainer, store, data, rng, ck.epoch + 1, int(ck.extra.get("step", 0)), log, progress)
