@@ -112,7 +112,7 @@ def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
     arrays = net.arrays(params) if arrays is None else arrays
     U = net.input_voltages(X)
     b = net.source_currents(X, params, arrays)
-    xf, itf, stf = net.solve_b(b, arrays, check=False)
+    xf, itf, stf = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays), check=False)
     out = net.outputs(xf)
     C, dC = loss_and_grad(out, y, target_volts)
     beta = eq.beta
@@ -160,7 +160,8 @@ def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, arrays=None)
     arrays = net.arrays(params) if arrays is None else arrays
     GKK, GKE, gEE, _ = arrays
     U = net.input_voltages(X)
-    x, _, _ = net.solve_b(net.source_currents(X, params, arrays), arrays)
+    b = net.source_currents(X, params, arrays)
+    x, _, _ = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays))
     out = net.outputs(x)
     C, dC = loss_and_grad(out, y, target_volts)
     rhs = -net.output_injection(dC)  # dC/dx

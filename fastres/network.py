@@ -32,12 +32,17 @@ from .solve import STATUS_TEXT, Newton, solve_kernel, source_currents
 from .errors import CircuitError, ConvergenceError
 
 
+PWL_CLIP = {"ron": 1.0, "roff": 1e9, "vfwd": 0.5}  # default clipping diode of a network (ohm, V)
+
+
 def make_diode(kind: str, **params):
-    """``"shockley"`` -> :class:`Shockley`, ``"pwl"`` -> :class:`PiecewiseLinear` (with params)."""
+    """``"shockley"`` -> :class:`Shockley` (defaults IS = 1e-14 A, N = 1); ``"pwl"`` ->
+    :class:`PiecewiseLinear` with the network default ``PWL_CLIP`` (a 0.5 V knee, 1 ohm on,
+    1 Gohm off) updated by ``params``."""
     if kind == "shockley":
         return Shockley(**params)
     if kind == "pwl":
-        return PiecewiseLinear(**params)
+        return PiecewiseLinear(**{**PWL_CLIP, **params})
     raise CircuitError(f"unknown diode model {kind!r}: use 'shockley' or 'pwl'")
 
 
@@ -214,7 +219,10 @@ class LayeredNetwork:
         """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A."""
         GKK, GKE, gEE, _ = arrays
         B = b.shape[0]
-        x = np.zeros((B, self.nF)) if x0 is None else np.array(x0, dtype=np.float64, copy=True)
+        if x0 is None:
+            x = np.zeros((B, self.nF))
+        else:
+            x = np.array(x0, dtype=np.float64, copy=True)
         it, res, st = solve_kernel(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da,
                                    self.db, self.dkind, self.dpar, x, self.alg)
         if check and np.any(st != 0):
@@ -222,6 +230,34 @@ class LayeredNetwork:
             raise ConvergenceError(f"network solve did not converge for {bad.size} of {B} samples "
                                    f"(first: {bad[0]}, {STATUS_TEXT[int(st[bad[0]])]})", samples=bad)
         return x, it, st
+
+    def clip_range(self):
+        """Voltages (V) beyond which a hidden node's diodes conduct strongly: the rails moved
+        out by the diode's turn-on voltage (Shockley: N vt ln(100 uA / IS); PWL: vfwd)."""
+        m = self.spec.model
+        p = m.params(gmin=self.spec.gmin)
+        von = p[2] if m.kind == 1 else p[1] * np.log(1e-4 / p[0])
+        return self.spec.rail_lo - von, self.spec.rail_hi + von
+
+    def initial_guess(self, b, params, arrays) -> np.ndarray:
+        """A feed-forward start (B, nF) in V: each layer at the voltage its inputs alone would
+        give it (source currents over its diagonal conductance), hidden layers clipped at the
+        diodes' turn-on voltages. Newton then starts near the operating point."""
+        GKK, GKE, gEE, b0 = arrays
+        x = np.zeros_like(b)
+        lo, hi = self.clip_range()
+        n = self.nodes_per_layer
+        for l in range(1, self.L + 1):
+            o = self.offset[l]
+            diag = np.diag(GKK)[o:o + n[l]] if l in self.K_layers else gEE[o - self.nK:o - self.nK + n[l]]
+            cur = b[:, o:o + n[l]].copy()
+            if l >= 2:
+                cur += self.gains[l] * (self.layer(x, l - 1) @ params[f"W{l}"])
+            v = cur / diag
+            if l < self.L or self.spec.output_diodes:
+                np.clip(v, lo, hi, out=v)
+            x[:, o:o + n[l]] = v
+        return x
 
     def layer(self, x, l) -> np.ndarray:
         """Voltages (B, nodes of layer l) of free layer ``l`` (1..L) from kernel-order ``x``."""

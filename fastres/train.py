@@ -64,12 +64,12 @@ class TrainConfig:
     diode_params: dict = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 20
-    lr: list = field(default_factory=lambda: [0.1, 0.05])
+    lr: list | None = None
     momentum: float = 0.0
     beta_rel: float = 0.1
     estimator: str = "centered"
-    target_volts: float = 0.25
-    input_volts: float = 1.0
+    target_volts: float = 0.5
+    input_volts: float = 100.0
     bias_volts: float = 1.0
     rail_lo: float = 0.0
     rail_hi: float = 0.0
@@ -100,6 +100,8 @@ class TrainConfig:
 
     def validate(self):
         sizes = self.sizes
+        if self.lr is None:  # the input layer sees 2 n_in sources and learns faster at a larger rate
+            self.lr = [100.0] + [30.0] * (len(sizes) - 2)
         if isinstance(self.lr, (int, float)):
             self.lr = [float(self.lr)] * (len(sizes) - 1)
         self.lr = [float(v) for v in self.lr]
@@ -115,15 +117,11 @@ class TrainConfig:
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 1")
         if not (math.isfinite(self.beta_rel) and self.beta_rel > 0):
-            raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0")
+            raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0 (the nudging strength)")
         if not (0 <= self.momentum < 1):
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
             raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
-        if sizes[0] != 784:
-            raise ConfigError(f"arch {self.arch}: the input size must be 784 for {self.dataset}")
-        if sizes[-1] != 10:
-            raise ConfigError(f"arch {self.arch}: the output size must be 10 for {self.dataset}")
         self.spec()  # validates the physical options
 
     def spec(self) -> NetworkSpec:
@@ -167,11 +165,22 @@ class TrainConfig:
 
 
 def load_data(cfg: TrainConfig):
+    """The configured dataset (subset if asked), checked against the architecture."""
     from .datasets import load, subset
     data = load(cfg.dataset, cfg.data)
     if cfg.n_train or cfg.n_test:
         data = subset(data, cfg.n_train, cfg.n_test)
+    check_data(cfg, data)
     return data
+
+
+def check_data(cfg: TrainConfig, data):
+    sizes = cfg.sizes
+    if data.x_train.shape[1] != sizes[0]:
+        raise ConfigError(f"arch {cfg.arch}: the input size must be {data.x_train.shape[1]} for {cfg.dataset}")
+    n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    if sizes[-1] != n_classes:
+        raise ConfigError(f"arch {cfg.arch}: the output size must be {n_classes} for {cfg.dataset}")
 
 
 class Trainer:
@@ -222,7 +231,8 @@ class Trainer:
         losses, preds, bad = [], [], 0
         for s in range(0, X.shape[0], batch):
             Xb = X[s:s + batch]
-            x, _, st = self.net.solve_b(self.net.source_currents(Xb, self.params, arrays), arrays, check=False)
+            b = self.net.source_currents(Xb, self.params, arrays)
+            x, _, st = self.net.solve_b(b, arrays, x0=self.net.initial_guess(b, self.params, arrays), check=False)
             out = self.net.outputs(x)
             C, _ = loss_and_grad(out, y[s:s + batch], self.cfg.target_volts)
             losses.append(C)
@@ -233,7 +243,8 @@ class Trainer:
 
     def hidden_voltages(self, X):
         arrays = self.net.arrays(self.params)
-        x, _, _ = self.net.solve_b(self.net.source_currents(X, self.params, arrays), arrays, check=False)
+        b = self.net.source_currents(X, self.params, arrays)
+        x, _, _ = self.net.solve_b(b, arrays, x0=self.net.initial_guess(b, self.params, arrays), check=False)
         return {f"v_layer{l}": self.net.layer(x, l).copy() for l in range(1, self.net.L + 1)}
 
     def gradcheck(self, X, y):

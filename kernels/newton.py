@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .devices import beyond_imax, diode_exp, diode_ig, diode_move
+from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
 from .stamping import assemble, gff_matvec, schur_newton_direction
 
 CONVERGED = 0
@@ -41,6 +41,30 @@ EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
+
+
+@njit(cache=True)
+def _first_trial(vext, dxe, da, db, dkind, dpar):
+    """First step length of the line search: 1, or less where a Shockley diode would be driven
+    far up its exponential (beyond ``vcrit + 10 N vt``, ngspice's critical voltage), which a
+    linearised step from below always overshoots. Only a starting point: the line search still
+    brackets and may extend the step."""
+    t = 1.0
+    for k in range(da.shape[0]):
+        if dkind[k] != KIND_SHOCKLEY:
+            continue
+        a = da[k]
+        c = db[k]
+        h = dxe[a] - dxe[c]
+        if h <= 0.0:
+            continue
+        v = vext[a] - vext[c]
+        IS = dpar[k, 0]
+        vte = dpar[k, 1]
+        vlim = max(v, vte * math.log(vte / (1.4142135623730951 * IS))) + 10.0 * vte
+        if v + h > vlim:
+            t = min(t, (vlim - v) / h)
+    return t
 
 
 @njit(cache=True)
@@ -149,7 +173,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             dxmax = max(dxmax, abs(dx[i]))
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
-        t = 1.0
+        t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
         lo = 0.0
         hi = math.inf
         accepted = False
@@ -175,9 +199,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             tn = t - d1 / d2 if (math.isfinite(d1) and math.isfinite(d2) and d2 > 0.0) else -1.0
             if hi == math.inf:
                 t = tn if tn > 2.0 * lo else 2.0 * lo
-            elif tn > lo + 0.01 * (hi - lo) and tn < hi - 0.01 * (hi - lo):
+            elif tn > lo + 0.01 * (hi - lo) and tn < hi - 0.25 * (hi - lo):
                 t = tn
-            else:
+            else:  # Newton would crawl (an exponential seen from above) or leave the bracket
                 t = 0.5 * (lo + hi)
             if hi < math.inf and hi - lo <= 1e-14 * hi:
                 break

@@ -1,0 +1,45 @@
+"""``fastres train --baseline mlp``: the same-size software MLP on the same data and schedule.
+
+The MLP has the analog network's layer sizes, its batch size, epochs and seed, a hardtanh
+activation (the diode pair's clipping) and the squared error on one-hot targets; it is trained
+with backpropagation (:mod:`fastres.baseline`) and stored in an HDF5 run file like an EqProp run
+(``meta.kind = "mlp"``), so the paper's comparison is reproduced in one tool.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import __version__
+from .baseline import MLPConfig, init_params, train_mlp
+from .store import RunStore, generator_state
+
+
+def train_baseline(cfg, path, *, overwrite=False, log=print):
+    from .train import load_data
+    data = load_data(cfg)
+    mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed)
+    meta = {"fastres_version": __version__, "seed": cfg.seed, "dataset": cfg.dataset,
+            "dataset_checksums": data.checksums, "data_root": str(data.root), "kind": "mlp",
+            "mlp_config": repr(mcfg)}
+    log(f"fastres {__version__}: backprop MLP baseline {cfg.arch} on {cfg.dataset}, seed {cfg.seed} -> {path}")
+    rows = []
+
+    def on_epoch(row):
+        rows.append(row)
+        log(f"epoch {row['epoch']}/{cfg.epochs}: train error {100 * row['train_error']:.2f}% | "
+            f"test error {100 * row['test_error']:.2f}% | {row['epoch_seconds']:.1f} s")
+
+    init = init_params(mcfg, np.random.Generator(np.random.PCG64(cfg.seed)))  # what train_mlp starts from
+    params, history = train_mlp(mcfg, data, on_epoch=on_epoch)
+    store = RunStore.create(path, config=cfg.to_dict(), meta=meta, params=init, overwrite=overwrite)
+    for row in history:
+        m = {k: float(v) for k, v in row.items() if np.isscalar(v) and k != "epoch"}
+        m["epoch"] = int(row["epoch"])
+        if row is history[-1]:  # the final weights are the one checkpoint after the start
+            seed_state = generator_state(np.random.Generator(np.random.PCG64(cfg.seed)))
+            store.write_checkpoint(m["epoch"], params, {}, seed_state, metrics=m,
+                                   extra={"note": "baseline runs are not resumable; rng_state is "
+                                                  "the seed's initial state"})
+        else:
+            store.append_epoch(m)
+    return history[-1]

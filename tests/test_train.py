@@ -1,0 +1,217 @@
+"""EqProp training: update rule, gradient checks, learning, kill/resume bit-identity, bad config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastres.cli import main
+from fastres.datasets import Dataset
+from fastres.eqprop import (EqProp, eqprop_gradient, exact_gradient, gradcheck, grads_from_terms,
+                            relative_error, _drop_terms)
+from fastres.kernels import updates
+from fastres.network import LayeredNetwork, NetworkSpec
+from fastres.store import RunStore
+from fastres.train import ConfigError, TrainConfig, Trainer, check_data, run_epochs
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def small_net(diode="shockley", gain=1.0, sizes=(12, 6, 3)):
+    params = {} if diode == "shockley" else {"ron": 100.0, "roff": 1e8, "vfwd": 0.1}
+    spec = NetworkSpec(sizes=sizes, diode=diode, diode_params=params, gain=gain, input_volts=20.0,
+                       rail_lo=0.0, rail_hi=0.0)
+    net = LayeredNetwork(spec)
+    rng = np.random.default_rng(1)
+    p = net.init_params(rng, 1e-6, 5e-5)
+    X = rng.uniform(0, 1, (5, sizes[0]))
+    y = rng.integers(0, sizes[-1], 5)
+    return net, p, X, y
+
+
+def test_drop_square_terms_match_numpy():
+    rng = np.random.default_rng(0)
+    ua, ub = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    va, vb = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    out = np.empty((5, 3))
+    updates.drop_square_difference(ua, va, ub, vb, out)
+    ref = ((ua[:, :, None] - va[:, None, :]) ** 2 - (ub[:, :, None] - vb[:, None, :]) ** 2).sum(0)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_step_matches_numpy():
+    rng = np.random.default_rng(0)
+    W = rng.uniform(1e-6, 1e-4, (6, 4))
+    row, col, prod = rng.normal(size=6), rng.normal(size=4), rng.normal(size=(6, 4))
+    vel = rng.normal(size=(6, 4)) * 1e-3
+    g = 0.3 * (row[:, None] + col[None, :] - 2 * prod)
+    v_ref = 0.9 * vel + g
+    W_ref = np.clip(W - 1e-5 * v_ref, 2e-6, 8e-5)
+    updates.drop_square_step_rows(W, row, col, prod, 0.3, vel, 1e-5, 0.9, 2e-6, 8e-5, 0, 6)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-14)
+    np.testing.assert_allclose(vel, v_ref, rtol=1e-14)
+
+
+@pytest.mark.parametrize("gain", [1.0, 3.0])
+def test_update_rule_is_derivative_of_cocontent_difference(gain):
+    """EqProp's update for each conductance equals d/dg [E(x_a) - E(x_b)] written per element."""
+    net, p, X, y = small_net(gain=gain, sizes=(12, 6, 5, 3))
+    eq = EqProp(1e-6, "one-sided")
+    g, xf, _, _ = eqprop_gradient(net, p, X, y, eq, 0.5)
+    # recompute the nudged state, then dE/dg = (A u_i - v_j)^2 / 2 per conductance by loops
+    arr = net.arrays(p)
+    b = net.source_currents(X, p, arr)
+    from fastres.eqprop import loss_and_grad
+    _, dC = loss_and_grad(net.outputs(xf), y, 0.5)
+    xn, _, _ = net.solve_b(b + net.output_injection(eq.beta * dC), arr, x0=xf)
+    U = net.input_voltages(X)
+    for l in range(1, net.L + 1):
+        W = p[f"W{l}"]
+        ref = np.zeros_like(W)
+        refb = np.zeros(W.shape[1])
+        for s in range(X.shape[0]):
+            for state, sign in ((xn, 1.0), (xf, -1.0)):
+                u = U[s] if l == 1 else net.gains[l] * net.layer(state, l - 1)[s]
+                v = net.layer(state, l)[s]
+                for i in range(W.shape[0]):
+                    for j in range(W.shape[1]):
+                        ref[i, j] += sign * 0.5 * (u[i] - v[j]) ** 2
+                refb += sign * 0.5 * (net.spec.bias_volts - v) ** 2
+        np.testing.assert_allclose(g[f"W{l}"], ref / (eq.beta * X.shape[0]), rtol=1e-9, atol=1e-9 * np.abs(ref).max() / eq.beta)
+        np.testing.assert_allclose(g[f"B{l}"], refb / (eq.beta * X.shape[0]), rtol=1e-9, atol=1e-9 * np.abs(refb).max() / eq.beta)
+
+
+@pytest.mark.parametrize("diode,gain", [("shockley", 1.0), ("shockley", 4.0), ("pwl", 1.0)])
+def test_eqprop_converges_to_exact_gradient(diode, gain):
+    net, p, X, y = small_net(diode, gain, sizes=(12, 6, 5, 3) if gain != 1.0 else (12, 6, 3))
+    res = gradcheck(net, p, X, y, 0.5, betas=(1e-2, 1e-3, 1e-4), n_fd=4)
+    one = [r["one-sided"] for r in res["eqprop"]]
+    cen = [r["centered"] for r in res["eqprop"]]
+    # one-sided: O(beta) -- ten times smaller per decade; centered: O(beta^2) or round-off
+    assert 7 < one[0] / one[1] < 13 and 7 < one[1] / one[2] < 13
+    assert all(c < 0.1 * o for c, o in zip(cen, one))
+    assert cen[1] < max(2e-2 * cen[0], 1e-9)
+    for r in res["finite_difference"]:
+        assert r["rel_error"] < 1e-5, r
+
+
+def _blobs(n, rng, d=16):
+    y = rng.integers(0, 2, n)
+    centers = np.stack([np.r_[np.ones(d // 2), np.zeros(d // 2)], np.r_[np.zeros(d // 2), np.ones(d // 2)]])
+    X = np.clip(centers[y] * 0.8 + rng.normal(0, 0.15, (n, d)), 0, 1)
+    return X, y
+
+
+def test_tiny_network_learns_separable_task(tmp_path):
+    rng = np.random.default_rng(0)
+    Xtr, ytr = _blobs(400, rng)
+    Xte, yte = _blobs(200, rng)
+    data = Dataset(name="blobs", x_train=Xtr, y_train=ytr, x_test=Xte, y_test=yte, root=tmp_path,
+                   checksums={})
+    cfg = TrainConfig(arch="16-6-2", epochs=4, batch_size=10, lr=[3.0, 3.0], input_volts=20.0,
+                      target_volts=0.5, store_samples=10)
+    check_data(cfg, data)
+    tr = Trainer(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    tr.init_state(rng)
+    store = RunStore.create(tmp_path / "r.h5", config=cfg.to_dict(), meta={"seed": 0}, params=tr.params)
+    m = run_epochs(tr, store, data, rng, 1, 0, log=lambda s: None, progress=False)
+    assert m["test_error"] < 0.05 and m["train_error"] < 0.1
+    assert RunStore.open(tmp_path / "r.h5").metrics()["test_error"][-1] == m["test_error"]
+
+
+mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(),
+                           reason=f"MNIST not found at {MNIST}")
+
+TINY = ["--arch", "784-12-10", "--n-train", "300", "--n-test", "100", "--batch-size", "20",
+        "--seed", "3", "--quiet", "--data", str(MNIST)]
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", "fastres.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=ROOT, **kw)
+
+
+@mnist
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    r = _cli("train", *TINY, "--epochs", "4", "--out", str(a))
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    p = subprocess.Popen([sys.executable, "-m", "fastres.cli", "train", *TINY, "--epochs", "4", "--out", str(b)],
+                         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once epoch 2 is checkpointed, mid-way through epoch 3
+        try:
+            if b.exists() and RunStore.open(b).latest_checkpoint >= 2:
+                break
+        except Exception:  # noqa: BLE001 - the file may not exist yet
+            pass
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert RunStore.open(b).latest_checkpoint < 4
+    r = _cli("train", "--resume", str(b), "--quiet")
+    assert r.returncode == 0, r.stderr
+    ra, rb = RunStore.open(a), RunStore.open(b)
+    assert ra.checkpoints() == rb.checkpoints() == [0, 1, 2, 3, 4]
+    ca, cb = ra.load_checkpoint(), rb.load_checkpoint()
+    for k in ca.params:
+        assert np.array_equal(ca.params[k], cb.params[k]), k
+    ma, mb = ra.metrics(), rb.metrics()
+    for k in ("train_loss", "train_error", "test_loss", "test_error", "free_iterations"):
+        assert np.array_equal(ma[k], mb[k]), k
+
+
+@mnist
+def test_eval_json_and_gradcheck_cli(tmp_path, capsys):
+    run = tmp_path / "r.h5"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--data", str(MNIST)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"test_error", "train_error", "epoch", "epoch_seconds"} <= set(r)
+    assert r["epoch"] == 1
+    assert r["test_error"] == RunStore.open(run).metrics()["test_error"][-1]
+    assert main(["gradcheck", "--run", str(run), "--samples", "3", "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)
+    assert g["eqprop"][-1]["centered"] < 1e-3
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--beta-rel", "-0.1"], "beta_rel"),
+    (["--arch", "784--10"], "arch"),
+    (["--arch", "784-100-7"], "output size"),
+    (["--dataset", "cifar"], "unknown dataset"),
+    (["--lr", "0.1,x"], "--lr"),
+    (["--lr", "0.1,0.1,0.1"], "one learning rate per layer"),
+    (["--epochs", "0"], "epochs"),
+    (["--estimator", "magic"], "unknown estimator"),
+    (["--g-min", "1e-3", "--g-max", "1e-4"], "g_min"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, capsys, args, needle):
+    code = main(["train", "--out", str(tmp_path / "x.h5"), "--n-train", "10", "--n-test", "10",
+                 "--data", str(MNIST), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("fastres: error:") and needle in err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_config_file_and_unknown_option(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('arch = "784-30-10"\nlr = [1.0, 2.0]\nbogus = 3\n')
+    code = main(["train", "--out", str(tmp_path / "x.h5"), "--config", str(cfg)])
+    assert code == 2 and "bogus" in capsys.readouterr().err
+    cfg.write_text('arch = "784-30-10"\nlr = [1.0, 2.0]\nepochs = 3\n')
+    from fastres.train_cli import config_from_args
+    from fastres.cli import build_parser
+    args = build_parser().parse_args(["train", "--config", str(cfg), "--epochs", "5"])
+    c = config_from_args(args)
+    assert c.arch == "784-30-10" and c.lr == [1.0, 2.0] and c.epochs == 5  # flags override the file
