@@ -17,6 +17,7 @@ one-hot target scaled by ``target_volts``. Gradients are averaged over the batch
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numba
@@ -61,6 +62,8 @@ class PhaseStats:
     nudged_iterations: int = 0
     nonconverged: int = 0
     samples: int = 0
+    free_seconds: float = 0.0
+    nudged_seconds: float = 0.0
 
 
 def _from_to(net: LayeredNetwork, X_volts, x, l):
@@ -101,18 +104,32 @@ class Phases:
     free: np.ndarray
     loss: np.ndarray
     stats: PhaseStats
+    base_scale: float = 1.0
+    n_ok: int = 1
 
 
-def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
-                  arrays=None) -> Phases:
-    """Free and nudged phases for a batch; the gradient in factored form (no per-conductance loop).
+@dataclass
+class States:
+    """Equilibrium states of one EqProp step for a batch (all (B, nF), V): the free state, and
+    the two states whose squared drops are differenced (``xa`` minus ``xb``, times ``scale``,
+    divided by the number of samples that converged), with per-sample ``ok`` flags."""
 
-    Samples whose free or nudged solve did not converge are left out of the gradient and counted.
-    """
+    free: np.ndarray
+    xa: np.ndarray
+    xb: np.ndarray
+    ok: np.ndarray
+    scale: float
+    stats: PhaseStats
+
+
+def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
+                  arrays=None) -> States:
+    """Free and nudged phases for a batch (the solver part of an EqProp step)."""
+    t0 = time.perf_counter()
     arrays = net.arrays(params) if arrays is None else arrays
-    U = net.input_voltages(X)
     b = net.source_currents(X, params, arrays)
     xf, itf, stf = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays), check=False)
+    t1 = time.perf_counter()
     out = net.outputs(xf)
     C, dC = loss_and_grad(out, y, target_volts)
     beta = eq.beta
@@ -131,13 +148,33 @@ def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
         xa, xb, scale = xp, xm, 1.0 / (4.0 * eq.beta)
     else:
         xa, xb, scale = xp, xf, 1.0 / (2.0 * beta)
-    if not ok.all():  # leave failed samples out: equal phases contribute nothing
+    stats = PhaseStats(int(itf.sum()), nudged_it, int((~ok).sum()), X.shape[0], t1 - t0,
+                       time.perf_counter() - t1)
+    return States(xf, xa, xb, ok, scale, stats)
+
+
+def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts) -> "Phases":
+    """Gradient terms and losses of a batch from its equilibrium states. Samples that did not
+    converge contribute nothing (their two states are made equal) and are not counted."""
+    xa = st.xa
+    if not st.ok.all():
         xa = xa.copy()
-        xa[~ok] = xb[~ok]
-    n_ok = max(int(ok.sum()), 1)
-    terms = _drop_terms(net, U, xa, xb, net.spec.bias_volts)
-    stats = PhaseStats(int(itf.sum()), nudged_it, int((~ok).sum()), X.shape[0])
-    return Phases(terms, scale / n_ok, xf, C, stats)
+        xa[~st.ok] = st.xb[~st.ok]
+    U = net.input_voltages(X)
+    terms = _drop_terms(net, U, xa, st.xb, net.spec.bias_volts)
+    C, _ = loss_and_grad(net.outputs(st.free), y, target_volts)
+    n_ok = int(st.ok.sum())
+    return Phases(terms, st.scale / max(n_ok, 1), st.free, C, st.stats, st.scale, n_ok)
+
+
+def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
+                  arrays=None) -> Phases:
+    """Free and nudged phases for a batch; the gradient in factored form (no per-conductance loop).
+
+    Samples whose free or nudged solve did not converge are left out of the gradient and counted.
+    """
+    st = eqprop_states(net, params, X, y, eq, target_volts, rng, arrays)
+    return phases_from_states(net, X, y, st, target_volts)
 
 
 def eqprop_gradient(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,

@@ -24,8 +24,8 @@ import numba
 import numpy as np
 
 from . import __version__
-from .eqprop import (ESTIMATORS, EqProp, eqprop_gradient, eqprop_phases, exact_gradient, loss_and_grad,
-                     relative_error)
+from .eqprop import (ESTIMATORS, EqProp, PhaseStats, States, eqprop_states, exact_gradient,
+                     loss_and_grad, phases_from_states, relative_error)
 from .errors import FastresError
 from .kernels import updates as _updates
 from .network import LayeredNetwork, NetworkSpec
@@ -66,6 +66,7 @@ class TrainConfig:
     batch_size: int = 20
     lr: list | None = None
     momentum: float = 0.0
+    lr_decay: float = 1.0
     beta_rel: float = 0.1
     estimator: str = "centered"
     target_volts: float = 0.5
@@ -118,6 +119,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 1")
         if not (math.isfinite(self.beta_rel) and self.beta_rel > 0):
             raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0 (the nudging strength)")
+        if not (0 < self.lr_decay <= 1):
+            raise ConfigError(f"lr_decay={self.lr_decay!r} must be in (0, 1] (a factor per epoch)")
         if not (0 <= self.momentum < 1):
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
@@ -186,11 +189,14 @@ def check_data(cfg: TrainConfig, data):
 class Trainer:
     """Holds the network, parameters and optimiser state of a run (no hidden global state)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, comm=None):
         self.cfg = cfg
         self.net = LayeredNetwork(cfg.spec(), cfg.newton())
         self.vel = None
         self.params = None
+        self.comm = comm  # an mpi4py communicator for data parallelism (see fastres.parallel)
+        self.lr_factor = 1.0  # cfg.lr_decay ** (epoch - 1), set per epoch
+        self.t_comm = 0.0
 
     def init_state(self, rng):
         self.params = self.net.init_params(rng, self.cfg.init_lo, self.cfg.init_hi)
@@ -202,16 +208,32 @@ class Trainer:
         G = float(np.mean(self.params[f"W{L}"].sum(axis=0) + self.params[f"B{L}"]))
         return self.cfg.beta_rel * G
 
-    def step(self, X, y, rng):
-        """One minibatch: EqProp phases, then the fused SGD step on every conductance."""
+    def step(self, X, y, rng, lo=0, hi=None):
+        """One minibatch ``X`` (B, n_in), ``y`` (B,): EqProp phases, then the fused SGD step.
+
+        With a communicator this rank solves only samples ``lo:hi`` of the minibatch; the
+        equilibrium states travel in ONE contiguous buffer summed by one Allreduce (each rank
+        fills its own samples' rows, the others contribute exact zeros), after which every rank
+        holds the whole batch's states and applies the same update -- bit-identical for any
+        number of ranks. Returns (per-step sums: loss, errors, free iterations, nudged
+        iterations, non-converged; solver s, update s)."""
         cfg = self.cfg
+        hi = X.shape[0] if hi is None else hi
         eq = EqProp(self.beta(), cfg.estimator)
         t0 = time.perf_counter()
-        ph = eqprop_phases(self.net, self.params, X, y, eq, cfg.target_volts, rng)
+        st = eqprop_states(self.net, self.params, X[lo:hi], y[lo:hi], eq, cfg.target_volts, rng)
         t1 = time.perf_counter()
-        scale = cfg.g_max * cfg.g_max
+        if self.comm is not None:
+            st = self._allreduce_states(st, X.shape[0], lo, hi)
+        t2 = time.perf_counter()
+        ph = phases_from_states(self.net, X, y, st, cfg.target_volts)
+        pred = np.argmax(self.net.outputs(ph.free), axis=1)
+        sums = np.array([ph.loss.sum(), np.sum(pred != y), ph.stats.free_iterations,
+                         ph.stats.nudged_iterations, ph.stats.nonconverged, st.stats.free_seconds,
+                         st.stats.nudged_seconds], dtype=np.float64)
+        gscale = cfg.g_max * cfg.g_max * self.lr_factor
         for l in range(1, self.net.L + 1):
-            lr = cfg.lr[l - 1] * scale
+            lr = cfg.lr[l - 1] * gscale
             for key in (f"W{l}", f"B{l}"):
                 row, col, prod = ph.terms[key]
                 W = self.params[key].reshape(len(row), len(col))
@@ -221,25 +243,49 @@ class Trainer:
                     _updates.drop_square_step(*args, numba.get_num_threads())
                 else:
                     _updates.drop_square_step_rows(*args, 0, W.shape[0])
-        t2 = time.perf_counter()
-        pred = np.argmax(self.net.outputs(ph.free), axis=1)
-        return ph.loss, pred, ph.stats, t1 - t0, t2 - t1
+        t3 = time.perf_counter()
+        self.t_comm += t2 - t1
+        return sums, t1 - t0, t3 - t2
+
+    def _allreduce_states(self, st: States, B, lo, hi) -> States:
+        from mpi4py import MPI
+        nF = st.free.shape[1]
+        buf = np.zeros(3 * B * nF + B + 3)
+        view = buf[:3 * B * nF].reshape(3, B, nF)
+        view[0, lo:hi] = st.free
+        view[1, lo:hi] = st.xa
+        view[2, lo:hi] = st.xb
+        buf[3 * B * nF + lo:3 * B * nF + hi] = st.ok
+        buf[-3:] = (st.stats.free_iterations, st.stats.nudged_iterations, st.stats.nonconverged)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        ok = buf[3 * B * nF:3 * B * nF + B] > 0.5
+        stats = PhaseStats(int(buf[-3]), int(buf[-2]), int(buf[-1]), B)
+        return States(view[0], view[1], view[2], ok, st.scale, stats)
 
     def evaluate(self, X, y, batch=10000):
-        """(mean loss, error fraction, predictions, non-converged count) on a dataset."""
+        """(mean loss, error fraction, predictions, non-converged count) on a dataset; with a
+        communicator each rank solves a contiguous share and the results are combined."""
+        lo, hi = 0, X.shape[0]
+        if self.comm is not None:
+            bounds = np.linspace(0, X.shape[0], self.comm.Get_size() + 1).astype(int)
+            lo, hi = bounds[self.comm.Get_rank()], bounds[self.comm.Get_rank() + 1]
         arrays = self.net.arrays(self.params)
-        losses, preds, bad = [], [], 0
-        for s in range(0, X.shape[0], batch):
-            Xb = X[s:s + batch]
+        loss_sum, preds, bad = 0.0, [np.zeros(0, dtype=np.int64)], 0
+        for s in range(lo, hi, batch):
+            Xb = X[s:min(s + batch, hi)]
             b = self.net.source_currents(Xb, self.params, arrays)
             x, _, st = self.net.solve_b(b, arrays, x0=self.net.initial_guess(b, self.params, arrays), check=False)
             out = self.net.outputs(x)
-            C, _ = loss_and_grad(out, y[s:s + batch], self.cfg.target_volts)
-            losses.append(C)
+            C, _ = loss_and_grad(out, y[s:s + Xb.shape[0]], self.cfg.target_volts)
+            loss_sum += float(C.sum())
             preds.append(np.argmax(out, axis=1))
             bad += int(np.sum(st != 0))
         pred = np.concatenate(preds)
-        return float(np.concatenate(losses).mean()), float(np.mean(pred != y)), pred, bad
+        if self.comm is not None:
+            pred = np.concatenate(self.comm.allgather(pred))
+            loss_sum = self.comm.allreduce(loss_sum)
+            bad = self.comm.allreduce(bad)
+        return loss_sum / X.shape[0], float(np.mean(pred != y)), pred, bad
 
     def hidden_voltages(self, X):
         arrays = self.net.arrays(self.params)
@@ -283,96 +329,124 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _meta(cfg, data):
+def _meta(cfg, data, comm=None):
     return {"fastres_version": __version__, "seed": cfg.seed, "dataset": cfg.dataset,
             "dataset_checksums": data.checksums, "data_root": str(data.root),
-            "numba_threads": numba.get_num_threads(), "kind": "eqprop"}
+            "numba_threads": numba.get_num_threads(), "kind": "eqprop",
+            "mpi_ranks": 1 if comm is None else comm.Get_size()}
 
 
-def run_epochs(trainer: Trainer, store: RunStore, data, rng, first_epoch, step, log=print, progress=True):
-    """Train epochs ``first_epoch..cfg.epochs``, checkpointing each; returns the last metrics."""
+def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch, step, log=print,
+               progress=True):
+    """Train epochs ``first_epoch..cfg.epochs``, checkpointing each; returns the last metrics.
+
+    With ``trainer.comm`` (K ranks), every rank draws the same permutation from the same ``rng``
+    and takes a contiguous share of each global minibatch, so the global batch and the learning
+    rule do not depend on K; only rank 0 has a ``store`` and writes.
+    """
     cfg = trainer.cfg
+    comm = trainer.comm
+    rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     N = data.x_train.shape[0]
     bs = cfg.batch_size
-    nb = cfg.n_test if cfg.n_test else data.x_test.shape[0]
     gc_X, gc_y = data.x_test[:cfg.gradcheck_samples], data.y_test[:cfg.gradcheck_samples]
     metrics = None
     for epoch in range(first_epoch, cfg.epochs + 1):
         t_start = time.perf_counter()
+        trainer.t_comm = 0.0
+        trainer.lr_factor = cfg.lr_decay ** (epoch - 1)
         perm = rng.permutation(N)
-        tot_loss = tot_err = 0.0
-        it_free = it_nudged = nonconv = 0
+        tot = np.zeros(7)
         t_solve = t_update = 0.0
-        bar = Progress(N, epoch, cfg.epochs, progress)
+        bar = Progress(N, epoch, cfg.epochs, progress and rank == 0)
         for k in range(0, N, bs):
             idx = perm[k:k + bs]
-            X, y = data.x_train[idx], data.y_train[idx]
-            C, pred, st, ts, tu = trainer.step(X, y, rng)
-            tot_loss += float(C.sum())
-            tot_err += float(np.sum(pred != y))
-            it_free += st.free_iterations
-            it_nudged += st.nudged_iterations
-            nonconv += st.nonconverged
+            cut = np.linspace(0, len(idx), size + 1).astype(int)  # this rank's share
+            sums, ts, tu = trainer.step(data.x_train[idx], data.y_train[idx], rng,
+                                        cut[rank], cut[rank + 1])
+            tot += sums
             t_solve += ts
             t_update += tu
             step += 1
-            bar.update(min(k + bs, N), tot_loss / min(k + bs, N), tot_err / min(k + bs, N))
+            done = min(k + bs, N)
+            bar.update(done, tot[0] / done, tot[1] / done)
         bar.close()
         t_train = time.perf_counter() - t_start
         test_loss, test_err, test_pred, test_bad = trainer.evaluate(data.x_test, data.y_test, cfg.eval_batch)
         metrics = {
-            "epoch": epoch, "train_loss": tot_loss / N, "train_error": tot_err / N,
+            "epoch": epoch, "train_loss": tot[0] / N, "train_error": tot[1] / N,
             "test_loss": test_loss, "test_error": test_err, "epoch_seconds": t_train,
             "eval_seconds": time.perf_counter() - t_start - t_train,
             "samples_per_second": N / t_train, "solver_seconds": t_solve, "update_seconds": t_update,
-            "python_seconds": t_train - t_solve - t_update,
-            "free_iterations": it_free / N, "nudged_iterations": it_nudged / N,
-            "nonconverged": nonconv, "eval_nonconverged": test_bad, "beta": trainer.beta(),
+            "comm_seconds": trainer.t_comm, "python_seconds": t_train - t_solve - t_update - trainer.t_comm,
+            "free_iterations": tot[2] / N, "nudged_iterations": tot[3] / N,
+            "nonconverged": int(tot[4]), "eval_nonconverged": test_bad, "beta": trainer.beta(),
+            "free_phase_seconds": tot[5], "nudged_phase_seconds": tot[6],
+            "ranks": size,
         }
-        if cfg.gradcheck_every and epoch % cfg.gradcheck_every == 0:
-            metrics["gradcheck_rel_error"] = trainer.gradcheck(gc_X, gc_y)
-        samples = {"test_pred": test_pred.astype(np.int16), "test_label": data.y_test.astype(np.int16)}
-        samples.update(trainer.hidden_voltages(data.x_test[:cfg.store_samples]))
-        store.write_checkpoint(epoch, trainer.params, trainer.vel, generator_state(rng),
-                               extra={"step": step}, metrics=metrics, extra_arrays=samples)
-        log(f"epoch {epoch}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} error "
-            f"{100 * metrics['train_error']:.2f}% | test loss {test_loss:.4f} error {100 * test_err:.2f}% | "
-            f"{t_train:.1f} s ({metrics['samples_per_second']:,.0f} samples/s; solver {t_solve:.1f} s, "
-            f"update {t_update:.1f} s) | non-converged {nonconv}")
+        if rank == 0:
+            if cfg.gradcheck_every and epoch % cfg.gradcheck_every == 0:
+                metrics["gradcheck_rel_error"] = trainer.gradcheck(gc_X, gc_y)
+            samples = {"test_pred": test_pred.astype(np.int16), "test_label": data.y_test.astype(np.int16)}
+            samples.update(trainer.hidden_voltages(data.x_test[:cfg.store_samples]))
+            store.write_checkpoint(epoch, trainer.params, trainer.vel, generator_state(rng),
+                                   extra={"step": step}, metrics=metrics, extra_arrays=samples)
+            log(f"epoch {epoch}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} error "
+                f"{100 * metrics['train_error']:.2f}% | test loss {test_loss:.4f} error {100 * test_err:.2f}% | "
+                f"{t_train:.1f} s ({metrics['samples_per_second']:,.0f} samples/s; solver {t_solve:.1f} s, "
+                f"update {t_update:.1f} s" + (f", comm {trainer.t_comm:.1f} s, {size} ranks" if size > 1 else "")
+                + f") | non-converged {int(tot[4])}")
+        if comm is not None:
+            comm.Barrier()  # the checkpoint is on disk before any rank starts the next epoch
     return metrics
 
 
-def train(cfg: TrainConfig, path, *, overwrite=False, log=print, progress=True):
-    """Run ``cfg`` from scratch, writing the run file ``path``. Returns the last epoch's metrics."""
+def train(cfg: TrainConfig, path, *, overwrite=False, log=print, progress=True, comm=None):
+    """Run ``cfg`` from scratch, writing the run file ``path``. Returns the last epoch's metrics.
+
+    ``comm``: an mpi4py communicator for data-parallel training (rank 0 writes the file)."""
+    rank = 0 if comm is None else comm.Get_rank()
     data = load_data(cfg)
     rng = np.random.default_rng(cfg.seed)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, comm)
     trainer.init_state(rng)
-    store = RunStore.create(path, config=cfg.to_dict(), meta=_meta(cfg, data), params=trainer.params,
-                            overwrite=overwrite, rng_state=generator_state(rng))
-    log(f"fastres {__version__}: EqProp {cfg.arch} ({cfg.diode} diodes) on {cfg.dataset} "
-        f"({data.x_train.shape[0]} train / {data.x_test.shape[0]} test), seed {cfg.seed}, "
-        f"{numba.get_num_threads()} threads -> {path}")
+    store = None
+    if rank == 0:
+        store = RunStore.create(path, config=cfg.to_dict(), meta=_meta(cfg, data, comm), params=trainer.params,
+                                overwrite=overwrite, rng_state=generator_state(rng))
+        log(f"fastres {__version__}: EqProp {cfg.arch} ({cfg.diode} diodes) on {cfg.dataset} "
+            f"({data.x_train.shape[0]} train / {data.x_test.shape[0]} test), seed {cfg.seed}, "
+            f"{numba.get_num_threads()} threads"
+            + (f" x {comm.Get_size()} MPI ranks" if comm is not None else "") + f" -> {path}")
+    if comm is not None:
+        comm.Barrier()
     return run_epochs(trainer, store, data, rng, 1, 0, log, progress)
 
 
-def resume(path, *, epochs=None, log=print, progress=True):
-    """Continue the run in ``path`` from its latest checkpoint (optionally to more ``epochs``)."""
-    store = RunStore.open(path, writable=True)
+def resume(path, *, epochs=None, log=print, progress=True, comm=None):
+    """Continue the run in ``path`` from its latest checkpoint (optionally to more ``epochs``).
+
+    Any number of ranks can resume a run, whatever number started it."""
+    rank = 0 if comm is None else comm.Get_rank()
+    store = RunStore.open(path, writable=(rank == 0))
     d = store.config
     if epochs is not None:
         d["epochs"] = int(epochs)
     cfg = TrainConfig.from_dict(d)
     ck = store.load_checkpoint()
     if ck.epoch >= cfg.epochs:
-        log(f"{path}: already trained to epoch {ck.epoch} of {cfg.epochs}; nothing to do")
-        return store.metrics()
+        if rank == 0:
+            log(f"{path}: already trained to epoch {ck.epoch} of {cfg.epochs}; nothing to do")
+        return None
     data = load_data(cfg)
     if data.checksums != store.meta.get("dataset_checksums"):
         raise FastresError(f"{path}: the dataset found at {data.root} differs from the one the run started with")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, comm)
     trainer.params = {k: np.array(v, dtype=np.float64) for k, v in ck.params.items()}
     trainer.vel = {k: np.array(ck.optimizer[k], dtype=np.float64) for k in trainer.params}
     rng = restore_generator(ck.rng_state)
-    log(f"resuming {path} from epoch {ck.epoch} (of {cfg.epochs})")
-    return run_epochs(trainer, store, data, rng, ck.epoch + 1, int(ck.extra.get("step", 0)), log, progress)
+    if rank == 0:
+        log(f"resuming {path} from epoch {ck.epoch} (of {cfg.epochs})"
+            + (f" on {comm.Get_size()} MPI ranks" if comm is not None else ""))
+    return run_epochs(trainer, store if rank == 0 else None, data, rng, ck.epoch + 1,
+                      int(ck.extra.get("step", 0)), log, progress)

@@ -12,7 +12,7 @@ from .errors import FastresError
 # command-line flag -> TrainConfig field (values parsed by type below)
 _FLAGS = {
     "arch": str, "dataset": str, "data": str, "diode": str, "epochs": int, "batch_size": int,
-    "momentum": float, "beta_rel": float, "estimator": str, "target_volts": float,
+    "momentum": float, "lr_decay": float, "beta_rel": float, "estimator": str, "target_volts": float,
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
     "gradcheck_every": int,
@@ -98,21 +98,36 @@ def config_from_args(args):
 
 def _cmd_train(args) -> int:
     from . import train as tr
+    from .parallel import abort, world
+    comm = world()
+    if comm is not None and args.threads is None:
+        args.threads = 1  # one Numba thread per rank: the ranks own the cores
     _set_threads(args.threads)
-    if args.resume:
-        if args.out or args.config:
-            raise FastresError("--resume continues a run with its stored config: do not give --out or --config")
-        tr.resume(args.resume, epochs=args.epochs, progress=not args.quiet)
+    rank = 0 if comm is None else comm.Get_rank()
+    log = print if rank == 0 else (lambda *a, **k: None)
+    try:
+        if args.resume:
+            if args.out or args.config:
+                raise FastresError("--resume continues a run with its stored config: do not give --out or --config")
+            tr.resume(args.resume, epochs=args.epochs, progress=not args.quiet, comm=comm, log=log)
+            return 0
+        if not args.out:
+            raise FastresError("give --out RUN.h5 (or --resume RUN.h5)")
+        cfg = config_from_args(args)
+        if args.baseline == "mlp":
+            if comm is not None:
+                raise FastresError("--baseline mlp runs in one process; start it without mpirun")
+            from .baseline_run import train_baseline
+            train_baseline(cfg, args.out, overwrite=args.overwrite)
+            return 0
+        tr.train(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet, comm=comm, log=log)
         return 0
-    if not args.out:
-        raise FastresError("give --out RUN.h5 (or --resume RUN.h5)")
-    cfg = config_from_args(args)
-    if args.baseline == "mlp":
-        from .baseline_run import train_baseline
-        train_baseline(cfg, args.out, overwrite=args.overwrite)
-        return 0
-    tr.train(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    return 0
+    except Exception as exc:
+        if comm is None:
+            raise
+        print(f"fastres: error (MPI rank {rank} of {comm.Get_size()}): {exc}", file=sys.stderr, flush=True)
+        abort(comm, 2)
+        raise
 
 
 def evaluate_run(path, epoch=None, data_dir=None) -> dict:

@@ -1,0 +1,348 @@
+"""Read a training run file for analysis: metrics, conductances, stored samples, the network.
+
+Usage::
+
+    from fastres.analysis import open_run
+
+    run = open_run("RUN.h5")
+    run.config, run.meta                    # dicts (as stored)
+    run.metrics["test_error"]               # one value per finished epoch (numpy arrays)
+    run.metrics.table()                     # [{"epoch": 1, "test_error": ..., ...}, ...]
+    run.epochs                              # checkpoint epochs, 0 = initial conductances
+    run.conductances(5)                     # {"W1": (1568, 100) S, "B1": ..., ...}
+    run.samples(5)                          # test_pred, test_label, v_layer1, ... of epoch 5
+    tn = run.network(5)                     # TrainedNetwork: .net, .params, .solve(X), .predict(X)
+    run.summary()                           # best/last error, timing, conductances at bounds, ...
+
+Live runs: the trainer replaces the whole file atomically at every commit (see
+:mod:`fastres.store`), and a :class:`Run` keeps no HDF5 handle: every call opens, reads and
+closes the file. ``run.snapshot()`` reads metrics and the checkpoint list from ONE version of
+the file, so the two always agree (``len(metrics) == len(epochs) - 1`` for an EqProp run);
+``summary()`` and :func:`fastres.report.make_report` work from one snapshot. Reading
+``run.metrics`` and then ``run.epochs`` separately can straddle a commit. Checkpoints are
+append-only, so any epoch listed in a snapshot stays readable.
+
+Errors: a missing, truncated, corrupt or non-fastres file raises
+:class:`~fastres.store.StoreError` whose message starts with the file's path.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastresError
+from .store import RunStore, Snapshot, StoreError
+
+__all__ = ["open_run", "Run", "Metrics", "RunSnapshot", "TrainedNetwork", "StoreError",
+           "bound_fractions", "layer_names"]
+
+#: Relative tolerance for "at a bound": the optimiser clips to g_min / g_max exactly, so any
+#: tolerance far below the spacing of trained values works; this one absorbs float round-off.
+BOUND_RTOL = 1e-9
+
+
+class Metrics(dict):
+    """``{name: 1-D numpy array}``, one row per finished epoch (``epoch`` first)."""
+
+    def __len__(self) -> int:  # number of rows, not of names
+        return 0 if "epoch" not in self else int(len(self["epoch"]))
+
+    @property
+    def names(self) -> list:
+        return list(self.keys())
+
+    def table(self) -> list:
+        """The rows as a list of ``{name: python scalar}`` dicts (``epoch`` an int; NaN where a
+        metric was not reported that epoch)."""
+        rows = []
+        for i in range(len(self)):
+            row = {}
+            for k, v in self.items():
+                x = v[i].item()
+                row[k] = int(x) if k == "epoch" else x
+            rows.append(row)
+        return rows
+
+    def column(self, name) -> np.ndarray | None:
+        """A metric's array, or None if the run never reported it."""
+        return self.get(name)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """Metrics and checkpoint epochs of one version of the file."""
+
+    metrics: Metrics
+    epochs: list          # checkpoint epochs (0 = initial conductances)
+    latest: int           # the latest checkpoint epoch
+
+
+@dataclass
+class TrainedNetwork:
+    """A run's network rebuilt with one checkpoint's conductances.
+
+    ``net`` is a :class:`~fastres.network.LayeredNetwork`, ``params`` the conductances (S),
+    ``config`` the :class:`~fastres.train.TrainConfig` of the run, ``epoch`` the checkpoint.
+    """
+
+    net: object
+    params: dict
+    config: object
+    epoch: int
+
+    def __iter__(self):  # allows ``net, params = run.network()``
+        yield self.net
+        yield self.params
+
+    def solve(self, X) -> np.ndarray:
+        """Free-node voltages (B, nF) in V (kernel order, see ``net.node_names()``) for pixels
+        ``X`` (B, n_in) in [0, 1]; raises ConvergenceError if a sample does not converge."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        net = self.net
+        arrays = net.arrays(self.params)
+        b = net.source_currents(X, self.params, arrays)
+        x, _, _ = net.solve_b(b, arrays, x0=net.initial_guess(b, self.params, arrays), check=True)
+        return x
+
+    def outputs(self, X) -> np.ndarray:
+        """Class outputs ``V(op_k) - V(on_k)`` (B, n_classes) in V."""
+        return self.net.outputs(self.solve(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted classes (B,)."""
+        return np.argmax(self.outputs(X), axis=1)
+
+    def node_voltages(self, x) -> dict:
+        """``{node name: volts}`` of every free node for ONE sample's pixels ``x`` (n_in,)."""
+        v = self.solve(np.asarray(x, dtype=np.float64)[None, :])[0]
+        return dict(zip(self.net.node_names(), v.tolist()))
+
+    def circuit(self, x, title=None):
+        """The network with pixels ``x`` (n_in,) as a :class:`~fastres.circuit.Circuit`."""
+        return self.net.to_circuit(self.params, np.asarray(x, dtype=np.float64), title=title)
+
+
+def layer_names(params: dict) -> list:
+    """Layer numbers ``l`` with conductances ``W{l}`` in ``params``, sorted."""
+    out = []
+    for k in params:
+        if k.startswith("W") and k[1:].isdigit():
+            out.append(int(k[1:]))
+    return sorted(out)
+
+
+def bound_fractions(params: dict, g_min: float, g_max: float) -> dict:
+    """Per layer ``l`` (``W{l}`` and ``B{l}`` together): fraction of conductances at ``g_min``
+    and at ``g_max`` (within a relative ``BOUND_RTOL``). Returns
+    ``{l: {"g_min": f, "g_max": f, "count": n}}``."""
+    out = {}
+    for l in layer_names(params):
+        parts = [np.ravel(params[f"W{l}"])]
+        for bias in (f"B{l}", f"b{l}"):
+            if bias in params:
+                parts.append(np.ravel(params[bias]))
+        g = np.concatenate(parts)
+        n = g.size
+        lo = int(np.count_nonzero(g <= g_min * (1 + BOUND_RTOL)))
+        hi = int(np.count_nonzero(g >= g_max * (1 - BOUND_RTOL)))
+        out[l] = {"g_min": lo / n if n else math.nan, "g_max": hi / n if n else math.nan,
+                  "count": n}
+    return out
+
+
+def _finite(a) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+class Run:
+    """Read-only view of one run file; holds no HDF5 handle (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        store = RunStore.open(self.path)
+        self._config = store.config
+        self._meta = store.meta
+        self._created = self._meta.get("created")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ---- plumbing
+    def _store(self) -> RunStore:
+        """A fresh read-only store; refuses a file replaced by a different run meanwhile."""
+        store = RunStore.open(self.path)
+        created = store.meta.get("created")
+        if created != self._created:
+            raise StoreError(f"{self.path}: the run file was replaced by a different run "
+                             f"(created {created}, the one opened was created {self._created}); "
+                             f"open it again")
+        return store
+
+    # ---- static information
+    @property
+    def config(self) -> dict:
+        """The run configuration (a copy)."""
+        import copy
+        return copy.deepcopy(self._config)
+
+    @property
+    def meta(self) -> dict:
+        """Provenance metadata (a copy)."""
+        import copy
+        return copy.deepcopy(self._meta)
+
+    @property
+    def kind(self) -> str:
+        """``"eqprop"`` for an analog network, ``"mlp"`` for a backprop baseline run."""
+        return str(self._meta.get("kind", "eqprop"))
+
+    @property
+    def configured_epochs(self) -> int | None:
+        e = self._config.get("epochs")
+        return None if e is None else int(e)
+
+    def train_config(self):
+        """The run's :class:`~fastres.train.TrainConfig`."""
+        from .train import TrainConfig
+        try:
+            return TrainConfig.from_dict(self.config)
+        except FastresError as exc:
+            raise StoreError(f"{self.path}: stored config is not a valid TrainConfig for this "
+                             f"fastres: {exc}") from None
+
+    # ---- growing information
+    def snapshot(self) -> RunSnapshot:
+        """Metrics, checkpoint epochs and latest checkpoint from one version of the file."""
+        s: Snapshot = self._store().snapshot()
+        return RunSnapshot(Metrics(s.metrics), list(s.checkpoints), int(s.latest_checkpoint))
+
+    @property
+    def metrics(self) -> Metrics:
+        """Per-epoch metrics (read now); ``.table()`` gives the rows as dicts."""
+        return self.snapshot().metrics
+
+    @property
+    def epochs(self) -> list:
+        """Epochs of the stored checkpoints (read now); 0 holds the initial conductances."""
+        return self.snapshot().epochs
+
+    @property
+    def latest_epoch(self) -> int:
+        return self.snapshot().latest
+
+    def checkpoint(self, epoch=None):
+        """The full :class:`~fastres.store.Checkpoint` ``epoch`` (None = latest)."""
+        return self._store().load_checkpoint(epoch)
+
+    def conductances(self, epoch=None) -> dict:
+        """``{name: array}`` of checkpoint ``epoch`` (None = latest), in siemens."""
+        if self.kind == "mlp":
+            raise StoreError(f"{self.path}: a backprop MLP baseline run; its parameters are "
+                             f"weights, not conductances")
+        return self.checkpoint(epoch).params
+
+    def samples(self, epoch=None) -> dict:
+        """Per-sample arrays stored with checkpoint ``epoch`` (None = latest): ``test_pred``,
+        ``test_label`` (whole test set), ``v_layer1``... (node voltages, V, of the first
+        ``store_samples`` test samples; the last layer is the output layer)."""
+        store = self._store()
+        if epoch is None:
+            epoch = store.latest_checkpoint
+        return store.samples(epoch)
+
+    def network(self, epoch=None) -> TrainedNetwork:
+        """The network rebuilt from the config with checkpoint ``epoch``'s conductances."""
+        if self.kind == "mlp":
+            raise StoreError(f"{self.path}: a backprop MLP baseline run has no analog network")
+        cfg = self.train_config()
+        ck = self.checkpoint(epoch)
+        from .train import Trainer
+        trainer = Trainer(cfg)
+        params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in ck.params.items()}
+        try:
+            trainer.net.check_params(params)
+        except FastresError as exc:
+            raise StoreError(f"{self.path}: checkpoint {ck.epoch} does not fit the configured "
+                             f"network {cfg.arch}: {exc}") from None
+        return TrainedNetwork(trainer.net, params, cfg, ck.epoch)
+
+    def bound_fractions(self, epoch=None) -> dict:
+        """:func:`bound_fractions` of checkpoint ``epoch`` with the run's g_min / g_max."""
+        return bound_fractions(self.conductances(epoch), float(self._config["g_min"]),
+                               float(self._config["g_max"]))
+
+    # ---- summary
+    def summary(self, snapshot: RunSnapshot | None = None) -> dict:
+        """Key numbers of the run, all taken from one snapshot of the file.
+
+        Errors are fractions (not %), times in s. ``None`` where the run did not record a
+        quantity (e.g. no finished epoch yet).
+        """
+        snap = self.snapshot() if snapshot is None else snapshot
+        m = snap.metrics
+        cfg = self._config
+        out = {
+            "path": str(self.path),
+            "kind": self.kind,
+            "arch": cfg.get("arch"),
+            "diode": cfg.get("diode"),
+            "dataset": cfg.get("dataset"),
+            "seed": cfg.get("seed"),
+            "configured_epochs": self.configured_epochs,
+            "epochs": len(m),
+            "latest_checkpoint": snap.latest,
+            "complete": self.configured_epochs is not None and snap.latest >= self.configured_epochs,
+            "g_min": cfg.get("g_min"),
+            "g_max": cfg.get("g_max"),
+        }
+
+        def col(name):
+            a = m.get(name)
+            return None if a is None else np.asarray(a, dtype=np.float64)
+
+        te = col("test_error")
+        if te is not None and np.any(np.isfinite(te)):
+            i = int(np.nanargmin(te))
+            out["best_test_error"] = float(te[i])
+            out["best_epoch"] = int(m["epoch"][i])
+            out["last_test_error"] = float(te[-1])
+            out["last_epoch"] = int(m["epoch"][-1])
+        else:
+            out.update(best_test_error=None, best_epoch=None, last_test_error=None,
+                       last_epoch=int(m["epoch"][-1]) if len(m) else None)
+        for name in ("train_error", "test_loss", "train_loss"):
+            a = col(name)
+            out[f"last_{name}"] = float(a[-1]) if a is not None and len(a) else None
+        es = col("epoch_seconds")
+        f = _finite(es) if es is not None else np.zeros(0)
+        out["mean_epoch_seconds"] = float(np.mean(f)) if f.size else None
+        out["total_train_seconds"] = float(np.sum(f)) if f.size else None
+        sps = col("samples_per_second")
+        f = _finite(sps) if sps is not None else np.zeros(0)
+        out["mean_samples_per_second"] = float(np.mean(f)) if f.size else None
+        out["last_samples_per_second"] = float(sps[-1]) if f.size else None
+        for name, key in (("nonconverged", "nonconverged_train_total"),
+                          ("eval_nonconverged", "nonconverged_eval_total")):
+            a = col(name)
+            out[key] = int(np.nansum(a)) if a is not None and len(a) else None
+        gc = col("gradcheck_rel_error")
+        f = _finite(gc) if gc is not None else np.zeros(0)
+        out["gradcheck_recorded"] = bool(f.size)
+        out["last_gradcheck_rel_error"] = float(f[-1]) if f.size else None
+        if self.kind != "mlp" and "g_min" in cfg and "g_max" in cfg:
+            bf = self.bound_fractions(snap.latest)
+            out["bounds_epoch"] = snap.latest
+            out["at_bounds"] = {l: {"g_min": v["g_min"], "g_max": v["g_max"]} for l, v in bf.items()}
+        else:
+            out["bounds_epoch"] = None
+            out["at_bounds"] = {}
+        return out
+
+
+def open_run(path) -> Run:
+    """Open a run file read-only (validates it; raises StoreError naming the file)."""
+    return Run(path)
