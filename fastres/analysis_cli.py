@@ -186,6 +186,7 @@ def watch(path, interval=5.0, once=False, out=None, max_polls=None) -> int:
     """Print a line per new epoch of run ``path`` until it reaches its configured epochs
     (``once``: print the latest state and return). Ctrl-C stops watching cleanly (returns 0)."""
     from .analysis import open_run
+    from .store import StoreError
     out = sys.stdout if out is None else out
     if not (interval > 0):
         raise FastresError(f"--interval {interval}: must be > 0 seconds")
@@ -202,7 +203,12 @@ def watch(path, interval=5.0, once=False, out=None, max_polls=None) -> int:
                     waiting_said = True
             else:
                 run = open_run(path)  # re-opened each poll: follows a file replaced by --overwrite
-                snap = run.snapshot()
+                try:
+                    snap = run.snapshot()
+                except StoreError as exc:
+                    if "replaced by a different run" not in str(exc):
+                        raise
+                    continue  # re-created between our two reads: read the new run now
                 m = snap.metrics
                 done_epoch = max(snap.latest, int(m["epoch"][-1]) if len(m) else 0)
                 key = (run.meta.get("created"), len(m), snap.latest)

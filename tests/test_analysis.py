@@ -1,5 +1,6 @@
 """Run analysis: reader, report, compare, export (ngspice round trip), watch; live and corrupt files."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -300,8 +301,9 @@ def test_export_roundtrip_with_ngspice(run_file, tmp_path, capsys):
     pred = int(tn.predict(data.x_test[k:k + 1])[0])
     assert int(np.argmax(spice_out)) == pred
     assert f"fastres predicted class: {pred}" in out
-    for c in range(ncls):
-        assert f"class {c}: {spice_out[c]:+.6e}"[:-4] in out  # printed outputs agree too
+    printed = {int(c): float(v) for c, v in re.findall(r"class (\d+): (\S+) V", out)}
+    assert sorted(printed) == list(range(ncls))
+    assert max(abs(printed[c] - spice_out[c]) for c in range(ncls)) <= 1e-9  # printed outputs too
 
 
 def test_export_bad_sample(run_file, tmp_path, capsys):

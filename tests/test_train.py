@@ -142,10 +142,11 @@ def _cli(*args, **kw):
 @mnist
 def test_kill_and_resume_is_bit_identical(tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    r = _cli("train", *TINY, "--epochs", "4", "--out", str(a))
+    long = TINY + ["--n-train", "2000"]  # epochs long enough to be killed mid-way
+    r = _cli("train", *long, "--epochs", "4", "--out", str(a))
     assert r.returncode == 0, r.stderr
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
-    p = subprocess.Popen([sys.executable, "-m", "fastres.cli", "train", *TINY, "--epochs", "4", "--out", str(b)],
+    p = subprocess.Popen([sys.executable, "-m", "fastres.cli", "train", *long, "--epochs", "4", "--out", str(b)],
                          env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once epoch 2 is checkpointed, mid-way through epoch 3
