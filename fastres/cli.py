@@ -1,6 +1,7 @@
 """The ``fastres`` command line.
 
-Subcommands: ``op`` (DC operating point of a SPICE deck), ``train``, ``eval``, ``gradcheck``.
+Subcommands: ``op`` (DC operating point of a SPICE deck), ``train``, ``eval``, ``gradcheck``,
+``report``, ``compare``, ``export``, ``watch``.
 Bad input gets a one-line message naming the problem and exit status 2.
 """
 from __future__ import annotations
@@ -84,11 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--maxiter", type=int, default=100)
     op.set_defaults(func=_cmd_op)
 
-    try:
-        from . import train_cli
-        train_cli.add_commands(sub)
-    except ImportError:  # training front end not present
-        pass
+    from . import analysis_cli, train_cli
+    train_cli.add_commands(sub)
+    analysis_cli.add_commands(sub)
     return p
 
 

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from . import __version__
-from .eqprop import (ESTIMATORS, EqProp, PhaseStats, States, eqprop_states, exact_gradient,
+from .eqprop import (ESTIMATORS, EqProp, PhaseStats, States, eqprop_gradient, eqprop_states, exact_gradient,
                      loss_and_grad, phases_from_states, relative_error)
 from .errors import FastresError
 from .kernels import updates as _updates
