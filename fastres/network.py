@@ -256,8 +256,23 @@ class LayeredNetwork:
             v = cur / diag
             if l < self.L or self.spec.output_diodes:
                 np.clip(v, lo, hi, out=v)
+                if self.dkind[0] == 0:  # Shockley: settle each node against its own diodes
+                    v = self._node_clamp(v, cur, diag)
             x[:, o:o + n[l]] = v
         return x
+
+    def _node_clamp(self, v, cur, diag, iterations=6):
+        """Scalar Newton per node on ``diag (v - cur/diag) + i_hi(v) - i_lo(v) = 0`` (the node
+        alone with its two Shockley diodes, exponentials only), steps limited to 0.1 V."""
+        IS, vte = self.dpar[0, 0], self.dpar[0, 1]
+        rlo, rhi = self.spec.rail_lo, self.spec.rail_hi
+        for _ in range(iterations):
+            ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
+            elo = np.exp(np.minimum((rlo - v) / vte, 700.0))
+            f = diag * v - cur + IS * (ehi - elo)
+            fp = diag + IS * (ehi + elo) / vte
+            v = v - np.clip(f / fp, -0.1, 0.1)
+        return v
 
     def layer(self, x, l) -> np.ndarray:
         """Voltages (B, nodes of layer l) of free layer ``l`` (1..L) from kernel-order ``x``."""
