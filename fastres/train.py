@@ -66,7 +66,7 @@ class TrainConfig:
     batch_size: int = 20
     lr: list | None = None
     momentum: float = 0.0
-    lr_decay: float = 1.0
+    lr_decay: float = 0.9
     beta_rel: float = 0.1
     estimator: str = "centered"
     target_volts: float = 0.5
