@@ -204,7 +204,7 @@ def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, arrays=None)
     rhs = -net.output_injection(dC)  # dC/dx
     lam = np.empty_like(x)
     B = x.shape[0]
-    n = chunks(B)
+    n = chunks(B, x.shape[1])
     args = (GKK, GKE, gEE, net.vdfix, net.da, net.db, net.dkind, net.dpar, x,
             np.ascontiguousarray(rhs), lam)
     if n == 1:

@@ -22,18 +22,20 @@ STATUS_TEXT = {
 
 
 PARALLEL_MIN_BATCH = 64
+PARALLEL_MIN_WORK = 16384  # samples x free nodes: below this a parallel region does not pay
 
 
-def chunks(B: int) -> int:
-    """Number of sample chunks for a batch of B samples.
+def chunks(B: int, nF: int = 0) -> int:
+    """Number of sample chunks for a batch of B samples of nF free nodes each.
 
-    1 below ``PARALLEL_MIN_BATCH``: then the caller runs the serial kernel, because waking the
-    threads of a parallel region costs more than a few small solves (and far more on a busy
+    1 for small work (fewer than ``PARALLEL_MIN_BATCH`` samples and fewer than
+    ``PARALLEL_MIN_WORK`` sample-nodes): then the caller runs the serial kernel, because waking
+    the threads of a parallel region costs more than a few small solves (and far more on a busy
     2-core machine); otherwise one to four chunks per thread (each chunk allocates its scratch
     once; several per thread balance the load).
     """
     t = numba.get_num_threads()
-    if B < PARALLEL_MIN_BATCH or t == 1:
+    if t == 1 or B < 2 or (B < PARALLEL_MIN_BATCH and B * nF < PARALLEL_MIN_WORK):
         return 1
     return max(1, min(B, t * max(1, min(4, B // (64 * t)))))
 
@@ -176,7 +178,7 @@ def source_currents(U, P, col0, b0, inj) -> np.ndarray:
     ``col0:col0 + P.shape[1]`` (see :func:`fastres.kernels.stamping.source_currents`)."""
     B = U.shape[0]
     b = np.empty((B, b0.shape[0]))
-    n = chunks(B)
+    n = chunks(B, b0.shape[0])
     if n == 1:
         _stamping.source_currents_range(U, P, col0, b0, inj, 0, B, b)
     else:
@@ -191,7 +193,7 @@ def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton):
     it = np.zeros(B, dtype=np.int64)
     res = np.zeros(B)
     st = np.zeros(B, dtype=np.int64)
-    n = chunks(B)
+    n = chunks(B, x.shape[1])
     args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter))
     if n == 1:
         _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)
