@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastres: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fastres op deck.cir | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
