@@ -531,7 +531,7 @@ class RunStore:
                              f"does not exist")
         if path.exists() and not overwrite:
             raise StoreError(f"{path}: run file already exists; refusing to overwrite it "
-                             f"(pass overwrite=True to replace it)")
+                             f"(overwrite=True, or --overwrite on the command line, replaces it)")
         if not isinstance(config, dict):
             raise StoreError(f"{where}: config must be a dict, got {type(config).__name__}")
         if not isinstance(meta, dict):
@@ -578,7 +578,7 @@ class RunStore:
         with _writer_lock(path):
             if path.exists() and not overwrite:
                 raise StoreError(f"{path}: run file already exists; refusing to overwrite it "
-                                 f"(pass overwrite=True to replace it)")
+                                 f"(overwrite=True, or --overwrite on the command line, replaces it)")
             _remove_stale_tmp(path, all_others=True)
             tmp = _tmp_path(path)
             try:
