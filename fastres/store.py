@@ -323,6 +323,15 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _discard(tmp: Path) -> None:
+    """Remove a commit's temporary file if it is still there (the commit failed)."""
+    if tmp.exists():
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -608,18 +617,14 @@ class RunStore:
                         os.link(tmp, path)
                     except FileExistsError:
                         raise StoreError(f"{path}: run file already exists; refusing to "
-                                         f"overwrite it (pass overwrite=True to replace it)")
+                                         f"overwrite it (overwrite=True, or --overwrite on the command line, replaces it)")
                     except OSError:  # filesystem without hard links
                         os.replace(tmp, path)
                     else:
                         os.unlink(tmp)
                 _fsync_path(path.parent, directory=True)
             finally:
-                if tmp.exists():
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
+                _discard(tmp)
         return cls(path, writable=True, _config=config_rt, _meta=meta_rt)
 
     @classmethod
@@ -683,11 +688,7 @@ class RunStore:
                 os.replace(tmp, path)
                 _fsync_path(path.parent, directory=True)
             finally:
-                if tmp.exists():
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
+                _discard(tmp)
 
     # ---- writers
     def append_epoch(self, metrics: dict) -> None:

@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from .devices import diode_ig
 from .newton import workspace
-from .stamping import assemble, schur_newton_direction
+from .stamping import assemble, load_sample, schur_newton_direction
 
 
 @njit(cache=True, parallel=True)
@@ -40,11 +40,7 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
     vext = np.empty(nF + nXd)
     zero = np.zeros(nF)
     for s in range(lo, hi):
-        for i in range(nF):
-            vext[i] = x[s, i]
-        row = s if vdfix.shape[0] > 1 else 0
-        for j in range(nXd):
-            vext[nF + j] = vdfix[row, j]
+        load_sample(x, vdfix, s, vext)
         for k in range(nD):
             di[k], dg[k] = diode_ig(dkind[k], dpar[k], vext[da[k]] - vext[db[k]])
         assemble(GKK, GKE, gEE, zero, vext[:nF], da, db, di, dg, rlin, r, JKK, dE)

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
-from .stamping import assemble, gff_matvec, schur_newton_direction
+from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 
 CONVERGED = 0
 MAXITER = 1
@@ -242,11 +242,7 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     w = workspace(nK, nE, da.shape[0], nXd)
     vext = np.empty(nF + nXd)
     for s in range(lo, hi):
-        for i in range(nF):
-            vext[i] = x[s, i]
-        row = s if vdfix.shape[0] > 1 else 0
-        for j in range(nXd):
-            vext[nF + j] = vdfix[row, j]
+        load_sample(x, vdfix, s, vext)
         it, rm, st = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar,
                                    reltol, vntol, abstol, maxiter, w)
         for i in range(nF):

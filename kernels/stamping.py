@@ -22,6 +22,18 @@ from .devices import diode_ig
 from .linalg import cholesky_inplace, cholesky_solve_inplace
 
 
+@njit(cache=True)
+def load_sample(x, vdfix, s, vext):
+    """Fill ``vext = [x[s] (free nodes) | fixed voltages diodes touch]`` (V) for sample ``s``;
+    ``vdfix`` has one row per sample, or a single row shared by all."""
+    nF = x.shape[1]
+    for i in range(nF):
+        vext[i] = x[s, i]
+    row = s if vdfix.shape[0] > 1 else 0
+    for j in range(vdfix.shape[1]):
+        vext[nF + j] = vdfix[row, j]
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def gff_matvec(GKK, GKE, gEE, x, out):
     """``out = G_FF x`` (A) for free-node voltages ``x`` (V), shape (nK + nE,)."""
