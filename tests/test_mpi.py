@@ -96,7 +96,10 @@ def test_dead_rank_stops_run_and_resume_on_other_k_finishes(tmp_path):
     os.kill(max(ranks), signal.SIGKILL)
     out, err = p.communicate(timeout=120)
     assert p.returncode != 0
-    assert "signal 9" in (out + err).lower() or "killed" in (out + err).lower() or "terminat" in (out + err).lower()
+    # Which process reports first is a race: the launcher ("signal 9", "killed", "terminated")
+    # or the surviving rank, whose collective fails ("Abort ... Fatal error in ..._Allreduce").
+    said = (out + err).lower()
+    assert any(w in said for w in ("signal 9", "killed", "terminat", "abort", "fatal error")), said
     done = RunStore.open(run).latest_checkpoint
     assert 1 <= done < 4  # the last checkpoint is intact and loadable
     RunStore.open(run).load_checkpoint()
