@@ -72,19 +72,26 @@ def _from_to(net: LayeredNetwork, X_volts, x, l):
     return np.ascontiguousarray(u), np.ascontiguousarray(net.layer(x, l))
 
 
-def _drop_terms(net, U, xa, xb, Vb):
+def _drop_terms(net, U, xa, xb, Vb, first=True):
     """For every W and B: ``(row, col, prod)`` with ``sum_s dV_a^2 - dV_b^2 = row + col - 2 prod``.
 
-    Bias conductances are handled as a (1, n) matrix whose from-voltage is ``Vb``.
+    Bias conductances are handled as a (1, n) matrix whose from-voltage is ``Vb``. With
+    ``first=False`` the input layer's ``W1`` is left out (see :func:`first_layer_factors`).
     """
     terms = {}
     B = xa.shape[0]
     ones = np.full((B, 1), Vb)
     for l in range(1, net.L + 1):
+        if l == 1 and not first:
+            terms["B1"] = _updates.fixed_from_terms(ones, np.ascontiguousarray(net.layer(xa, 1)),
+                                                    np.ascontiguousarray(net.layer(xb, 1)))
+            continue
         ua, va = _from_to(net, U, xa, l)
         ub, vb = _from_to(net, U, xb, l)
-        terms[f"W{l}"] = _updates.drop_square_terms(ua, va, ub, vb)
-        terms[f"B{l}"] = _updates.drop_square_terms(ones, va, ones, vb)
+        # layer 1 hangs from the input sources, which do not move between phases
+        terms[f"W{l}"] = (_updates.fixed_from_terms(ua, va, vb) if l == 1
+                          else _updates.drop_square_terms(ua, va, ub, vb))
+        terms[f"B{l}"] = _updates.fixed_from_terms(ones, va, vb)
     return terms
 
 
@@ -106,6 +113,7 @@ class Phases:
     stats: PhaseStats
     base_scale: float = 1.0
     n_ok: int = 1
+    first: tuple | None = None  # W1 factors when the fused input-layer update is used
 
 
 @dataclass
@@ -153,18 +161,34 @@ def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
     return States(xf, xa, xb, ok, scale, stats)
 
 
-def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts) -> "Phases":
+def first_layer_factors(U, va, vb):
+    """The input layer's EqProp gradient in factored form, for
+    :func:`fastres.kernels.updates.fixed_from_step`: ``(uT (n_from, B), d = va - vb (B, n_to),
+    col = sum_s va^2 - vb^2 (n_to,))`` in V, V and V^2, from the input source voltages ``U``
+    (B, n_from) and the first layer's node voltages in the two phases ``va, vb`` (B, n_to)."""
+    d = va - vb
+    col = np.einsum("sj,sj->j", va, va) - np.einsum("sj,sj->j", vb, vb)
+    return np.ascontiguousarray(U.T), np.ascontiguousarray(d), col
+
+
+def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts, fused_first=False) -> "Phases":
     """Gradient terms and losses of a batch from its equilibrium states. Samples that did not
-    converge contribute nothing (their two states are made equal) and are not counted."""
+    converge contribute nothing (their two states are made equal) and are not counted.
+
+    With ``fused_first`` the input layer's ``W1`` gets factors (``Phases.first``, see
+    :func:`first_layer_factors`) for the fused update instead of terms."""
     xa = st.xa
     if not st.ok.all():
         xa = xa.copy()
         xa[~st.ok] = st.xb[~st.ok]
     U = net.input_voltages(X)
-    terms = _drop_terms(net, U, xa, st.xb, net.spec.bias_volts)
+    terms = _drop_terms(net, U, xa, st.xb, net.spec.bias_volts, first=not fused_first)
+    first = None
+    if fused_first:
+        first = first_layer_factors(U, net.layer(xa, 1), net.layer(st.xb, 1))
     C, _ = loss_and_grad(net.outputs(st.free), y, target_volts)
     n_ok = int(st.ok.sum())
-    return Phases(terms, st.scale / max(n_ok, 1), st.free, C, st.stats, st.scale, n_ok)
+    return Phases(terms, st.scale / max(n_ok, 1), st.free, C, st.stats, st.scale, n_ok, first)
 
 
 def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,

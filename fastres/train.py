@@ -226,21 +226,30 @@ class Trainer:
         if self.comm is not None:
             st = self._allreduce_states(st, X.shape[0], lo, hi)
         t2 = time.perf_counter()
-        ph = phases_from_states(self.net, X, y, st, cfg.target_volts)
+        ph = phases_from_states(self.net, X, y, st, cfg.target_volts, fused_first=True)
         pred = np.argmax(self.net.outputs(ph.free), axis=1)
         sums = np.array([ph.loss.sum(), np.sum(pred != y), ph.stats.free_iterations,
                          ph.stats.nudged_iterations, ph.stats.nonconverged, st.stats.free_seconds,
                          st.stats.nudged_seconds], dtype=np.float64)
         gscale = cfg.g_max * cfg.g_max * self.lr_factor
+        threads = numba.get_num_threads()
+        opt = (cfg.momentum, cfg.g_min, cfg.g_max)
+        # the input layer: fused, the gradient never materialised
+        uT, d, col = ph.first
+        W, vel = self.params["W1"], self.vel["W1"]
+        lr = cfg.lr[0] * gscale
+        if threads > 1:
+            _updates.fixed_from_step(W, uT, d, col, ph.scale, vel, lr, *opt, threads)
+        else:
+            _updates.fixed_from_step_rows(W, uT, d, col, ph.scale, vel, lr, *opt, 0, W.shape[0])
         for l in range(1, self.net.L + 1):
             lr = cfg.lr[l - 1] * gscale
-            for key in (f"W{l}", f"B{l}"):
+            for key in (f"W{l}", f"B{l}") if l > 1 else ("B1",):
                 row, col, prod = ph.terms[key]
                 W = self.params[key].reshape(len(row), len(col))
-                args = (W, row, col, prod, ph.scale, self.vel[key].reshape(W.shape), lr,
-                        cfg.momentum, cfg.g_min, cfg.g_max)
-                if W.size >= PARALLEL_MIN_UPDATE and numba.get_num_threads() > 1:
-                    _updates.drop_square_step(*args, numba.get_num_threads())
+                args = (W, row, col, prod, ph.scale, self.vel[key].reshape(W.shape), lr, *opt)
+                if W.size >= PARALLEL_MIN_UPDATE and threads > 1:
+                    _updates.drop_square_step(*args, threads)
                 else:
                     _updates.drop_square_step_rows(*args, 0, W.shape[0])
         t3 = time.perf_counter()

@@ -45,6 +45,47 @@ def test_drop_square_terms_match_numpy():
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_fixed_from_terms_match_numpy():
+    """Source-driven conductances: from-voltages equal in both phases, with exact zeros
+    (dark pixels) that the kernel skips."""
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=(7, 6))
+    u[rng.random(u.shape) < 0.6] = 0.0
+    va, vb = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    row, col, prod = updates.fixed_from_terms(u, va, vb)
+    ref = ((u[:, :, None] - va[:, None, :]) ** 2 - (u[:, :, None] - vb[:, None, :]) ** 2).sum(0)
+    assert np.all(row == 0.0)
+    np.testing.assert_allclose(row[:, None] + col[None, :] - 2 * prod, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fixed_from_step_matches_numpy_and_any_row_split(momentum):
+    """The fused input-layer step: same as materialising the gradient in numpy, and
+    bit-identical whichever way the rows are split (threads, MPI ranks)."""
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(7, 9)) * 100
+    u[rng.random(u.shape) < 0.6] = 0.0
+    va, vb = rng.normal(size=(7, 4)), rng.normal(size=(7, 4))
+    W0 = rng.uniform(1e-6, 1e-4, (9, 4))
+    W0[0, 0], W0[1, 1] = 2e-6, 8e-5  # at the bounds: the clip must hold them there
+    vel0 = rng.normal(size=(9, 4)) * 1e-3
+    grad = 0.3 * ((u[:, :, None] - va[:, None, :]) ** 2 - (u[:, :, None] - vb[:, None, :]) ** 2).sum(0)
+    v_ref = momentum * vel0 + grad if momentum else vel0
+    W_ref = np.clip(W0 - 1e-9 * (v_ref if momentum else grad), 2e-6, 8e-5)
+    uT, d, col = np.ascontiguousarray(u.T), va - vb, (va ** 2 - vb ** 2).sum(0)
+    W, vel = W0.copy(), vel0.copy()
+    updates.fixed_from_step_rows(W, uT, d, col, 0.3, vel, 1e-9, momentum, 2e-6, 8e-5, 0, 9)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-12)
+    np.testing.assert_allclose(vel, v_ref, rtol=1e-12)
+    W2, vel2 = W0.copy(), vel0.copy()
+    for lo, hi in [(0, 2), (2, 7), (7, 9)]:
+        updates.fixed_from_step_rows(W2, uT, d, col, 0.3, vel2, 1e-9, momentum, 2e-6, 8e-5, lo, hi)
+    assert np.array_equal(W, W2) and np.array_equal(vel, vel2)
+    W3, vel3 = W0.copy(), vel0.copy()
+    updates.fixed_from_step(W3, uT, d, col, 0.3, vel3, 1e-9, momentum, 2e-6, 8e-5, 3)
+    assert np.array_equal(W, W3) and np.array_equal(vel, vel3)
+
+
 def test_fused_step_matches_numpy():
     rng = np.random.default_rng(0)
     W = rng.uniform(1e-6, 1e-4, (6, 4))
@@ -85,6 +126,28 @@ def test_update_rule_is_derivative_of_cocontent_difference(gain):
                 refb += sign * 0.5 * (net.spec.bias_volts - v) ** 2
         np.testing.assert_allclose(g[f"W{l}"], ref / (eq.beta * X.shape[0]), rtol=1e-9, atol=1e-9 * np.abs(ref).max() / eq.beta)
         np.testing.assert_allclose(g[f"B{l}"], refb / (eq.beta * X.shape[0]), rtol=1e-9, atol=1e-9 * np.abs(refb).max() / eq.beta)
+
+
+@pytest.mark.parametrize("estimator", ["one-sided", "centered"])
+def test_training_step_applies_the_eqprop_gradient(estimator):
+    """Trainer.step (fused input-layer update, factored terms elsewhere) moves every
+    conductance by -lr * g_max^2 * (the EqProp gradient of eqprop_gradient)."""
+    cfg = TrainConfig(arch="12-6-5-3", lr=[1e-3, 2e-3, 3e-3], estimator=estimator, init_lo=2e-5,
+                      init_hi=6e-5)
+    tr = Trainer(cfg)
+    rng = np.random.default_rng(4)
+    tr.init_state(rng)
+    X = rng.uniform(0, 1, (9, 12))
+    X[X < 0.5] = 0.0  # dark pixels, skipped by the fused kernel
+    y = rng.integers(0, 3, 9)
+    p0 = {k: v.copy() for k, v in tr.params.items()}
+    g, _, _, _ = eqprop_gradient(tr.net, p0, X, y, EqProp(tr.beta(), estimator), cfg.target_volts)
+    tr.step(X, y, rng)
+    for key in p0:
+        l = int(key[1:])
+        want = p0[key] - cfg.lr[l - 1] * cfg.g_max ** 2 * g[key]
+        assert np.all((want > cfg.g_min) & (want < cfg.g_max)), key  # no clipping in this test
+        np.testing.assert_allclose(tr.params[key], want, rtol=1e-12, atol=1e-18, err_msg=key)
 
 
 @pytest.mark.parametrize("diode,gain", [("shockley", 1.0), ("shockley", 4.0), ("pwl", 1.0)])
