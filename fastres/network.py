@@ -166,13 +166,17 @@ class LayeredNetwork:
                 raise CircuitError(f"parameter {k}: conductances must be finite and > 0 S")
 
     # -- kernel arrays -----------------------------------------------------------------------
-    def arrays(self, params):
-        """``(GKK, GKE, gEE, b0)``: Jacobian blocks (S) and constant bias currents (A)."""
+    def arrays(self, params, w1_colsum=None):
+        """``(GKK, GKE, gEE, b0)``: Jacobian blocks (S) and constant bias currents (A).
+
+        ``w1_colsum`` (n_1,) S: ``params["W1"].sum(axis=0)`` when the caller already has it
+        (the training step gets it from the fused update; W1 is by far the largest matrix)."""
         n = self.nodes_per_layer
         L = self.L
         d = {}
         for l in range(1, L + 1):
-            dl = params[f"W{l}"].sum(axis=0) + params[f"B{l}"]
+            colsum = w1_colsum if (l == 1 and w1_colsum is not None) else params[f"W{l}"].sum(axis=0)
+            dl = colsum + params[f"B{l}"]
             if l < L:
                 A = self.gains[l + 1]
                 dl = dl + A * A * params[f"W{l + 1}"].sum(axis=1)

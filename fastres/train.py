@@ -34,6 +34,7 @@ from .store import RunStore, generator_state, restore_generator
 
 
 PARALLEL_MIN_UPDATE = 1 << 20  # conductances: below this a serial update pass is faster
+UPDATE_BLOCKS = 16  # fixed row blocks of the fused input-layer update (threads take blocks)
 
 
 class ConfigError(FastresError, ValueError):
@@ -197,6 +198,18 @@ class Trainer:
         self.comm = comm  # an mpi4py communicator for data parallelism (see fastres.parallel)
         self.lr_factor = 1.0  # cfg.lr_decay ** (epoch - 1), set per epoch
         self.t_comm = 0.0
+        self.w1_colsum = None  # column sums of W1 (S), kept up to date by the fused update
+        self._w1 = None  # the W1 array those sums belong to
+        self._blocks = None
+
+    def _sum_w1(self):
+        """Column sums of W1 with the fused update's fixed block structure (so a resumed run
+        continues bit-identically)."""
+        W = self.params["W1"]
+        self._w1 = W
+        self._blocks = np.empty((UPDATE_BLOCKS, W.shape[1]))
+        self.w1_colsum = np.empty(W.shape[1])
+        _updates.block_column_sums(W, self._blocks, self.w1_colsum)
 
     def init_state(self, rng):
         self.params = self.net.init_params(rng, self.cfg.init_lo, self.cfg.init_hi)
@@ -221,7 +234,10 @@ class Trainer:
         hi = X.shape[0] if hi is None else hi
         eq = EqProp(self.beta(), cfg.estimator)
         t0 = time.perf_counter()
-        st = eqprop_states(self.net, self.params, X[lo:hi], y[lo:hi], eq, cfg.target_volts, rng)
+        if self._w1 is not self.params["W1"]:  # new or replaced parameters (start, resume)
+            self._sum_w1()
+        arrays = self.net.arrays(self.params, self.w1_colsum)
+        st = eqprop_states(self.net, self.params, X[lo:hi], y[lo:hi], eq, cfg.target_volts, rng, arrays)
         t1 = time.perf_counter()
         if self.comm is not None:
             st = self._allreduce_states(st, X.shape[0], lo, hi)
@@ -236,12 +252,8 @@ class Trainer:
         opt = (cfg.momentum, cfg.g_min, cfg.g_max)
         # the input layer: fused, the gradient never materialised
         uT, d, col = ph.first
-        W, vel = self.params["W1"], self.vel["W1"]
-        lr = cfg.lr[0] * gscale
-        if threads > 1:
-            _updates.fixed_from_step(W, uT, d, col, ph.scale, vel, lr, *opt, threads)
-        else:
-            _updates.fixed_from_step_rows(W, uT, d, col, ph.scale, vel, lr, *opt, 0, W.shape[0])
+        _updates.fixed_from_step(self.params["W1"], uT, d, col, ph.scale, self.vel["W1"],
+                                 cfg.lr[0] * gscale, *opt, self._blocks, self.w1_colsum)
         for l in range(1, self.net.L + 1):
             lr = cfg.lr[l - 1] * gscale
             for key in (f"W{l}", f"B{l}") if l > 1 else ("B1",):

@@ -118,8 +118,9 @@ def drop_square_step(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, nc
 
 
 @njit(cache=True)
-def fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi):
-    """Rows ``lo..hi-1`` of :func:`fixed_from_step` (serial).
+def fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi, psum):
+    """Rows ``lo..hi-1`` of :func:`fixed_from_step` (serial); ``psum`` (m,) receives the
+    column sums of the new rows, added row after row.
 
     Each row's new values depend only on that row's inputs and are summed in a fixed order, so
     any split of the rows (threads, MPI ranks) gives bit-identical conductances.
@@ -127,6 +128,8 @@ def fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo
     B = uT.shape[1]
     m = W.shape[1]
     p = np.empty(m)
+    for j in range(m):
+        psum[j] = 0.0
     for i in range(lo, hi):
         for j in range(m):
             p[j] = 0.0
@@ -143,22 +146,63 @@ def fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo
         else:  # branch-free inner loop: it vectorises (see drop_square_step_rows)
             for j in range(m):
                 W[i, j] = min(max(W[i, j] - lr * (scale * (col[j] - 2.0 * p[j])), g_lo), g_hi)
+        for j in range(m):
+            psum[j] += W[i, j]
+
+
+@njit(cache=True)
+def _combine_blocks(partial, colsum):
+    """``colsum = sum_c partial[c]``, blocks added in order (V or S, any unit)."""
+    for j in range(colsum.shape[0]):
+        colsum[j] = 0.0
+    for c in range(partial.shape[0]):
+        for j in range(colsum.shape[0]):
+            colsum[j] += partial[c, j]
 
 
 @njit(cache=True, parallel=True)
-def fixed_from_step(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, nchunks):
+def fixed_from_step(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, partial, colsum):
     """Fused EqProp SGD step for conductances hanging from sources (from-voltages equal in
     both phases, see :func:`fixed_from_terms`), in place and without materialising the
     gradient: ``grad[i, j] = scale * (col[j] - 2 sum_s uT[i, s] d[s, j])`` (V^2/S), then
     momentum, ``W -= lr*vel`` and clipping to [g_lo, g_hi] (S) as in :func:`drop_square_step`.
 
     ``uT`` (n_from, B) from-voltages transposed (V); ``d = va - vb`` (B, n_to) (V);
-    ``col = sum_s va^2 - vb^2`` (n_to,) (V^2). Rows split into ``nchunks`` parallel chunks.
+    ``col = sum_s va^2 - vb^2`` (n_to,) (V^2). Also returns the new column sums ``colsum``
+    (n_to,) (S, the next Jacobian's diagonal needs them), so no second pass over ``W``.
+
+    The rows are cut into ``partial.shape[0]`` fixed blocks (``partial`` (nblocks, n_to) is
+    scratch), run in parallel; each block's column sums are combined in block order, so the
+    result is bit-identical for any number of threads (and equals :func:`block_column_sums`).
     """
     n = W.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo = c * per
+    nb = partial.shape[0]
+    per = (n + nb - 1) // nb
+    for c in prange(nb):
+        lo = min(n, c * per)
         hi = min(n, lo + per)
-        if lo < hi:
-            fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi)
+        fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi, partial[c])
+    _combine_blocks(partial, colsum)
+
+
+@njit(cache=True)
+def _block_sum_rows(W, lo, hi, psum):
+    for j in range(W.shape[1]):
+        psum[j] = 0.0
+    for i in range(lo, hi):
+        for j in range(W.shape[1]):
+            psum[j] += W[i, j]
+
+
+@njit(cache=True, parallel=True)
+def block_column_sums(W, partial, colsum):
+    """Column sums of ``W`` (S) with the block structure of :func:`fixed_from_step`, hence
+    bit-identical to the sums that step returns (used when a run starts or resumes)."""
+    n = W.shape[0]
+    nb = partial.shape[0]
+    per = (n + nb - 1) // nb
+    for c in prange(nb):
+        lo = min(n, c * per)
+        hi = min(n, lo + per)
+        _block_sum_rows(W, lo, hi, partial[c])
+    _combine_blocks(partial, colsum)

@@ -73,17 +73,23 @@ def test_fixed_from_step_matches_numpy_and_any_row_split(momentum):
     v_ref = momentum * vel0 + grad if momentum else vel0
     W_ref = np.clip(W0 - 1e-9 * (v_ref if momentum else grad), 2e-6, 8e-5)
     uT, d, col = np.ascontiguousarray(u.T), va - vb, (va ** 2 - vb ** 2).sum(0)
-    W, vel = W0.copy(), vel0.copy()
-    updates.fixed_from_step_rows(W, uT, d, col, 0.3, vel, 1e-9, momentum, 2e-6, 8e-5, 0, 9)
+    W, vel, psum = W0.copy(), vel0.copy(), np.empty(4)
+    updates.fixed_from_step_rows(W, uT, d, col, 0.3, vel, 1e-9, momentum, 2e-6, 8e-5, 0, 9, psum)
     np.testing.assert_allclose(W, W_ref, rtol=1e-12)
     np.testing.assert_allclose(vel, v_ref, rtol=1e-12)
+    np.testing.assert_allclose(psum, W.sum(axis=0), rtol=1e-14)
     W2, vel2 = W0.copy(), vel0.copy()
     for lo, hi in [(0, 2), (2, 7), (7, 9)]:
-        updates.fixed_from_step_rows(W2, uT, d, col, 0.3, vel2, 1e-9, momentum, 2e-6, 8e-5, lo, hi)
+        updates.fixed_from_step_rows(W2, uT, d, col, 0.3, vel2, 1e-9, momentum, 2e-6, 8e-5, lo, hi, psum)
     assert np.array_equal(W, W2) and np.array_equal(vel, vel2)
-    W3, vel3 = W0.copy(), vel0.copy()
-    updates.fixed_from_step(W3, uT, d, col, 0.3, vel3, 1e-9, momentum, 2e-6, 8e-5, 3)
-    assert np.array_equal(W, W3) and np.array_equal(vel, vel3)
+    for nb in (1, 4, 16):  # more blocks than rows too
+        W3, vel3, colsum = W0.copy(), vel0.copy(), np.empty(4)
+        updates.fixed_from_step(W3, uT, d, col, 0.3, vel3, 1e-9, momentum, 2e-6, 8e-5, np.empty((nb, 4)), colsum)
+        assert np.array_equal(W, W3) and np.array_equal(vel, vel3)
+        np.testing.assert_allclose(colsum, W.sum(axis=0), rtol=1e-14)
+        again = np.empty(4)
+        updates.block_column_sums(W3, np.empty((nb, 4)), again)
+        assert np.array_equal(colsum, again)  # what a resumed run recomputes
 
 
 def test_fused_step_matches_numpy():
