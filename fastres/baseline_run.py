@@ -1,7 +1,9 @@
 """``fastres train --baseline mlp``: the same-size software MLP on the same data and schedule.
 
-The MLP has the analog network's layer sizes, its batch size, epochs and seed, a hardtanh
-activation (the diode pair's clipping) and the squared error on one-hot targets; it is trained
+The MLP has the analog network's layer sizes, its batch size, epochs and seed, the activation
+the diodes make (``TrainConfig.baseline_activation``: relu when the upper rail is out of reach,
+as with the default rails, hardtanh for two-sided clipping) and the squared error on one-hot
+targets; it is trained
 with backpropagation (:mod:`fastres.baseline`) and stored in an HDF5 run file like an EqProp run
 (``meta.kind = "mlp"``), so the paper's comparison is reproduced in one tool.
 """
@@ -17,11 +19,13 @@ from .store import RunStore, generator_state
 def train_baseline(cfg, path, *, overwrite=False, log=print):
     from .train import load_data
     data = load_data(cfg)
-    mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed)
+    mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                     activation=cfg.baseline_activation())
     meta = {"fastres_version": __version__, "seed": cfg.seed, "dataset": cfg.dataset,
             "dataset_checksums": data.checksums, "data_root": str(data.root), "kind": "mlp",
             "mlp_config": repr(mcfg)}
-    log(f"fastres {__version__}: backprop MLP baseline {cfg.arch} on {cfg.dataset}, seed {cfg.seed} -> {path}")
+    log(f"fastres {__version__}: backprop MLP baseline {cfg.arch} ({mcfg.activation}) on {cfg.dataset}, "
+        f"seed {cfg.seed} -> {path}")
     rows = []
 
     def on_epoch(row):

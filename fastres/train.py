@@ -74,7 +74,7 @@ class TrainConfig:
     input_volts: float = 100.0
     bias_volts: float = 1.0
     rail_lo: float = 0.0
-    rail_hi: float = 0.0
+    rail_hi: float = 100.0  # at the inputs' full scale: upper diodes never conduct (see below)
     g_min: float = 1e-7
     g_max: float = 1e-4
     init_lo: float = 1e-7
@@ -92,6 +92,7 @@ class TrainConfig:
     abstol: float = 1e-15
     maxiter: int = 100
     store_samples: int = 256
+    mlp_activation: str = "auto"  # the --baseline mlp hidden activation; auto: like the diodes
 
     def __post_init__(self):
         self.validate()
@@ -126,7 +127,22 @@ class TrainConfig:
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
             raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
+        if self.mlp_activation not in ("auto", "hardtanh", "relu"):
+            raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
         self.spec()  # validates the physical options
+
+    def one_sided(self) -> bool:
+        """True when the upper clipping diodes can never conduct: every node voltage is a
+        weighted mean of source voltages (times the amplifier gains), so a node stays below
+        ``input_volts * gain^(L-1)``; the activation is then a rectifier (ReLU-like)."""
+        reach = max(abs(self.input_volts), abs(self.bias_volts)) * max(1.0, self.gain) ** (len(self.sizes) - 2)
+        return self.rail_hi >= reach
+
+    def baseline_activation(self) -> str:
+        """The MLP baseline's hidden activation: the one the diodes make (see one_sided)."""
+        if self.mlp_activation != "auto":
+            return self.mlp_activation
+        return "relu" if self.one_sided() else "hardtanh"
 
     def spec(self) -> NetworkSpec:
         try:

@@ -15,7 +15,7 @@ _FLAGS = {
     "momentum": float, "lr_decay": float, "beta_rel": float, "estimator": str, "target_volts": float,
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
-    "gradcheck_every": int,
+    "gradcheck_every": int, "mlp_activation": str,
 }
 
 

@@ -48,7 +48,7 @@ DIODES = {
 
 
 @pytest.mark.parametrize("diode", list(DIODES))
-@pytest.mark.parametrize("rails", [(0.0, 0.0), (-0.25, 0.3)])
+@pytest.mark.parametrize("rails", [(0.0, 0.0), (-0.25, 0.3), (0.0, 100.0)])
 def test_layered_784_100_10(diode, rails):
     rng = np.random.default_rng(zlib.crc32(f"{diode}{rails}".encode()))
     c = layered_circuit((784, 100, 10), rng, diode=DIODES[diode], rails=rails, output_diodes=True)
@@ -98,5 +98,29 @@ def test_amplified_layered_network(diode):
     x, _, _ = net.solve_b(net.source_currents(X, p, arr), arr)
     c = net.to_circuit(p, X[0])
     ref = ngspice_op(c)
+    theirs = np.array([ref[n] for n in net.node_names()])
+    assert np.abs(theirs - x[0]).max() <= TOL
+
+
+@pytest.mark.parametrize("diode", ["shockley", "pwl"])
+def test_training_default_network_after_steps(diode):
+    """The network fastres train builds by default (inputs at +-100 V, rails at 0 and 100 V so
+    the hidden nodes rectify), after a few EqProp steps have moved its conductances, exported
+    as a deck: ngspice finds the same operating point."""
+    from fastres.train import TrainConfig, Trainer
+    cfg = TrainConfig(arch="784-30-10", diode=diode)
+    assert cfg.one_sided()
+    tr = Trainer(cfg)
+    rng = np.random.default_rng(11)
+    tr.init_state(rng)
+    X = rng.uniform(0, 1, (20, 784))
+    X[rng.random(X.shape) < 0.8] = 0.0
+    y = rng.integers(0, 10, 20)
+    for _ in range(3):
+        tr.step(X, y, rng)
+    net, p = tr.net, tr.params
+    arr = net.arrays(p)
+    x, _, _ = net.solve_b(net.source_currents(X[:1], p, arr), arr)
+    ref = ngspice_op(net.to_circuit(p, X[0]))
     theirs = np.array([ref[n] for n in net.node_names()])
     assert np.abs(theirs - x[0]).max() <= TOL

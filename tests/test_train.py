@@ -285,3 +285,14 @@ def test_config_file_and_unknown_option(tmp_path, capsys):
     args = build_parser().parse_args(["train", "--config", str(cfg), "--epochs", "5"])
     c = config_from_args(args)
     assert c.arch == "784-30-10" and c.lr == [1.0, 2.0] and c.epochs == 5  # flags override the file
+
+
+def test_baseline_activation_follows_the_diodes():
+    """Default rails leave the upper diodes out of reach (rectifying nodes): the MLP baseline
+    uses relu; the paper's symmetric clipping (both rails at 0 V) maps to hardtanh."""
+    assert TrainConfig().one_sided() and TrainConfig().baseline_activation() == "relu"
+    assert TrainConfig(rail_hi=0.0).baseline_activation() == "hardtanh"
+    assert TrainConfig(rail_hi=150.0, gain=2.0).baseline_activation() == "hardtanh"  # 200 V reachable
+    assert TrainConfig(rail_hi=0.0, mlp_activation="relu").baseline_activation() == "relu"
+    with pytest.raises(ConfigError, match="mlp_activation"):
+        TrainConfig(mlp_activation="tanh")
