@@ -46,6 +46,13 @@ def make_diode(kind: str, **params):
     raise CircuitError(f"unknown diode model {kind!r}: use 'shockley' or 'pwl'")
 
 
+def turn_on_volts(model, gmin=1e-12) -> float:
+    """A diode's turn-on voltage (V): where it carries 100 uA (Shockley: ``N vt ln(100 uA / IS)``
+    at the model's temperature) or its knee (piecewise-linear: ``vfwd``)."""
+    p = model.params(gmin=gmin)
+    return float(p[2] if model.kind == 1 else p[1] * np.log(1e-4 / p[0]))
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Architecture and physical constants of a layered network (volts, siemens, ohms)."""
@@ -237,10 +244,8 @@ class LayeredNetwork:
 
     def clip_range(self):
         """Voltages (V) beyond which a hidden node's diodes conduct strongly: the rails moved
-        out by the diode's turn-on voltage (Shockley: N vt ln(100 uA / IS); PWL: vfwd)."""
-        m = self.spec.model
-        p = m.params(gmin=self.spec.gmin)
-        von = p[2] if m.kind == 1 else p[1] * np.log(1e-4 / p[0])
+        out by the diode's turn-on voltage (see :func:`turn_on_volts`)."""
+        von = turn_on_volts(self.spec.model, self.spec.gmin)
         return self.spec.rail_lo - von, self.spec.rail_hi + von
 
     def initial_guess(self, b, params, arrays) -> np.ndarray:

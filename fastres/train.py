@@ -28,7 +28,7 @@ from .eqprop import (ESTIMATORS, EqProp, PhaseStats, States, eqprop_gradient, eq
                      loss_and_grad, phases_from_states, relative_error)
 from .errors import FastresError
 from .kernels import updates as _updates
-from .network import LayeredNetwork, NetworkSpec
+from .network import LayeredNetwork, NetworkSpec, make_diode, turn_on_volts
 from .solve import Newton
 from .store import RunStore, generator_state, restore_generator
 
@@ -73,7 +73,7 @@ class TrainConfig:
     target_volts: float = 0.5
     input_volts: float = 100.0
     bias_volts: float = 1.0
-    rail_lo: float = 0.0
+    rail_lo: float | None = None  # None: the diode's turn-on voltage, so nodes clamp at 0 V
     rail_hi: float = 100.0  # at the inputs' full scale: upper diodes never conduct (see below)
     g_min: float = 1e-7
     g_max: float = 1e-4
@@ -144,11 +144,21 @@ class TrainConfig:
             return self.mlp_activation
         return "relu" if self.one_sided() else "hardtanh"
 
+    def lower_rail(self) -> float:
+        """The lower rail (V): ``rail_lo``, or by default the diode's turn-on voltage, which puts
+        the lower clamp of every hidden node at 0 V (a rectifier at 0 V, like a ReLU)."""
+        if self.rail_lo is not None:
+            return float(self.rail_lo)
+        try:
+            return turn_on_volts(make_diode(self.diode, **dict(self.diode_params)))
+        except FastresError as exc:
+            raise ConfigError(str(exc)) from None
+
     def spec(self) -> NetworkSpec:
         try:
             return NetworkSpec(sizes=self.sizes, diode=self.diode, diode_params=dict(self.diode_params),
                                input_volts=self.input_volts, bias_volts=self.bias_volts,
-                               rail_lo=self.rail_lo, rail_hi=self.rail_hi, g_min=self.g_min,
+                               rail_lo=self.lower_rail(), rail_hi=self.rail_hi, g_min=self.g_min,
                                g_max=self.g_max, gain=self.gain, output_diodes=self.output_diodes)
         except FastresError as exc:
             raise ConfigError(str(exc)) from None

@@ -296,3 +296,21 @@ def test_baseline_activation_follows_the_diodes():
     assert TrainConfig(rail_hi=0.0, mlp_activation="relu").baseline_activation() == "relu"
     with pytest.raises(ConfigError, match="mlp_activation"):
         TrainConfig(mlp_activation="tanh")
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_default_lower_rail_clamps_hidden_nodes_at_zero(diode):
+    """By default the lower rail sits at the diode's turn-on voltage: a hidden node driven far
+    negative is held near 0 V (a rectifier at 0 V)."""
+    cfg = TrainConfig(arch="4-3-2", diode=diode)
+    assert cfg.rail_lo is None and cfg.spec().rail_lo > 0.4
+    assert TrainConfig(rail_lo=-1.0).spec().rail_lo == -1.0
+    tr = Trainer(cfg)
+    tr.init_state(np.random.default_rng(0))
+    X = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    tr.params["W1"][:] = cfg.g_min
+    tr.params["W1"][4:] = cfg.g_max  # every hidden node hangs from the -x sources: -100 V
+    arr = tr.net.arrays(tr.params)
+    x, _, _ = tr.net.solve_b(tr.net.source_currents(X, tr.params, arr), arr)
+    h = tr.net.layer(x, 1)[1]
+    assert np.all(h < 0) and np.all(h > -0.3), h  # clamped just below 0 V, not at -0.5 V or -100 V
