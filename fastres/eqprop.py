@@ -82,16 +82,13 @@ def _drop_terms(net, U, xa, xb, Vb, first=True):
     B = xa.shape[0]
     ones = np.full((B, 1), Vb)
     for l in range(1, net.L + 1):
-        if l == 1 and not first:
-            terms["B1"] = _updates.fixed_from_terms(ones, np.ascontiguousarray(net.layer(xa, 1)),
-                                                    np.ascontiguousarray(net.layer(xb, 1)))
-            continue
         ua, va = _from_to(net, U, xa, l)
         ub, vb = _from_to(net, U, xb, l)
-        # layer 1 hangs from the input sources, which do not move between phases
-        terms[f"W{l}"] = (_updates.fixed_from_terms(ua, va, vb) if l == 1
-                          else _updates.drop_square_terms(ua, va, ub, vb))
-        terms[f"B{l}"] = _updates.fixed_from_terms(ones, va, vb)
+        terms[f"B{l}"] = _updates.fixed_from_terms(ones, va, vb)  # the bias source does not move
+        if l > 1:
+            terms[f"W{l}"] = _updates.drop_square_terms(ua, va, ub, vb)
+        elif first:  # layer 1 hangs from the input sources, which do not move either
+            terms["W1"] = _updates.fixed_from_terms(ua, va, vb)
     return terms
 
 
@@ -228,7 +225,7 @@ def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, arrays=None)
     rhs = -net.output_injection(dC)  # dC/dx
     lam = np.empty_like(x)
     B = x.shape[0]
-    n = chunks(B, x.shape[1])
+    n = chunks(B)
     args = (GKK, GKE, gEE, net.vdfix, net.da, net.db, net.dkind, net.dpar, x,
             np.ascontiguousarray(rhs), lam)
     if n == 1:

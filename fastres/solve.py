@@ -21,15 +21,14 @@ STATUS_TEXT = {
 }
 
 
-def chunks(B: int, nF: int = 0) -> int:
-    """Number of sample chunks for a batch of B samples of nF free nodes each.
+def chunks(B: int) -> int:
+    """Number of sample chunks for a batch of B samples.
 
     1 (the caller runs the serial kernel) with one Numba thread or one sample; otherwise one to
     four chunks per thread (each chunk allocates its scratch once; several per thread balance
     the load). Measured on the 2-core machine (OpenMP threading layer), two threads solve even
     2 samples of a 12-node network faster than one, and a minibatch of 20 samples of 784-100-10
-    2.2x faster, so there is no small-batch serial cut-off. ``nF`` is accepted for callers that
-    pass the work size.
+    2.2x faster, so there is no small-batch serial cut-off.
     """
     t = numba.get_num_threads()
     if t == 1 or B < 2:
@@ -175,7 +174,7 @@ def source_currents(U, P, col0, b0, inj) -> np.ndarray:
     ``col0:col0 + P.shape[1]`` (see :func:`fastres.kernels.stamping.source_currents`)."""
     B = U.shape[0]
     b = np.empty((B, b0.shape[0]))
-    n = chunks(B, b0.shape[0])
+    n = chunks(B)
     if n == 1:
         _stamping.source_currents_range(U, P, col0, b0, inj, 0, B, b)
     else:
@@ -190,7 +189,7 @@ def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton):
     it = np.zeros(B, dtype=np.int64)
     res = np.zeros(B)
     st = np.zeros(B, dtype=np.int64)
-    n = chunks(B, x.shape[1])
+    n = chunks(B)
     args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter))
     if n == 1:
         _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)

@@ -84,6 +84,14 @@ def drop_square_difference(ua, va, ub, vb, out):
 
 
 @njit(cache=True)
+def _block(n, nb, c):
+    """Rows ``(lo, hi)`` of block ``c`` when ``n`` rows are cut into ``nb`` equal blocks."""
+    per = (n + nb - 1) // nb
+    lo = min(n, c * per)
+    return lo, min(n, lo + per)
+
+
+@njit(cache=True)
 def drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi):
     """Rows ``lo..hi-1`` of :func:`drop_square_step` (serial)."""
     m = W.shape[1]
@@ -108,13 +116,9 @@ def drop_square_step(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, nc
     One memory pass over ``W`` (and ``vel`` when ``momentum > 0``); ``lr`` in S^2/V^2. Rows are
     split into ``nchunks`` parallel chunks (call :func:`drop_square_step_rows` for small W).
     """
-    n = W.shape[0]
-    per = (n + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(n, lo + per)
-        if lo < hi:
-            drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi)
+        lo, hi = _block(W.shape[0], nchunks, c)
+        drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi)
 
 
 @njit(cache=True)
@@ -138,6 +142,8 @@ def fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo
             if a != 0.0:
                 for j in range(m):
                     p[j] += a * d[s, j]
+        # the same step as drop_square_step_rows with row = 0, written out: sharing one inlined
+        # row helper measured 15 % slower here (0.13 vs 0.11 ms for 1568 x 100)
         if momentum > 0.0:
             for j in range(m):
                 g = momentum * vel[i, j] + scale * (col[j] - 2.0 * p[j])
@@ -175,34 +181,25 @@ def fixed_from_step(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, partial
     scratch), run in parallel; each block's column sums are combined in block order, so the
     result is bit-identical for any number of threads (and equals :func:`block_column_sums`).
     """
-    n = W.shape[0]
     nb = partial.shape[0]
-    per = (n + nb - 1) // nb
     for c in prange(nb):
-        lo = min(n, c * per)
-        hi = min(n, lo + per)
+        lo, hi = _block(W.shape[0], nb, c)
         fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi, partial[c])
     _combine_blocks(partial, colsum)
 
 
-@njit(cache=True)
-def _block_sum_rows(W, lo, hi, psum):
-    for j in range(W.shape[1]):
-        psum[j] = 0.0
-    for i in range(lo, hi):
-        for j in range(W.shape[1]):
-            psum[j] += W[i, j]
-
-
 @njit(cache=True, parallel=True)
 def block_column_sums(W, partial, colsum):
-    """Column sums of ``W`` (S) with the block structure of :func:`fixed_from_step`, hence
-    bit-identical to the sums that step returns (used when a run starts or resumes)."""
-    n = W.shape[0]
+    """Column sums of ``W`` (S) with the block structure of :func:`fixed_from_step` (each
+    block's rows added in order, then the blocks in order), hence bit-identical to the sums
+    that step returns (used when a run starts or resumes)."""
     nb = partial.shape[0]
-    per = (n + nb - 1) // nb
     for c in prange(nb):
-        lo = min(n, c * per)
-        hi = min(n, lo + per)
-        _block_sum_rows(W, lo, hi, partial[c])
+        lo, hi = _block(W.shape[0], nb, c)
+        psum = partial[c]
+        for j in range(W.shape[1]):
+            psum[j] = 0.0
+        for i in range(lo, hi):
+            for j in range(W.shape[1]):
+                psum[j] += W[i, j]
     _combine_blocks(partial, colsum)
