@@ -133,7 +133,8 @@ def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
     t0 = time.perf_counter()
     arrays = net.arrays(params) if arrays is None else arrays
     b = net.source_currents(X, params, arrays)
-    xf, itf, stf = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays), check=False)
+    cache = net.factor_cache(X.shape[0])  # the phases share conductances, hence most factors
+    xf, itf, stf = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays), check=False, cache=cache)
     t1 = time.perf_counter()
     out = net.outputs(xf)
     C, dC = loss_and_grad(out, y, target_volts)
@@ -143,11 +144,11 @@ def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
             raise FastresError("the random-sign estimator needs a random generator")
         beta = beta * (1.0 if rng.random() < 0.5 else -1.0)
     inj = net.output_injection(beta * dC)
-    xp, itp, stp = net.solve_b(b + inj, arrays, x0=xf, check=False)
+    xp, itp, stp = net.solve_b(b + inj, arrays, x0=xf, check=False, cache=cache)
     ok = (stf == 0) & (stp == 0)
     nudged_it = int(itp.sum())
     if eq.estimator == "centered":
-        xm, itm, stm = net.solve_b(b - inj, arrays, x0=xf, check=False)
+        xm, itm, stm = net.solve_b(b - inj, arrays, x0=xf, check=False, cache=cache)
         ok &= stm == 0
         nudged_it += int(itm.sum())
         xa, xb, scale = xp, xm, 1.0 / (4.0 * eq.beta)

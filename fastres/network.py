@@ -28,7 +28,7 @@ import numpy as np
 
 from .circuit import Circuit
 from .devices import PiecewiseLinear, Shockley
-from .solve import STATUS_TEXT, Newton, solve_kernel, source_currents
+from .solve import STATUS_TEXT, Newton, factor_cache, solve_kernel, source_currents
 from .errors import CircuitError, ConvergenceError
 
 
@@ -226,8 +226,11 @@ class LayeredNetwork:
         return source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], b0,
                                np.zeros((1, self.nF)))
 
-    def solve_b(self, b, arrays, x0=None, check=True):
-        """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A."""
+    def solve_b(self, b, arrays, x0=None, check=True, cache=None):
+        """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A.
+
+        ``cache``: a :meth:`factor_cache` shared by solves with the same ``arrays`` (see
+        :func:`fastres.solve.solve_kernel`)."""
         GKK, GKE, gEE, _ = arrays
         B = b.shape[0]
         if x0 is None:
@@ -235,12 +238,16 @@ class LayeredNetwork:
         else:
             x = np.array(x0, dtype=np.float64, copy=True)
         it, res, st = solve_kernel(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da,
-                                   self.db, self.dkind, self.dpar, x, self.alg)
+                                   self.db, self.dkind, self.dpar, x, self.alg, cache)
         if check and np.any(st != 0):
             bad = np.flatnonzero(st != 0)
             raise ConvergenceError(f"network solve did not converge for {bad.size} of {B} samples "
                                    f"(first: {bad[0]}, {STATUS_TEXT[int(st[bad[0]])]})", samples=bad)
         return x, it, st
+
+    def factor_cache(self, B):
+        """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solve.factor_cache`)."""
+        return factor_cache(B, self.nK, self.da.shape[0])
 
     def clip_range(self):
         """Voltages (V) beyond which a hidden node's diodes conduct strongly: the rails moved

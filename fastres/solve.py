@@ -182,15 +182,27 @@ def source_currents(U, P, col0, b0, inj) -> np.ndarray:
     return b
 
 
-def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton):
+def factor_cache(B, nK, nD):
+    """Empty per-sample Schur-factor cache for :func:`solve_kernel`: (factors (B, nK, nK),
+    diode conductances (B, nD) in S, valid flags (B,)). Keep it across solves of one circuit with
+    the same conductances (EqProp's free and nudged phases) and no longer."""
+    return np.empty((B, nK, nK)), np.empty((B, nD)), np.zeros(B, dtype=np.bool_)
+
+
+def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton, cache=None):
     """Run the batched Newton kernel in place on ``x`` (B, nF); returns (iterations, residual,
-    status) arrays of shape (B,). Serial for small batches, parallel chunks otherwise."""
+    status) arrays of shape (B,). Serial for small batches, parallel chunks otherwise.
+
+    ``cache``: a :func:`factor_cache` to start from and update, or None. Solutions are
+    bit-identical with and without it; it saves refactoring a Jacobian that did not change."""
     B = x.shape[0]
     it = np.zeros(B, dtype=np.int64)
     res = np.zeros(B)
     st = np.zeros(B, dtype=np.int64)
     n = chunks(B)
-    args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter))
+    if cache is None:
+        cache = factor_cache(0, GKK.shape[0], da.shape[0])
+    args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), *cache)
     if n == 1:
         _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)
     else:

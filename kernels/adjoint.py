@@ -36,7 +36,7 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
     nXd = vdfix.shape[1]
     nD = da.shape[0]
     w = workspace(nK, nE, nD, nXd)
-    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t = w
+    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t, dgs = w
     vext = np.empty(nF + nXd)
     zero = np.zeros(nF)
     for s in range(lo, hi):
@@ -46,7 +46,7 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
         assemble(GKK, GKE, gEE, zero, vext[:nF], da, db, di, dg, rlin, r, JKK, dE)
         for i in range(nF):
             r[i] = -rhs[s, i]  # J dx = -r  =>  dx = J^-1 rhs
-        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q):
+        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q, True):
             for i in range(nF):
                 out[s, i] = dxe[i]
         else:

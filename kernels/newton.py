@@ -15,6 +15,12 @@ overshooting from below. Energy differences are computed without subtracting lar
 point's diode currents and conductances are reused as the next iterate's, so a full Newton
 step costs one exponential per diode.
 
+The Jacobian depends on the state only through the diode conductances, so its Schur factor is
+kept with the conductances it was formed from and reused while they stay bitwise equal: a
+piecewise-linear diode keeps its conductance within a region, so most steps near a solution,
+and EqProp's nudged phases (started from the free state, sharing a cache with it), reuse one
+factor. Reuse is exact: the same arithmetic on the same numbers.
+
 Termination (SPICE-style, both required): the last step satisfies
 ``max|dx| <= tol_v = vntol + reltol * max|x|`` (V), and at every node the KCL residual satisfies
 ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
@@ -83,7 +89,7 @@ def _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
     tol_v = vntol + reltol * xabs
     for i in range(nF):
         jii = JKK[i, i] if i < nK else dE[i - nK]
-        if abs(r[i]) > max(abstol, jii * tol_v) + 16.0 * EPS * jii * xabs:
+        if not (abs(r[i]) <= max(abstol, jii * tol_v) + 16.0 * EPS * jii * xabs):  # NaN fails
             return False
     return True
 
@@ -122,13 +128,18 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 @njit(cache=True)
 def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
-                  reltol, vntol, abstol, maxiter, w):
-    """Solve one sample in place in ``vext[:nF]`` (V). Returns (iterations, max|r| (A), status).
+                  reltol, vntol, abstol, maxiter, w, S, dgs, valid):
+    """Solve one sample in place in ``vext[:nF]`` (V). Returns (iterations, max|r| (A), status,
+    valid).
 
     ``vext`` is the extended voltage vector ``[free nodes | fixed nodes used by diodes]`` (V);
-    ``w`` is the tuple of scratch arrays of :func:`workspace`.
+    ``w`` is the tuple of scratch arrays of :func:`workspace`. ``S`` (nK, nK) holds the Cholesky
+    factor of the Schur complement and ``dgs`` (nD,) the diode conductances (S) it was formed
+    with; if ``valid``, they describe this same circuit (the same conductance arrays). The
+    Jacobian is a function of the diode conductances alone, so while they stay bitwise equal --
+    a piecewise-linear diode that keeps its region -- the factor is reused, bit-identically.
     """
-    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t = w
+    r, rlin, dxe, Gdx, JKK, dE, U, _, y, q, di, dg, ev, di_t, dg_t, ev_t, _ = w
     nK = GKK.shape[0]
     nE = gEE.shape[0]
     nF = nK + nE
@@ -145,18 +156,30 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     while True:
         rmax = 0.0
         for i in range(nF):
-            rmax = max(rmax, abs(r[i]))
+            a = abs(r[i])
+            if a > rmax or a != a:  # a NaN sticks (max() would drop it)
+                rmax = a
         if not math.isfinite(rmax):
-            return it, rmax, SINGULAR
+            return it, rmax, SINGULAR, False
         if step_small and _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
             for k in range(nD):
                 if beyond_imax(dkind[k], dpar[k], vext[da[k]] - vext[db[k]]):
-                    return it, rmax, BEYOND_IMAX
-            return it, rmax, CONVERGED
+                    return it, rmax, BEYOND_IMAX, valid
+            return it, rmax, CONVERGED, valid
         if it >= maxiter:
-            return it, rmax, MAXITER
-        if not schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
-            return it, rmax, SINGULAR
+            return it, rmax, MAXITER, valid
+        refactor = not valid
+        if valid:
+            for k in range(nD):
+                if dg[k] != dgs[k]:
+                    refactor = True
+                    break
+        if not schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q, refactor):
+            return it, rmax, SINGULAR, False
+        if refactor:
+            for k in range(nD):
+                dgs[k] = dg[k]
+            valid = True
         gff_matvec(GKK, GKE, gEE, dx, Gdx)
         g1 = 0.0
         g2 = 0.0
@@ -170,7 +193,11 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             g2 += dx[i] * Gdx[i]
             slope += r[i] * dx[i]
             xmax = max(xmax, abs(x[i]))
-            dxmax = max(dxmax, abs(dx[i]))
+            a = abs(dx[i])
+            if a > dxmax or a != a:  # a NaN sticks (max() would drop it)
+                dxmax = a
+        if not math.isfinite(dxmax):
+            return it, rmax, SINGULAR, False
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
         t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
@@ -210,7 +237,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                 t = lo
                 _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
             else:
-                return it, rmax, LINESEARCH
+                return it, rmax, LINESEARCH, valid
         for i in range(nF):
             x[i] += t * dx[i]
         for k in range(nD):
@@ -228,12 +255,12 @@ def workspace(nK, nE, nD, nXd):
     nF = nK + nE
     return (np.empty(nF), np.empty(nF), np.zeros(nF + nXd), np.empty(nF),
             np.empty((nK, nK)), np.empty(nE), np.empty((nK, nE)), np.empty((nK, nK)), np.empty(nK), np.empty(nE),
-            np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
+            np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
 
 
 @njit(cache=True)
 def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
-                reltol, vntol, abstol, maxiter, lo, hi, iterations, residual, status):
+                reltol, vntol, abstol, maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status):
     """Solve samples ``lo..hi-1`` in place in ``x`` (serially; see :func:`solve_b`)."""
     nK = GKK.shape[0]
     nE = gEE.shape[0]
@@ -241,10 +268,16 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     nXd = vdfix.shape[1]
     w = workspace(nK, nE, da.shape[0], nXd)
     vext = np.empty(nF + nXd)
+    kept = fS.shape[0] > 0
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
-        it, rm, st = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar,
-                                   reltol, vntol, abstol, maxiter, w)
+        if kept:
+            it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
+                                           abstol, maxiter, w, fS[s], fdg[s], fvalid[s] != 0)
+            fvalid[s] = ok
+        else:
+            it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
+                                           abstol, maxiter, w, w[7], w[16], False)
         for i in range(nF):
             x[s, i] = vext[i]
         iterations[s] = it
@@ -254,14 +287,17 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
 
 @njit(cache=True, parallel=True)
 def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
-            reltol, vntol, abstol, maxiter, nchunks, iterations, residual, status):
+            reltol, vntol, abstol, maxiter, fS, fdg, fvalid, nchunks, iterations, residual, status):
     """Solve every sample of a batch in place in ``x`` (B, nF) (V); chunks of samples in parallel.
 
     ``b`` (B, nF) source currents (A, see :func:`~fastres.kernels.stamping.source_currents`);
     ``vdfix`` (B, nXd) or (1, nXd) the fixed voltages (V) that diodes touch: diode index
     ``nF + j`` is ``vdfix[:, j]``. Outputs ``iterations`` (B,) int64, ``residual`` (B,) float64 (A),
-    ``status`` (B,) int64 (see the module docstring). Small batches should call
-    :func:`solve_range` directly: a parallel region costs more than it saves there.
+    ``status`` (B,) int64 (see the module docstring). A factor cache kept between solves of the
+    same circuit (e.g. EqProp's free and nudged phases): ``fS`` (B, nK, nK) Schur factors,
+    ``fdg`` (B, nD) the diode conductances (S) they were formed with, ``fvalid`` (B,) bool, all
+    updated in place; ``fS`` of shape (0, nK, nK) keeps none (factors are still reused within a
+    sample's solve). Small batches should call :func:`solve_range` directly.
     """
     B = x.shape[0]
     per = (B + nchunks - 1) // nchunks
@@ -270,4 +306,4 @@ def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
         hi = min(B, lo + per)
         if lo < hi:
             solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, reltol, vntol, abstol,
-                        maxiter, lo, hi, iterations, residual, status)
+                        maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status)

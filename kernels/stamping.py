@@ -107,11 +107,14 @@ def assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
+def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q, refactor):
     """Solve ``J dx = -r`` by eliminating the diagonal ``E`` block. Returns False if singular.
 
     ``S = JKK - GKE diag(1/dE) GKE^T`` is formed with ``U = GKE diag(dE^-1/2)`` so that each entry
-    is a contiguous dot product. Scratch: ``U`` (nK, nE), ``S`` (nK, nK), ``y`` (nK,), ``q`` (nE,).
+    is a contiguous dot product, and overwritten by its Cholesky factor. With ``refactor=False``
+    ``S`` must already hold the factor of this same Jacobian (``JKK``, ``dE`` unchanged), which is
+    then reused: the result is bit-identical to refactoring. Scratch: ``U`` (nK, nE), ``S``
+    (nK, nK), ``y`` (nK,), ``q`` (nE,).
     """
     nK = JKK.shape[0]
     nE = dE.shape[0]
@@ -128,14 +131,15 @@ def schur_newton_direction(JKK, GKE, dE, r, dx, U, S, y, q):
             U[i, e] = u
             s += u * dx[nK + e]
         y[i] = s  # rhs: -rK + GKE dE^-1 rE
-    for i in range(nK):
-        for j in range(i + 1):
-            s = 0.0
-            for e in range(nE):
-                s += U[i, e] * U[j, e]
-            S[i, j] = JKK[i, j] - s
-    if not cholesky_inplace(S, nK):
-        return False
+    if refactor:
+        for i in range(nK):
+            for j in range(i + 1):
+                s = 0.0
+                for e in range(nE):
+                    s += U[i, e] * U[j, e]
+                S[i, j] = JKK[i, j] - s
+        if not cholesky_inplace(S, nK):
+            return False
     cholesky_solve_inplace(S, y, nK)
     for e in range(nE):
         dx[nK + e] = -r[nK + e]

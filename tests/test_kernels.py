@@ -192,7 +192,7 @@ def test_assembly_and_schur_direction_match_numpy(make):
     assert np.allclose(J[cc.nK:, cc.nK:], np.diag(np.diag(J)[cc.nK:]))  # E block is diagonal
     dx = np.zeros(cc.nF)
     U, S, y, q = np.empty((cc.nK, cc.nE)), np.empty((cc.nK, cc.nK)), np.empty(cc.nK), np.empty(cc.nE)
-    assert ks.schur_newton_direction(JKK, cc.GKE, dE, r, dx, U, S, y, q)
+    assert ks.schur_newton_direction(JKK, cc.GKE, dE, r, dx, U, S, y, q, True)
     np.testing.assert_allclose(dx, np.linalg.solve(J, -r), rtol=1e-9, atol=1e-14)
     out = np.empty(cc.nF)
     ks.gff_matvec(cc.GKK, cc.GKE, cc.gEE, x, out)
