@@ -10,6 +10,14 @@ layers, optional bidirectional amplifiers of voltage gain ``gain`` (the next lay
 ``gain * V``; the current it draws is reflected back multiplied by ``gain``) keep the circuit an
 energy-minimising one while stopping the signal from decaying with depth.
 
+Positive conductances from non-negative hidden voltages can only excite the next layer, and its
+nodes, weighted means of non-negative voltages, would then never reach their lower diodes. With
+``paired=True`` each hidden layer of ``n`` nodes is ``n/2`` rectifying nodes and ``n/2`` mirror
+images of them, whose diodes go to the negated rails (``-rail_hi``, ``-rail_lo``): those nodes
+clamp from above instead, so the next layer sees voltages of both signs and learns signed
+weights with positive conductances, as the +x / -x inputs do for the first layer (the pairs of
+units of deep resistive networks). Sizes, conductance counts and node counts are unchanged.
+
 Parameters are conductances in siemens: ``params["W{l}"]`` of shape (nodes of layer l-1, nodes of
 layer l), and ``params["B{l}"]`` of shape (nodes of layer l,), l = 1..L. Layer 0 has
 ``2 * n_in`` nodes (the +x block, then the -x block); the output layer has ``2 * n_classes``
@@ -68,6 +76,7 @@ class NetworkSpec:
     g_max: float = 1e-4
     gain: float = 1.0
     output_diodes: bool = False
+    paired: bool = False
     gmin: float = 1e-12
 
     def __post_init__(self):
@@ -83,6 +92,8 @@ class NetworkSpec:
             raise CircuitError(f"conductance bounds must satisfy 0 < g_min < g_max, got {self.g_min}, {self.g_max} S")
         if self.gain <= 0:
             raise CircuitError(f"amplifier gain {self.gain} must be > 0")
+        if self.paired and any(h % 2 for h in sizes[1:-1]):
+            raise CircuitError(f"sizes {sizes!r}: paired hidden layers need an even number of nodes each")
         make_diode(self.diode, **self.diode_params)  # validates
 
     @property
@@ -138,21 +149,23 @@ class LayeredNetwork:
         self.nK = sum(n[l] for l in self.K_layers)
         self.nE = sum(n[l] for l in self.E_layers)
         self.nF = self.nK + self.nE
-        # diodes: hidden nodes (and outputs if asked) to the rails (extended slots nF, nF + 1)
+        # diodes: hidden nodes (and outputs if asked) to the rails (extended slots nF, nF + 1);
+        # the mirrored half of a paired layer to the negated rails (slots nF + 2, nF + 3)
         model = spec.model
         da, db = [], []
         for l in range(1, L + 1):
             if l < L or spec.output_diodes:
                 for j in range(n[l]):
                     f = self.offset[l] + j
-                    da += [f, self.nF + 0]
-                    db += [self.nF + 1, f]
+                    lo, hi = (2, 3) if self.mirrored(l)[j] else (0, 1)
+                    da += [f, self.nF + lo]
+                    db += [self.nF + hi, f]
         self.da = np.array(da, dtype=np.int64)
         self.db = np.array(db, dtype=np.int64)
         self.dkind = np.full(len(da), model.kind, dtype=np.int64)
         prow = model.params(gmin=spec.gmin)
         self.dpar = np.ascontiguousarray(np.tile(prow, (len(da), 1)))
-        self.vdfix = np.array([[spec.rail_lo, spec.rail_hi]])
+        self.vdfix = np.array([[spec.rail_lo, spec.rail_hi, -spec.rail_hi, -spec.rail_lo]])
         self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
 
     # -- parameters --------------------------------------------------------------------------
@@ -249,11 +262,26 @@ class LayeredNetwork:
         """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solve.factor_cache`)."""
         return factor_cache(B, self.nK, self.da.shape[0])
 
-    def clip_range(self):
-        """Voltages (V) beyond which a hidden node's diodes conduct strongly: the rails moved
-        out by the diode's turn-on voltage (see :func:`turn_on_volts`)."""
+    def mirrored(self, l) -> np.ndarray:
+        """(nodes of layer l,) bool: the nodes of layer ``l`` whose diodes go to the negated
+        rails (the second half of a paired hidden layer)."""
+        m = np.zeros(self.nodes_per_layer[l], dtype=bool)
+        if self.spec.paired and l < self.L:
+            m[m.size // 2:] = True
+        return m
+
+    def rails(self, l):
+        """(lo, hi) rail voltages (V), each (nodes of layer l,), of the diodes of layer ``l``."""
+        m = self.mirrored(l)
+        return (np.where(m, -self.spec.rail_hi, self.spec.rail_lo),
+                np.where(m, -self.spec.rail_lo, self.spec.rail_hi))
+
+    def clip_range(self, l):
+        """Voltages (V), each (nodes of layer l,), beyond which a node's diodes conduct strongly:
+        its rails moved out by the diode's turn-on voltage (see :func:`turn_on_volts`)."""
         von = turn_on_volts(self.spec.model, self.spec.gmin)
-        return self.spec.rail_lo - von, self.spec.rail_hi + von
+        lo, hi = self.rails(l)
+        return lo - von, hi + von
 
     def initial_guess(self, b, params, arrays) -> np.ndarray:
         """A feed-forward start (B, nF) in V: each layer at the voltage its inputs alone would
@@ -261,7 +289,6 @@ class LayeredNetwork:
         diodes' turn-on voltages. Newton then starts near the operating point."""
         GKK, GKE, gEE, b0 = arrays
         x = np.zeros_like(b)
-        lo, hi = self.clip_range()
         n = self.nodes_per_layer
         for l in range(1, self.L + 1):
             o = self.offset[l]
@@ -271,17 +298,17 @@ class LayeredNetwork:
                 cur += self.gains[l] * (self.layer(x, l - 1) @ params[f"W{l}"])
             v = cur / diag
             if l < self.L or self.spec.output_diodes:
-                np.clip(v, lo, hi, out=v)
+                np.clip(v, *self.clip_range(l), out=v)
                 if self.dkind[0] == 0:  # Shockley: settle each node against its own diodes
-                    v = self._node_clamp(v, cur, diag)
+                    v = self._node_clamp(v, cur, diag, *self.rails(l))
             x[:, o:o + n[l]] = v
         return x
 
-    def _node_clamp(self, v, cur, diag, iterations=6):
+    def _node_clamp(self, v, cur, diag, rlo, rhi, iterations=6):
         """Scalar Newton per node on ``diag (v - cur/diag) + i_hi(v) - i_lo(v) = 0`` (the node
-        alone with its two Shockley diodes, exponentials only), steps limited to 0.1 V."""
+        alone with its two Shockley diodes to rails ``rlo``, ``rhi`` (V), exponentials only),
+        steps limited to 0.1 V."""
         IS, vte = self.dpar[0, 0], self.dpar[0, 1]
-        rlo, rhi = self.spec.rail_lo, self.spec.rail_hi
         for _ in range(iterations):
             ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
             elo = np.exp(np.minimum((rlo - v) / vte, 700.0))
@@ -326,6 +353,9 @@ class LayeredNetwork:
         c.add_voltage_source("vbias", "bias", spec.bias_volts)
         c.add_voltage_source("vrlo", "rail_lo", spec.rail_lo)
         c.add_voltage_source("vrhi", "rail_hi", spec.rail_hi)
+        if spec.paired and L > 1:
+            c.add_voltage_source("vrnlo", "rail_nlo", -spec.rail_hi)
+            c.add_voltage_source("vrnhi", "rail_nhi", -spec.rail_lo)
         names = {0: [f"xp{i}" for i in range(n_in)] + [f"xn{i}" for i in range(n_in)]}
         ncls = spec.sizes[-1]
         for l in range(1, L + 1):
@@ -349,8 +379,9 @@ class LayeredNetwork:
                     c.add_resistor(f"w{l}_{i}_{j}", s, node, g=float(W[i, j]))
                 c.add_resistor(f"b{l}_{j}", "bias", node, g=float(Bv[j]))
                 if l < L or spec.output_diodes:
-                    c.add_diode(f"{node}_hi", node, "rail_hi", model, mname)
-                    c.add_diode(f"{node}_lo", "rail_lo", node, model, mname)
+                    neg = self.mirrored(l)[j]
+                    c.add_diode(f"{node}_hi", node, "rail_nhi" if neg else "rail_hi", model, mname)
+                    c.add_diode(f"{node}_lo", "rail_nlo" if neg else "rail_lo", node, model, mname)
         return c
 
     def node_names(self) -> list:

@@ -81,6 +81,7 @@ class TrainConfig:
     init_hi: float = 5e-5
     gain: float = 1.0
     output_diodes: bool = False
+    paired: bool = False  # hidden layers as rectifying / mirrored halves (see fastres.network)
     seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
@@ -127,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
             raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
+        if not isinstance(self.paired, bool):
+            raise ConfigError(f"paired={self.paired!r} must be true or false")
         if self.mlp_activation not in ("auto", "hardtanh", "relu"):
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
         self.spec()  # validates the physical options
@@ -159,7 +162,8 @@ class TrainConfig:
             return NetworkSpec(sizes=self.sizes, diode=self.diode, diode_params=dict(self.diode_params),
                                input_volts=self.input_volts, bias_volts=self.bias_volts,
                                rail_lo=self.lower_rail(), rail_hi=self.rail_hi, g_min=self.g_min,
-                               g_max=self.g_max, gain=self.gain, output_diodes=self.output_diodes)
+                               g_max=self.g_max, gain=self.gain, output_diodes=self.output_diodes,
+                               paired=bool(self.paired))
         except FastresError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -9,13 +9,24 @@ import numpy as np
 
 from .errors import FastresError
 
+def _yes_no(text):
+    t = text.strip().lower()
+    if t in ("yes", "true", "1", "on"):
+        return True
+    if t in ("no", "false", "0", "off"):
+        return False
+    raise ValueError(text)
+
+
+_yes_no.__name__ = "yes/no value"  # argparse's error: "invalid yes/no value: 'x'"
+
 # command-line flag -> TrainConfig field (values parsed by type below)
 _FLAGS = {
     "arch": str, "dataset": str, "data": str, "diode": str, "epochs": int, "batch_size": int,
     "momentum": float, "lr_decay": float, "beta_rel": float, "estimator": str, "target_volts": float,
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
-    "gradcheck_every": int, "mlp_activation": str,
+    "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no,
 }
 
 

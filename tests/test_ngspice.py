@@ -103,12 +103,14 @@ def test_amplified_layered_network(diode):
 
 
 @pytest.mark.parametrize("diode", ["shockley", "pwl"])
-def test_training_default_network_after_steps(diode):
+@pytest.mark.parametrize("arch, paired", [("784-30-10", False), ("784-30-20-10", True)])
+def test_training_default_network_after_steps(diode, arch, paired):
     """The network fastres train builds by default (inputs at +-100 V, rails at 0 and 100 V so
-    the hidden nodes rectify), after a few EqProp steps have moved its conductances, exported
-    as a deck: ngspice finds the same operating point."""
+    the hidden nodes rectify), also with paired hidden layers (mirrored halves on negated
+    rails), after a few EqProp steps have moved its conductances, exported as a deck: ngspice
+    finds the same operating point."""
     from fastres.train import TrainConfig, Trainer
-    cfg = TrainConfig(arch="784-30-10", diode=diode)
+    cfg = TrainConfig(arch=arch, diode=diode, paired=paired)
     assert cfg.one_sided()
     tr = Trainer(cfg)
     rng = np.random.default_rng(11)

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
-def small_net(diode="shockley", gain=1.0, sizes=(12, 6, 3)):
+def small_net(diode="shockley", gain=1.0, sizes=(12, 6, 3), paired=False):
     params = {} if diode == "shockley" else {"ron": 100.0, "roff": 1e8, "vfwd": 0.1}
     spec = NetworkSpec(sizes=sizes, diode=diode, diode_params=params, gain=gain, input_volts=20.0,
-                       rail_lo=0.0, rail_hi=0.0)
+                       rail_lo=0.0, rail_hi=0.0, paired=paired)
     net = LayeredNetwork(spec)
     rng = np.random.default_rng(1)
     p = net.init_params(rng, 1e-6, 5e-5)
@@ -103,6 +103,28 @@ def test_fused_step_matches_numpy():
     updates.drop_square_step_rows(W, row, col, prod, 0.3, vel, 1e-5, 0.9, 2e-6, 8e-5, 0, 6)
     np.testing.assert_allclose(W, W_ref, rtol=1e-14)
     np.testing.assert_allclose(vel, v_ref, rtol=1e-14)
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_paired_layers_let_deeper_nodes_rectify(diode):
+    """Unpaired, a second hidden layer is a weighted mean of non-negative voltages: it never
+    reaches its lower diodes and is linear. Paired, its inputs have both signs: the rectifying
+    half clamps at 0 V from below, the mirrored half from above, each for some samples."""
+    X = np.random.default_rng(3).uniform(0, 1, (40, 784))
+    for paired in (False, True):
+        tr = Trainer(TrainConfig(arch="784-30-30-10", diode=diode, paired=paired))
+        tr.init_state(np.random.default_rng(0))
+        arr = tr.net.arrays(tr.params)
+        x, _, _ = tr.net.solve_b(tr.net.source_currents(X, tr.params, arr), arr)
+        h2 = tr.net.layer(x, 2)
+        if not paired:
+            assert h2.min() > 0.05
+            continue
+        pos, neg = h2[:, :15], h2[:, 15:]
+        assert pos.min() > -0.2 and neg.max() < 0.2
+        for half in (pos, neg):
+            clamped = np.abs(half) < 0.02
+            assert clamped.any() and not clamped.all()
 
 
 @pytest.mark.parametrize("diode", ["pwl", "shockley"])
@@ -191,9 +213,11 @@ def test_training_step_applies_the_eqprop_gradient(estimator):
         np.testing.assert_allclose(tr.params[key], want, rtol=1e-12, atol=1e-18, err_msg=key)
 
 
-@pytest.mark.parametrize("diode,gain", [("shockley", 1.0), ("shockley", 4.0), ("pwl", 1.0)])
-def test_eqprop_converges_to_exact_gradient(diode, gain):
-    net, p, X, y = small_net(diode, gain, sizes=(12, 6, 5, 3) if gain != 1.0 else (12, 6, 3))
+@pytest.mark.parametrize("diode,gain,paired", [("shockley", 1.0, False), ("shockley", 4.0, False),
+                                               ("pwl", 1.0, False), ("shockley", 2.0, True)])
+def test_eqprop_converges_to_exact_gradient(diode, gain, paired):
+    sizes = (12, 6, 4, 3) if paired else (12, 6, 5, 3) if gain != 1.0 else (12, 6, 3)
+    net, p, X, y = small_net(diode, gain, sizes=sizes, paired=paired)
     res = gradcheck(net, p, X, y, 0.5, betas=(1e-2, 1e-3, 1e-4), n_fd=4)
     one = [r["one-sided"] for r in res["eqprop"]]
     cen = [r["centered"] for r in res["eqprop"]]
@@ -300,6 +324,7 @@ def test_eval_json_and_gradcheck_cli(tmp_path, capsys):
     (["--epochs", "0"], "epochs"),
     (["--estimator", "magic"], "unknown estimator"),
     (["--g-min", "1e-3", "--g-max", "1e-4"], "g_min"),
+    (["--arch", "784-31-10", "--paired", "yes"], "even number"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, capsys, args, needle):
     code = main(["train", "--out", str(tmp_path / "x.h5"), "--n-train", "10", "--n-test", "10",
