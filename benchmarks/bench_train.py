@@ -27,7 +27,7 @@ def _pixels(rng, n, n_in=784):
 class TrainStep:
     """``Trainer.step`` on a minibatch of 20 (centered EqProp, default hyper-parameters)."""
 
-    params = (["784-100-10", "784-1024-10"], ["pwl", "shockley"])
+    params = (["784-100-10", "784-100-100-10", "784-1024-10"], ["pwl", "shockley"])
     param_names = ["arch", "diode"]
     timeout = 600
 

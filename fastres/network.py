@@ -93,7 +93,8 @@ class NetworkSpec:
         if self.gain <= 0:
             raise CircuitError(f"amplifier gain {self.gain} must be > 0")
         if self.paired and any(h % 2 for h in sizes[1:-1]):
-            raise CircuitError(f"sizes {sizes!r}: paired hidden layers need an even number of nodes each")
+            raise CircuitError(f"sizes {sizes!r}: paired hidden layers need an even number of nodes "
+                               f"each (or unpaired layers: paired false, --paired no)")
         make_diode(self.diode, **self.diode_params)  # validates
 
     @property

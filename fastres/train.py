@@ -81,7 +81,7 @@ class TrainConfig:
     init_hi: float = 5e-5
     gain: float = 1.0
     output_diodes: bool = False
-    paired: bool = False  # hidden layers as rectifying / mirrored halves (see fastres.network)
+    paired: bool | None = None  # hidden layers as rectifying / mirrored halves; None: if 2+ hidden
     seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
@@ -128,11 +128,17 @@ class TrainConfig:
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
             raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
-        if not isinstance(self.paired, bool):
-            raise ConfigError(f"paired={self.paired!r} must be true or false")
+        if self.paired is not None and not isinstance(self.paired, bool):
+            raise ConfigError(f"paired={self.paired!r} must be true, false or unset (auto)")
         if self.mlp_activation not in ("auto", "hardtanh", "relu"):
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
         self.spec()  # validates the physical options
+
+    def is_paired(self) -> bool:
+        """Paired hidden layers (see :mod:`fastres.network`): ``paired``, or by default when
+        there are two or more hidden layers -- unpaired, a layer after the first sees only
+        non-negative voltages through positive conductances and never reaches its diodes."""
+        return self.paired if self.paired is not None else len(self.sizes) > 3
 
     def one_sided(self) -> bool:
         """True when the upper clipping diodes can never conduct: every node voltage is a
@@ -163,7 +169,7 @@ class TrainConfig:
                                input_volts=self.input_volts, bias_volts=self.bias_volts,
                                rail_lo=self.lower_rail(), rail_hi=self.rail_hi, g_min=self.g_min,
                                g_max=self.g_max, gain=self.gain, output_diodes=self.output_diodes,
-                               paired=bool(self.paired))
+                               paired=self.is_paired())
         except FastresError as exc:
             raise ConfigError(str(exc)) from None
 

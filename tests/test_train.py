@@ -358,6 +358,18 @@ def test_baseline_activation_follows_the_diodes():
         TrainConfig(mlp_activation="tanh")
 
 
+def test_paired_by_default_from_two_hidden_layers():
+    assert not TrainConfig(arch="784-100-10").spec().paired
+    assert TrainConfig(arch="784-100-100-10").spec().paired
+    assert not TrainConfig(arch="784-100-100-10", paired=False).spec().paired
+    assert TrainConfig(arch="784-100-10", paired=True).spec().paired
+    with pytest.raises(ConfigError, match="even number"):
+        TrainConfig(arch="784-100-51-10")
+    assert not TrainConfig(arch="784-100-51-10", paired=False).spec().paired
+    with pytest.raises(ConfigError, match="paired"):
+        TrainConfig(paired="yes")
+
+
 @pytest.mark.parametrize("diode", ["pwl", "shockley"])
 def test_default_lower_rail_clamps_hidden_nodes_at_zero(diode):
     """By default the lower rail sits at the diode's turn-on voltage: a hidden node driven far
