@@ -209,7 +209,7 @@ class Run:
         """The run's :class:`~fastres.train.TrainConfig`."""
         from .train import TrainConfig
         try:
-            return TrainConfig.from_dict(self.config)
+            return TrainConfig.from_stored(self.config)
         except FastresError as exc:
             raise StoreError(f"{self.path}: stored config is not a valid TrainConfig for this "
                              f"fastres: {exc}") from None

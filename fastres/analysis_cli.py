@@ -80,7 +80,7 @@ def load_run_data(run, data_dir=None):
     d = run.config
     if data_dir:
         d["data"] = str(data_dir)
-    cfg = TrainConfig.from_dict(d)
+    cfg = TrainConfig.from_stored(d)
     try:
         data = load_data(cfg)
     except DatasetError:
@@ -88,7 +88,7 @@ def load_run_data(run, data_dir=None):
         if data_dir or cfg.data or not root or not Path(root).is_dir():
             raise
         d["data"] = root  # the directory the run was trained from
-        data = load_data(TrainConfig.from_dict(d))
+        data = load_data(TrainConfig.from_stored(d))
     want = run.meta.get("dataset_checksums")
     if want and data.checksums != want:
         raise FastresError(f"{run.path}: the {cfg.dataset} files found at {data.root} differ from "

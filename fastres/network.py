@@ -156,9 +156,10 @@ class LayeredNetwork:
         da, db = [], []
         for l in range(1, L + 1):
             if l < L or spec.output_diodes:
+                mirrored = self.mirrored(l)
                 for j in range(n[l]):
                     f = self.offset[l] + j
-                    lo, hi = (2, 3) if self.mirrored(l)[j] else (0, 1)
+                    lo, hi = (2, 3) if mirrored[j] else (0, 1)
                     da += [f, self.nF + lo]
                     db += [self.nF + hi, f]
         self.da = np.array(da, dtype=np.int64)
@@ -375,12 +376,13 @@ class LayeredNetwork:
                 for s, t in zip(src, amp):
                     c.add_amplifier(f"{s}", s, t, self.gains[l])
                 src = amp
+            mirrored = self.mirrored(l)
             for j, node in enumerate(names[l]):
                 for i, s in enumerate(src):
                     c.add_resistor(f"w{l}_{i}_{j}", s, node, g=float(W[i, j]))
                 c.add_resistor(f"b{l}_{j}", "bias", node, g=float(Bv[j]))
                 if l < L or spec.output_diodes:
-                    neg = self.mirrored(l)[j]
+                    neg = mirrored[j]
                     c.add_diode(f"{node}_hi", node, "rail_nhi" if neg else "rail_hi", model, mname)
                     c.add_diode(f"{node}_lo", "rail_nlo" if neg else "rail_lo", node, model, mname)
         return c

@@ -202,6 +202,12 @@ def solve_kernel(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, alg: Newton, c
     n = chunks(B)
     if cache is None:
         cache = factor_cache(0, GKK.shape[0], da.shape[0])
+    fS, fdg, fvalid = cache
+    nK, nD = GKK.shape[0], da.shape[0]
+    if (fS.shape != (B, nK, nK) or fdg.shape != (B, nD) or fvalid.shape != (B,)
+            or fvalid.dtype != np.bool_) and fS.shape[0] != 0:
+        raise ValueError(f"factor cache of shapes {fS.shape}, {fdg.shape}, {fvalid.shape}: expected "
+                         f"({B}, {nK}, {nK}), ({B}, {nD}), ({B},) bool (see factor_cache)")
     args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), *cache)
     if n == 1:
         _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)

@@ -136,9 +136,13 @@ class TrainConfig:
 
     def is_paired(self) -> bool:
         """Paired hidden layers (see :mod:`fastres.network`): ``paired``, or by default when
-        there are two or more hidden layers -- unpaired, a layer after the first sees only
-        non-negative voltages through positive conductances and never reaches its diodes."""
-        return self.paired if self.paired is not None else len(self.sizes) > 3
+        there are two or more hidden layers, all of even size -- unpaired, a layer after the
+        first sees only non-negative voltages through positive conductances and never reaches
+        its diodes."""
+        if self.paired is not None:
+            return self.paired
+        hidden = self.sizes[1:-1]
+        return len(hidden) >= 2 and all(h % 2 == 0 for h in hidden)
 
     def one_sided(self) -> bool:
         """True when the upper clipping diodes can never conduct: every node voltage is a
@@ -186,6 +190,14 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def from_stored(cls, d: dict) -> "TrainConfig":
+        """The config of a run file: options it predates take the value they had then
+        (``paired``: absent means a run from before paired layers existed, so unpaired)."""
+        d = dict(d)
+        d.setdefault("paired", False)
+        return cls.from_dict(d)
 
     @classmethod
     def from_file(cls, path) -> dict:
@@ -463,6 +475,7 @@ def train(cfg: TrainConfig, path, *, overwrite=False, log=print, progress=True, 
 
     ``comm``: an mpi4py communicator for data-parallel training (rank 0 writes the file)."""
     rank = 0 if comm is None else comm.Get_rank()
+    cfg = dataclasses.replace(cfg, paired=cfg.is_paired())  # stored resolved, never "auto"
     data = load_data(cfg)
     rng = np.random.default_rng(cfg.seed)
     trainer = Trainer(cfg, comm)
@@ -489,7 +502,7 @@ def resume(path, *, epochs=None, log=print, progress=True, comm=None):
     d = store.config
     if epochs is not None:
         d["epochs"] = int(epochs)
-    cfg = TrainConfig.from_dict(d)
+    cfg = TrainConfig.from_stored(d)
     ck = store.load_checkpoint()
     if ck.epoch >= cfg.epochs:
         if rank == 0:

@@ -20,6 +20,9 @@ def _yes_no(text):
 
 _yes_no.__name__ = "yes/no value"  # argparse's error: "invalid yes/no value: 'x'"
 
+_HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (default: yes for two or "
+                   "more hidden layers of even sizes)"}
+
 # command-line flag -> TrainConfig field (values parsed by type below)
 _FLAGS = {
     "arch": str, "dataset": str, "data": str, "diode": str, "epochs": int, "batch_size": int,
@@ -46,7 +49,7 @@ def add_commands(sub):
     t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, typ in _FLAGS.items():
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on the train and test sets")
@@ -151,7 +154,7 @@ def evaluate_run(path, epoch=None, data_dir=None) -> dict:
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
     if data_dir:
         d["data"] = data_dir
-    cfg = TrainConfig.from_dict(d)
+    cfg = TrainConfig.from_stored(d)
     ck = run.load_checkpoint(epoch)
     data = load_data(cfg)
     trainer = Trainer(cfg)
@@ -186,7 +189,7 @@ def _cmd_gradcheck(args) -> int:
     if args.run:
         from .store import RunStore
         run = RunStore.open(args.run)
-        cfg = TrainConfig.from_dict(run.config)
+        cfg = TrainConfig.from_stored(run.config)
         params = run.load_checkpoint(args.epoch).params
     else:
         d = {"arch": args.arch, "n_train": 1, "n_test": max(args.samples, 1), "seed": args.seed}

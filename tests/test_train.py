@@ -300,6 +300,20 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
 
 @mnist
+def test_run_file_stores_pairing_resolved(tmp_path, capsys):
+    """A run file says whether its layers are paired (never "auto"), so a later change of the
+    default cannot change the circuit a run is resumed or evaluated in."""
+    run = tmp_path / "r.h5"
+    args = ["train", *TINY, "--arch", "784-12-12-10", "--n-train", "60", "--epochs", "1", "--out", str(run)]
+    assert main(args) == 0
+    assert RunStore.open(run).config["paired"] is True
+    assert main(["eval", str(run), "--json", "--data", str(MNIST)]) == 0
+    assert main(["train", *TINY, "--arch", "784-12-12-10", "--paired", "no", "--n-train", "60",
+                 "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+    assert RunStore.open(run).config["paired"] is False
+
+
+@mnist
 def test_eval_json_and_gradcheck_cli(tmp_path, capsys):
     run = tmp_path / "r.h5"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
@@ -363,9 +377,13 @@ def test_paired_by_default_from_two_hidden_layers():
     assert TrainConfig(arch="784-100-100-10").spec().paired
     assert not TrainConfig(arch="784-100-100-10", paired=False).spec().paired
     assert TrainConfig(arch="784-100-10", paired=True).spec().paired
+    assert not TrainConfig(arch="784-100-51-10").spec().paired  # auto: only even sizes pair
     with pytest.raises(ConfigError, match="even number"):
-        TrainConfig(arch="784-100-51-10")
-    assert not TrainConfig(arch="784-100-51-10", paired=False).spec().paired
+        TrainConfig(arch="784-100-51-10", paired=True)
+    # a run file from before paired layers existed (no "paired" key) was unpaired
+    old = TrainConfig(arch="784-100-100-10").to_dict()
+    del old["paired"]
+    assert not TrainConfig.from_stored(old).spec().paired
     with pytest.raises(ConfigError, match="paired"):
         TrainConfig(paired="yes")
 
