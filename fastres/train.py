@@ -220,17 +220,24 @@ def load_data(cfg: TrainConfig):
     """The configured dataset (subset if asked), checked against the architecture."""
     from .datasets import load, subset
     data = load(cfg.dataset, cfg.data)
+    n_classes = _n_classes(data)  # of the whole dataset: a small subset may miss a class
     if cfg.n_train or cfg.n_test:
         data = subset(data, cfg.n_train, cfg.n_test)
-    check_data(cfg, data)
+    check_data(cfg, data, n_classes)
     return data
 
 
-def check_data(cfg: TrainConfig, data):
+def _n_classes(data) -> int:
+    return int(max(data.y_train.max(), data.y_test.max())) + 1
+
+
+def check_data(cfg: TrainConfig, data, n_classes=None):
+    """The architecture fits the data: input size = pixels, output size = ``n_classes``
+    (default: the largest label + 1)."""
     sizes = cfg.sizes
     if data.x_train.shape[1] != sizes[0]:
         raise ConfigError(f"arch {cfg.arch}: the input size must be {data.x_train.shape[1]} for {cfg.dataset}")
-    n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    n_classes = _n_classes(data) if n_classes is None else n_classes
     if sizes[-1] != n_classes:
         raise ConfigError(f"arch {cfg.arch}: the output size must be {n_classes} for {cfg.dataset}")
 

@@ -66,6 +66,7 @@ def add_commands(sub):
     g.add_argument("--samples", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--diode", default=None)
+    g.add_argument("--data", help="dataset directory (default: the search path)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_cmd_gradcheck)
 
@@ -189,12 +190,17 @@ def _cmd_gradcheck(args) -> int:
     if args.run:
         from .store import RunStore
         run = RunStore.open(args.run)
-        cfg = TrainConfig.from_stored(run.config)
+        d = run.config
+        if args.data:
+            d["data"] = args.data
+        cfg = TrainConfig.from_stored(d)
         params = run.load_checkpoint(args.epoch).params
     else:
         d = {"arch": args.arch, "n_train": 1, "n_test": max(args.samples, 1), "seed": args.seed}
         if args.diode:
             d["diode"] = args.diode
+        if args.data:
+            d["data"] = args.data
         cfg = TrainConfig.from_dict(d)
         params = None
     data = load_data(cfg)

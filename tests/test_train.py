@@ -326,6 +326,10 @@ def test_eval_json_and_gradcheck_cli(tmp_path, capsys):
     assert main(["gradcheck", "--run", str(run), "--samples", "3", "--json"]) == 0
     g = json.loads(capsys.readouterr().out)
     assert g["eqprop"][-1]["centered"] < 1e-3
+    # a fresh network on 3 test samples (which hold fewer than 10 classes), paired layers
+    assert main(["gradcheck", "--arch", "784-12-12-10", "--samples", "3", "--data", str(MNIST), "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)
+    assert g["eqprop"][-1]["centered"] < 1e-3
 
 
 @pytest.mark.parametrize("args,needle", [
