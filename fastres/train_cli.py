@@ -149,15 +149,13 @@ def evaluate_run(path, epoch=None, data_dir=None) -> dict:
     """Test and train error of a run's checkpoint, recomputed from its conductances."""
     from .store import RunStore
     from .train import TrainConfig, Trainer, load_data
+    from .analysis_cli import load_run_data
     run = RunStore.open(path)
-    d = run.config
     if run.meta.get("kind") == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
-    if data_dir:
-        d["data"] = data_dir
-    cfg = TrainConfig.from_stored(d)
+    cfg = TrainConfig.from_stored(run.config)
     ck = run.load_checkpoint(epoch)
-    data = load_data(cfg)
+    data = load_run_data(run, data_dir)  # falls back to where the run was trained from
     trainer = Trainer(cfg)
     trainer.params = ck.params
     t0 = time.perf_counter()
