@@ -168,6 +168,14 @@ class LayeredNetwork:
         prow = model.params(gmin=spec.gmin)
         self.dpar = np.ascontiguousarray(np.tile(prow, (len(da), 1)))
         self.vdfix = np.array([[spec.rail_lo, spec.rail_hi, -spec.rail_hi, -spec.rail_lo]])
+        von = turn_on_volts(model, spec.gmin)
+        self._rails, self._clip = {}, {}  # per layer; initial_guess needs them every step
+        for l in range(1, L + 1):
+            m = self.mirrored(l)
+            lo = np.where(m, -spec.rail_hi, spec.rail_lo)
+            hi = np.where(m, -spec.rail_lo, spec.rail_hi)
+            self._rails[l] = (lo, hi)
+            self._clip[l] = (lo - von, hi + von)
         self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
 
     # -- parameters --------------------------------------------------------------------------
@@ -274,16 +282,12 @@ class LayeredNetwork:
 
     def rails(self, l):
         """(lo, hi) rail voltages (V), each (nodes of layer l,), of the diodes of layer ``l``."""
-        m = self.mirrored(l)
-        return (np.where(m, -self.spec.rail_hi, self.spec.rail_lo),
-                np.where(m, -self.spec.rail_lo, self.spec.rail_hi))
+        return self._rails[l]
 
     def clip_range(self, l):
         """Voltages (V), each (nodes of layer l,), beyond which a node's diodes conduct strongly:
         its rails moved out by the diode's turn-on voltage (see :func:`turn_on_volts`)."""
-        von = turn_on_volts(self.spec.model, self.spec.gmin)
-        lo, hi = self.rails(l)
-        return lo - von, hi + von
+        return self._clip[l]
 
     def initial_guess(self, b, params, arrays) -> np.ndarray:
         """A feed-forward start (B, nF) in V: each layer at the voltage its inputs alone would

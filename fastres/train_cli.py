@@ -147,9 +147,9 @@ def _cmd_train(args) -> int:
 
 def evaluate_run(path, epoch=None, data_dir=None) -> dict:
     """Test and train error of a run's checkpoint, recomputed from its conductances."""
-    from .store import RunStore
-    from .train import TrainConfig, Trainer, load_data
     from .analysis_cli import load_run_data
+    from .store import RunStore
+    from .train import TrainConfig, Trainer
     run = RunStore.open(path)
     if run.meta.get("kind") == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
@@ -186,13 +186,12 @@ def _cmd_gradcheck(args) -> int:
     if args.samples < 1:
         raise FastresError(f"--samples {args.samples}: must be >= 1")
     if args.run:
+        from .analysis_cli import load_run_data
         from .store import RunStore
         run = RunStore.open(args.run)
-        d = run.config
-        if args.data:
-            d["data"] = args.data
-        cfg = TrainConfig.from_stored(d)
+        cfg = TrainConfig.from_stored(run.config)
         params = run.load_checkpoint(args.epoch).params
+        data = load_run_data(run, args.data)
     else:
         d = {"arch": args.arch, "n_train": 1, "n_test": max(args.samples, 1), "seed": args.seed}
         if args.diode:
@@ -201,7 +200,7 @@ def _cmd_gradcheck(args) -> int:
             d["data"] = args.data
         cfg = TrainConfig.from_dict(d)
         params = None
-    data = load_data(cfg)
+        data = load_data(cfg)
     trainer = Trainer(cfg)
     if params is None:
         trainer.init_state(np.random.default_rng(args.seed))

@@ -271,13 +271,11 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     kept = fS.shape[0] > 0
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
+        S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w[7], w[16], False)
+        it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
+                                       abstol, maxiter, w, S, dgs, valid)
         if kept:
-            it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
-                                           abstol, maxiter, w, fS[s], fdg[s], fvalid[s] != 0)
             fvalid[s] = ok
-        else:
-            it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
-                                           abstol, maxiter, w, w[7], w[16], False)
         for i in range(nF):
             x[s, i] = vext[i]
         iterations[s] = it
