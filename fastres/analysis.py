@@ -13,6 +13,13 @@ Usage::
     run.samples(5)                          # test_pred, test_label, v_layer1, ... of epoch 5
     tn = run.network(5)                     # TrainedNetwork: .net, .params, .solve(X), .predict(X)
     run.summary()                           # best/last error, timing, conductances at bounds, ...
+    evaluate_run("RUN.h5")                  # test/train error recomputed from the conductances
+    export_netlist("RUN.h5", "OUT.cir", sample=3)   # the trained network as an ngspice deck
+
+The run's configuration is migrated from the file's layout version (:mod:`fastres.config`),
+so ``run.config`` is the flat option dict and ``run.train_config()`` the sectioned
+:class:`~fastres.config.TrainConfig` for files of every layout version. Nothing here imports
+the training code: the network is rebuilt from the config alone.
 
 Live runs: the trainer replaces the whole file atomically at every commit (see
 :mod:`fastres.store`), and a :class:`Run` keeps no HDF5 handle: every call opens, reads and
@@ -28,16 +35,23 @@ Errors: a missing, truncated, corrupt or non-fastres file raises
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig, run_config
+from .datasets import DatasetError, load_data
 from .errors import FastresError
+from .evaluate import evaluate
+from .network import LayeredNetwork
+from .solver import Newton, solve
 from .store import RunStore, Snapshot, StoreError
 
 __all__ = ["open_run", "Run", "Metrics", "RunSnapshot", "TrainedNetwork", "StoreError",
-           "bound_fractions", "layer_names"]
+           "bound_fractions", "layer_names", "evaluate_run", "load_run_data", "export_netlist",
+           "status_line"]
 
 #: Relative tolerance for "at a bound": the optimiser clips to g_min / g_max exactly, so any
 #: tolerance far below the spacing of trained values works; this one absorbs float round-off.
@@ -85,13 +99,15 @@ class TrainedNetwork:
     """A run's network rebuilt with one checkpoint's conductances.
 
     ``net`` is a :class:`~fastres.network.LayeredNetwork`, ``params`` the conductances (S),
-    ``config`` the :class:`~fastres.train.TrainConfig` of the run, ``epoch`` the checkpoint.
+    ``config`` the :class:`~fastres.config.TrainConfig` of the run, ``epoch`` the checkpoint,
+    ``alg`` the run's Newton settings.
     """
 
-    net: object
+    net: LayeredNetwork
     params: dict
-    config: object
+    config: TrainConfig
     epoch: int
+    alg: Newton = field(default_factory=Newton)
 
     def __iter__(self):  # allows ``net, params = run.network()``
         yield self.net
@@ -101,11 +117,7 @@ class TrainedNetwork:
         """Free-node voltages (B, nF) in V (kernel order, see ``net.node_names()``) for pixels
         ``X`` (B, n_in) in [0, 1]; raises ConvergenceError if a sample does not converge."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        net = self.net
-        arrays = net.arrays(self.params)
-        b = net.source_currents(X, self.params, arrays)
-        x, _, _ = net.solve_b(b, arrays, x0=net.initial_guess(b, self.params, arrays), check=True)
-        return x
+        return solve(self.net.problem(self.params, X), self.alg).x
 
     def outputs(self, X) -> np.ndarray:
         """Class outputs ``V(op_k) - V(on_k)`` (B, n_classes) in V."""
@@ -164,9 +176,11 @@ class Run:
     def __init__(self, path):
         self.path = Path(path)
         store = RunStore.open(self.path)
-        self._config = store.config
+        self._train_config = run_config(store)
+        self._config = self._train_config.to_flat()
         self._meta = store.meta
         self._created = self._meta.get("created")
+        self.layout_version = store.layout_version
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -185,7 +199,8 @@ class Run:
     # ---- static information
     @property
     def config(self) -> dict:
-        """The run configuration (a copy)."""
+        """The run configuration as flat ``{option: value}`` (a copy), migrated from the file's
+        layout version."""
         import copy
         return copy.deepcopy(self._config)
 
@@ -205,14 +220,9 @@ class Run:
         e = self._config.get("epochs")
         return None if e is None else int(e)
 
-    def train_config(self):
-        """The run's :class:`~fastres.train.TrainConfig`."""
-        from .train import TrainConfig
-        try:
-            return TrainConfig.from_stored(self.config)
-        except FastresError as exc:
-            raise StoreError(f"{self.path}: stored config is not a valid TrainConfig for this "
-                             f"fastres: {exc}") from None
+    def train_config(self) -> TrainConfig:
+        """The run's :class:`~fastres.config.TrainConfig` (sections)."""
+        return self._train_config
 
     # ---- growing information
     def snapshot(self) -> RunSnapshot:
@@ -260,15 +270,14 @@ class Run:
             raise StoreError(f"{self.path}: a backprop MLP baseline run has no analog network")
         cfg = self.train_config()
         ck = self.checkpoint(epoch)
-        from .train import Trainer
-        trainer = Trainer(cfg)
+        net = LayeredNetwork.from_config(cfg.network)
         params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in ck.params.items()}
         try:
-            trainer.net.check_params(params)
+            net.check_params(params)
         except FastresError as exc:
             raise StoreError(f"{self.path}: checkpoint {ck.epoch} does not fit the configured "
-                             f"network {cfg.arch}: {exc}") from None
-        return TrainedNetwork(trainer.net, params, cfg, ck.epoch)
+                             f"network {cfg.network.arch}: {exc}") from None
+        return TrainedNetwork(net, params, cfg, ck.epoch, Newton.from_config(cfg.solver))
 
     def bound_fractions(self, epoch=None) -> dict:
         """:func:`bound_fractions` of checkpoint ``epoch`` with the run's g_min / g_max."""
@@ -346,3 +355,122 @@ class Run:
 def open_run(path) -> Run:
     """Open a run file read-only (validates it; raises StoreError naming the file)."""
     return Run(path)
+
+
+# --------------------------------------------------------------------------- run-level tasks
+
+def load_run_data(run: Run, data_dir=None):
+    """The run's dataset (subset as configured), verified against the run's checksums; found
+    in ``data_dir``, else the config's directory and the search path, else the directory the
+    run was trained from."""
+    cfg = run.train_config()
+    if data_dir:
+        cfg = cfg.replace(data=str(data_dir))
+    try:
+        data = load_data(cfg)
+    except DatasetError:
+        root = run.meta.get("data_root")
+        if data_dir or not root or not Path(root).is_dir():
+            raise
+        data = load_data(cfg.replace(data=root))  # the directory the run was trained from
+    want = run.meta.get("dataset_checksums")
+    if want and data.checksums != want:
+        raise FastresError(f"{run.path}: the {cfg.data.dataset} files found at {data.root} differ from "
+                           f"the ones the run was trained on (sha256 mismatch); pass --data DIR")
+    return data
+
+
+def evaluate_run(path, epoch=None, data_dir=None) -> dict:
+    """Test and train error of a run's checkpoint, recomputed from its conductances:
+    ``{"run", "epoch", "test_error", "train_error", "test_loss", "train_loss" (V^2),
+    "epoch_seconds", "nonconverged", "eval_seconds"}``."""
+    run = open_run(path)
+    if run.kind == "mlp":
+        raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
+    tn = run.network(epoch)
+    cfg = tn.config
+    data = load_run_data(run, data_dir)  # falls back to where the run was trained from
+    t0 = time.perf_counter()
+    out = {}
+    for split, X, y in (("test", data.x_test, data.y_test), ("train", data.x_train, data.y_train)):
+        ev = evaluate(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg, cfg.solver.eval_batch)
+        out[split] = (ev.loss_sum / X.shape[0], float(np.mean(ev.pred != y)), ev.nonconverged)
+    m = run.metrics
+    rows = np.flatnonzero(m["epoch"] == tn.epoch) if "epoch" in m else []
+    epoch_seconds = float(m["epoch_seconds"][rows[0]]) if len(rows) else None
+    return {"run": str(path), "epoch": tn.epoch, "test_error": out["test"][1],
+            "train_error": out["train"][1], "test_loss": out["test"][0], "train_loss": out["train"][0],
+            "epoch_seconds": epoch_seconds, "nonconverged": out["test"][2] + out["train"][2],
+            "samples": int(data.x_test.shape[0] + data.x_train.shape[0]),
+            "eval_seconds": time.perf_counter() - t0}
+
+
+def export_netlist(path, out, sample, epoch=None, data_dir=None) -> dict:
+    """Write the run's network (checkpoint ``epoch``, default latest) driven by test sample
+    ``sample`` as an ngspice deck ``out``. Returns ``{"epoch", "sample", "label", "pred",
+    "outputs" (V, per class), "nodes" ({name: V} of the output nodes), "text"}``."""
+    from .netlist import write_netlist
+    run = open_run(path)
+    tn = run.network(epoch)
+    data = load_run_data(run, data_dir)
+    n = data.x_test.shape[0]
+    if not 0 <= sample < n:
+        raise FastresError(f"{path}: --sample {sample} out of range: the run's test set has "
+                           f"{n} samples (0..{n - 1})")
+    x = data.x_test[sample]
+    label = int(data.y_test[sample])
+    volts = tn.node_voltages(x)
+    ncls = tn.net.spec.sizes[-1]
+    outputs = np.array([volts[f"op{k}"] - volts[f"on{k}"] for k in range(ncls)])
+    pred = int(np.argmax(outputs))
+    cfg = tn.config
+    title = (f"fastres {cfg.network.arch} {cfg.network.diode} network from {Path(path).name} epoch "
+             f"{tn.epoch}, {cfg.data.dataset} test sample {sample}")
+    text = write_netlist(tn.circuit(x, title=title))
+    head, _, rest = text.partition("\n")
+    comments = [
+        f"* run file: {Path(path).resolve()}",
+        f"* checkpoint epoch {tn.epoch}; inputs: {cfg.data.dataset} test sample {sample} (label {label})",
+        f"* class k output = V(op<k>) - V(on<k>); fastres predicts class {pred}",
+        "* fastres output voltages (V): " + " ".join(f"{k}:{v:.12g}" for k, v in enumerate(outputs)),
+    ]
+    text = head + "\n" + "\n".join(comments) + "\n" + rest
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise FastresError(f"{out}: cannot write netlist: {exc.strerror or exc}") from None
+    nodes = {f"{s}{k}": volts[f"{s}{k}"] for k in range(ncls) for s in ("op", "on")}
+    return {"epoch": tn.epoch, "sample": sample, "label": label, "pred": pred,
+            "outputs": outputs, "nodes": nodes, "text": text}
+
+
+def status_line(run: Run, snap: RunSnapshot) -> str:
+    """One line of a run's latest epoch: errors, speed, non-converged, best so far."""
+    m = snap.metrics
+    total = run.configured_epochs
+    if not len(m):
+        return f"{run.path}: epoch 0/{total}: no epoch finished yet"
+    i = len(m) - 1
+    ep = int(m["epoch"][i])
+
+    def val(name, fmt):
+        a = m.get(name)
+        if a is None or not np.isfinite(a[i]):
+            return None
+        return fmt(float(a[i]))
+
+    parts = [f"epoch {ep}/{total}"]
+    for label, name, fmt in (
+            ("test error", "test_error", lambda v: f"{100 * v:.2f}%"),
+            ("train error", "train_error", lambda v: f"{100 * v:.2f}%"),
+            ("samples/s", "samples_per_second", lambda v: f"{v:,.0f}"),
+            ("epoch time", "epoch_seconds", lambda v: f"{v:.1f} s"),
+            ("non-converged", "nonconverged", lambda v: f"{int(v)}")):
+        s = val(name, fmt)
+        if s is not None:
+            parts.append(f"{label} {s}")
+    te = m.get("test_error")
+    if te is not None and np.any(np.isfinite(te)):
+        j = int(np.nanargmin(te))
+        parts.append(f"best {100 * float(te[j]):.2f}% (epoch {int(m['epoch'][j])})")
+    return "  ".join(parts)

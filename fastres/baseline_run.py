@@ -11,36 +11,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
+from .datasets import load_data
 from .baseline import MLPConfig, init_params, train_mlp
+from .errors import ConfigError, FastresError
 from .store import RunStore, generator_state
 
 
 def train_baseline(cfg, path, *, overwrite=False, log=print):
-    from .train import load_data
     data = load_data(cfg)
-    mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                     activation=cfg.baseline_activation())
-    meta = {"fastres_version": __version__, "seed": cfg.seed, "dataset": cfg.dataset,
+    try:
+        mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.optimizer.batch_size, epochs=cfg.run.epochs, seed=cfg.run.seed,
+                         activation=cfg.baseline_activation())
+    except ValueError as exc:  # MLPConfig's own validation: a bad option, not a bug
+        raise ConfigError(f"MLP baseline: {exc}") from None
+    meta = {"fastres_version": __version__, "seed": cfg.run.seed, "dataset": cfg.data.dataset,
             "dataset_checksums": data.checksums, "data_root": str(data.root), "kind": "mlp",
             "mlp_config": repr(mcfg)}
-    log(f"fastres {__version__}: backprop MLP baseline {cfg.arch} ({mcfg.activation}) on {cfg.dataset}, "
-        f"seed {cfg.seed} -> {path}")
+    log(f"fastres {__version__}: backprop MLP baseline {cfg.network.arch} ({mcfg.activation}) on "
+        f"{cfg.data.dataset}, seed {cfg.run.seed} -> {path}")
     rows = []
 
     def on_epoch(row):
         rows.append(row)
-        log(f"epoch {row['epoch']}/{cfg.epochs}: train error {100 * row['train_error']:.2f}% | "
+        log(f"epoch {row['epoch']}/{cfg.run.epochs}: train error {100 * row['train_error']:.2f}% | "
             f"test error {100 * row['test_error']:.2f}% | {row['epoch_seconds']:.1f} s")
 
-    init = init_params(mcfg, np.random.Generator(np.random.PCG64(cfg.seed)))  # what train_mlp starts from
-    params, history = train_mlp(mcfg, data, on_epoch=on_epoch)
-    store = RunStore.create(path, config=cfg.to_dict(), meta=meta, params=init, overwrite=overwrite)
+    init = init_params(mcfg, np.random.Generator(np.random.PCG64(cfg.run.seed)))  # what train_mlp starts from
+    try:
+        params, history = train_mlp(mcfg, data, on_epoch=on_epoch)
+    except FloatingPointError as exc:
+        raise FastresError(f"MLP baseline: {exc}") from None
+    store = RunStore.create(path, config=cfg.resolved().to_dict(), meta=meta, params=init, overwrite=overwrite)
     for row in history:
         m = {k: float(v) for k, v in row.items() if np.isscalar(v) and k != "epoch"}
         m["epoch"] = int(row["epoch"])
         if row is history[-1]:  # the final weights are the one checkpoint after the start
-            seed_state = generator_state(np.random.Generator(np.random.PCG64(cfg.seed)))
+            seed_state = generator_state(np.random.Generator(np.random.PCG64(cfg.run.seed)))
             store.write_checkpoint(m["epoch"], params, {}, seed_state, metrics=m,
                                    extra={"note": "baseline runs are not resumable; rng_state is "
                                                   "the seed's initial state"})

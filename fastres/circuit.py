@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .devices import PiecewiseLinear, Shockley
+from .compiled import CompiledCircuit, compile_circuit
+from .devices import DEVICE_KINDS, Shockley
+from .elements import Amplifier, CurrentSource, Diode, Resistor, VoltageSource
 from .errors import CircuitError
+
+__all__ = ["Circuit", "Resistor", "Diode", "VoltageSource", "CurrentSource", "Amplifier", "canonical_node"]
 
 GROUND_NAMES = ("0", "gnd")
 
@@ -41,50 +45,6 @@ def _as_value(kind, name, value):
             raise CircuitError(f"{kind} {name}: empty batch of values")
         return arr.copy()
     return float(arr)
-
-
-@dataclass
-class Resistor:
-    name: str
-    a: str
-    b: str
-    g: float  # conductance, S
-
-
-@dataclass
-class Diode:
-    name: str
-    anode: str
-    cathode: str
-    model: object  # Shockley | PiecewiseLinear
-    model_name: str
-
-
-@dataclass
-class VoltageSource:
-    """Independent DC voltage source from ground to ``node``: V(node) = value (V)."""
-    name: str
-    node: str
-    value: object  # float or (B,) array
-
-
-@dataclass
-class CurrentSource:
-    """Independent DC current source: ``value`` amperes injected into ``node`` from ground."""
-    name: str
-    node: str
-    value: object  # float or (B,) array
-
-
-@dataclass
-class Amplifier:
-    """Ideal bidirectional amplifier: V(out) = gain * V(inp), and the current drawn from ``out``
-    is drawn from ``inp`` multiplied by ``gain`` (power in = power out, so the circuit keeps its
-    energy function). In SPICE it is a VCVS (E) with a 0 V sense source and a CCCS (F)."""
-    name: str
-    inp: str
-    out: str
-    gain: float
 
 
 @dataclass
@@ -157,9 +117,9 @@ class Circuit:
         :class:`~fastres.devices.PiecewiseLinear`; the latter is an XSPICE ``a`` device in SPICE.
         """
         model = Shockley() if model is None else model
-        if not isinstance(model, (Shockley, PiecewiseLinear)):
+        if DEVICE_KINDS.get(getattr(model, "kind", None)) is not type(model):
             raise CircuitError(f"diode {name}: unsupported model {model!r}")
-        letter = "d" if isinstance(model, Shockley) else "a"
+        letter = model.spice_letter
         mname = (model_name or ("dmod" if letter == "d" else "pwlmod")).lower()
         return self._add(Diode(name, self._node(anode), self._node(cathode), model, mname), letter)
 
@@ -201,9 +161,8 @@ class Circuit:
     def of_type(self, cls):
         return [e for e in self.elements.values() if isinstance(e, cls)]
 
-    def compile(self, structure: str = "auto") -> "CompiledCircuit":
+    def compile(self, structure: str = "auto") -> CompiledCircuit:
         """Check the circuit and build the kernel arrays. ``structure``: 'auto' | 'dense'."""
-        from .compiled import compile_circuit
         return compile_circuit(self, structure)
 
     def copy(self) -> "Circuit":

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .circuit import Amplifier, Circuit, CurrentSource, Diode, Resistor, VoltageSource
+from .elements import Amplifier, CurrentSource, Diode, Resistor, VoltageSource
 from .errors import CircuitError
+from .system import KernelSystem
 
 
 @dataclass
@@ -26,7 +27,7 @@ class CompiledCircuit:
     - ``vsrc``: name -> fixed column; ``isrc``: name -> free index (-1 if on a fixed node).
     """
 
-    circuit: Circuit
+    circuit: object  # the fastres.circuit.Circuit compiled
     nodes: list
     free_nodes: list
     fixed_nodes: list
@@ -89,6 +90,14 @@ class CompiledCircuit:
         return vfix, np.ascontiguousarray(inj.T)
 
     @property
+    def system(self):
+        """The :class:`~fastres.solver.KernelSystem` of this circuit (cached)."""
+        if getattr(self, "_system", None) is None:
+            self._system = KernelSystem(self.GKK, self.GKE, self.gEE, np.zeros(self.nF), self.da,
+                                        self.db, self.dkind, self.dpar)
+        return self._system
+
+    @property
     def P(self) -> np.ndarray:
         """(nX, nF) ``-GFX^T`` (S): source currents are ``inj + vfix @ P``."""
         if getattr(self, "_P", None) is None:
@@ -147,7 +156,7 @@ def _independent_set(free, adj, forbidden):
     return chosen
 
 
-def compile_circuit(circuit: Circuit, structure: str = "auto") -> CompiledCircuit:
+def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
     if structure not in ("auto", "dense"):
         raise CircuitError(f"unknown structure {structure!r}: use 'auto' or 'dense'")
     if not (np.isfinite(circuit.gmin) and circuit.gmin >= 0):

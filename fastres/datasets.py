@@ -61,7 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastres.errors import FastresError
+from .config import ConfigError
+from .errors import FastresError
 
 __all__ = [
     "DATASET_NAMES",
@@ -582,3 +583,31 @@ def subset(dataset: Dataset, n_train=None, n_test=None) -> Dataset:
         y_test=dataset.y_test[:ns],
         checksums=dict(dataset.checksums),
     )
+
+
+# -- the dataset of a run's config (fastres.config.TrainConfig) ----------------------------------
+def load_data(cfg):
+    """The configured dataset (subset if asked), checked against the architecture."""
+    d = cfg.data
+    data = load(d.dataset, d.data)
+    n_classes = _n_classes(data)  # of the whole dataset: a small subset may miss a class
+    if d.n_train or d.n_test:
+        data = subset(data, d.n_train, d.n_test)
+    check_data(cfg, data, n_classes)
+    return data
+
+
+def _n_classes(data) -> int:
+    return int(max(data.y_train.max(), data.y_test.max())) + 1
+
+
+def check_data(cfg, data, n_classes=None):
+    """The architecture fits the data: input size = pixels, output size = ``n_classes``
+    (default: the largest label + 1)."""
+    sizes = cfg.sizes
+    arch, dataset = cfg.network.arch, cfg.data.dataset
+    if data.x_train.shape[1] != sizes[0]:
+        raise ConfigError(f"arch {arch}: the input size must be {data.x_train.shape[1]} for {dataset}")
+    n_classes = _n_classes(data) if n_classes is None else n_classes
+    if sizes[-1] != n_classes:
+        raise ConfigError(f"arch {arch}: the output size must be {n_classes} for {dataset}")

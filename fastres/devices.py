@@ -2,6 +2,13 @@
 
 Both models are convex two-terminal devices, so a circuit of them, resistors and sources has a
 unique DC operating point that minimises the total co-content.
+
+Device kinds are registered in :data:`DEVICE_KINDS` (kernel kind number -> class) and by name
+in :data:`DEVICE_NAMES`; :func:`make_diode` builds one by name. Adding a device model is one
+class here (decorated with :func:`register_device`: a ``kind`` number, a ``name``, a
+``params()`` method returning the kernel's parameter row of ``NPAR`` floats and a
+``turn_on_volts()``) and the model's current and co-content in ``kernels/devices.py`` (see
+"Adding a device model" there and in docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -26,12 +33,27 @@ def thermal_voltage(temp_c: float) -> float:
     return K_OVER_Q * (temp_c + KELVIN)
 
 
+#: kernel kind number -> device class; name -> device class
+DEVICE_KINDS: dict = {}
+DEVICE_NAMES: dict = {}
+
+
+def register_device(cls):
+    """Class decorator: register a device model under its ``kind`` (kernel branch) and ``name``."""
+    if cls.kind in DEVICE_KINDS or cls.name in DEVICE_NAMES:
+        raise ValueError(f"device kind {cls.kind} / name {cls.name!r} registered twice")
+    DEVICE_KINDS[cls.kind] = cls
+    DEVICE_NAMES[cls.name] = cls
+    return cls
+
+
 def _check_finite(name, **values):
     for key, val in values.items():
         if not np.isfinite(val):
             raise CircuitError(f"{name}: parameter {key}={val!r} is not a finite number")
 
 
+@register_device
 @dataclass(frozen=True)
 class Shockley:
     """SPICE level-1 junction diode ``I = IS (exp(V / (N vt)) - 1)``, identical to ngspice.
@@ -69,6 +91,8 @@ class Shockley:
             raise CircuitError(f"Shockley diode model: N={self.N!r} must be > 0")
 
     kind = _kd.KIND_SHOCKLEY
+    name = "shockley"
+    spice_letter = "d"
 
     def params(self, temp: float = 27.0, tnom: float = 27.0, gmin: float = 1e-12) -> np.ndarray:
         """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), vmax (V), 0]`` at ``temp`` (degC)."""
@@ -83,7 +107,13 @@ class Shockley:
         vmax = vte * math.log(self.imax / is_t + 1.0)
         return np.array([is_t, vte, gmin, vmax, 0.0])
 
+    def turn_on_volts(self, gmin: float = 1e-12) -> float:
+        """Where the diode carries 100 uA (V): ``N vt ln(100 uA / IS)`` at 27 degC."""
+        p = self.params(gmin=gmin)
+        return float(p[1] * np.log(1e-4 / p[0]))
 
+
+@register_device
 @dataclass(frozen=True)
 class PiecewiseLinear:
     """Piecewise-linear diode, identical to ngspice's XSPICE ``sidiode`` with epsilon = 0.
@@ -108,6 +138,8 @@ class PiecewiseLinear:
     rrev: float | None = None
 
     kind = _kd.KIND_PWL
+    name = "pwl"
+    spice_letter = "a"
 
     def __post_init__(self):
         if self.rrev is None:
@@ -130,5 +162,33 @@ class PiecewiseLinear:
         """Kernel parameter row ``[1/ron, 1/roff, vfwd, vrev, 1/rrev]`` (S, S, V, V, S)."""
         return np.array([1.0 / self.ron, 1.0 / self.roff, self.vfwd, self.vrev, 1.0 / self.rrev])
 
+    def turn_on_volts(self, gmin: float = 0.0) -> float:
+        """The knee ``vfwd`` (V)."""
+        return float(self.vfwd)
+
 
 DiodeModel = Shockley | PiecewiseLinear
+
+#: the piecewise-linear clipping diode of a layered network by default (ohm, V): a 0.5 V knee
+PWL_CLIP = {"ron": 1.0, "roff": 1e9, "vfwd": 0.5}
+
+
+def make_diode(kind: str, **params):
+    """A registered device model by name: ``"shockley"`` -> :class:`Shockley` (defaults
+    IS = 1e-14 A, N = 1); ``"pwl"`` -> :class:`PiecewiseLinear` with the network default
+    ``PWL_CLIP`` (a 0.5 V knee, 1 ohm on, 1 Gohm off) updated by ``params``."""
+    cls = DEVICE_NAMES.get(kind)
+    if cls is None:
+        raise CircuitError(f"unknown diode model {kind!r}: use one of {', '.join(DEVICE_NAMES)}")
+    if cls is PiecewiseLinear:
+        params = {**PWL_CLIP, **params}
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise CircuitError(f"diode model {kind!r}: {exc}") from None
+
+
+def turn_on_volts(model, gmin=1e-12) -> float:
+    """A diode's turn-on voltage (V): where it carries 100 uA (Shockley: ``N vt ln(100 uA / IS)``
+    at the model's temperature) or its knee (piecewise-linear: ``vfwd``)."""
+    return model.turn_on_volts(gmin)

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .config import ESTIMATORS
 from .errors import FastresError
 from .kernels import adjoint as _adjoint
 from .kernels import updates as _updates
-from .network import LayeredNetwork
-from .solve import chunks
+from .kernels.status import Status
+from .network import LayeredNetwork, NetworkProblem
+from .solver import Newton, chunks, solve
 
-ESTIMATORS = ("centered", "one-sided", "random-sign")
+EQPROP_ESTIMATORS = tuple(e for e in ESTIMATORS if e != "exact")
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,25 @@ class EqProp:
     def __post_init__(self):
         if not (np.isfinite(self.beta) and self.beta > 0):
             raise FastresError(f"beta={self.beta!r} must be a finite number > 0 (siemens)")
-        if self.estimator not in ESTIMATORS:
-            raise FastresError(f"unknown estimator {self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        if self.estimator not in EQPROP_ESTIMATORS:
+            raise FastresError(f"unknown EqProp estimator {self.estimator!r}: use one of "
+                               f"{', '.join(EQPROP_ESTIMATORS)}")
+
+
+def check_labels(y, B, n_classes):
+    """``y`` must be (B,) integer class labels in ``0..n_classes-1``; raises FastresError."""
+    y = np.asarray(y)
+    if y.shape != (B,):
+        raise FastresError(f"labels have shape {y.shape}, expected ({B},) for {B} samples")
+    if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes):
+        bad = y if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n_classes)]
+        raise FastresError(f"labels must be integers in 0..{n_classes - 1} (the network's classes), "
+                           f"got {bad[:5].tolist()}")
 
 
 def loss_and_grad(out, y, target_volts):
     """Per-sample loss (B,) in V^2 and ``dC/d(out)`` (B, C) in V for outputs ``out`` (B, C)."""
+    check_labels(y, out.shape[0], out.shape[1])
     T = np.zeros_like(out)
     T[np.arange(out.shape[0]), y] = target_volts
     d = out - T
@@ -115,9 +130,10 @@ class Phases:
 
 @dataclass
 class States:
-    """Equilibrium states of one EqProp step for a batch (all (B, nF), V): the free state, and
-    the two states whose squared drops are differenced (``xa`` minus ``xb``, times ``scale``,
-    divided by the number of samples that converged), with per-sample ``ok`` flags."""
+    """Equilibrium states of one estimator step for a batch (all (B, nF), V): the free state,
+    and the two states whose squared drops are differenced (``xa`` minus ``xb``, times
+    ``scale``, divided by the number of samples that converged), with per-sample ``ok`` flags.
+    Everything a reducer sums over ranks is here."""
 
     free: np.ndarray
     xa: np.ndarray
@@ -127,14 +143,15 @@ class States:
     stats: PhaseStats
 
 
-def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
-                  arrays=None) -> States:
-    """Free and nudged phases for a batch (the solver part of an EqProp step)."""
+def eqprop_states(prob: NetworkProblem, y, eq: EqProp, target_volts, alg: Newton, rng=None) -> States:
+    """Free and nudged phases for a batch (the solver part of an EqProp step); the phases share
+    the problem's conductances, hence a factor cache."""
     t0 = time.perf_counter()
-    arrays = net.arrays(params) if arrays is None else arrays
-    b = net.source_currents(X, params, arrays)
-    cache = net.factor_cache(X.shape[0])  # the phases share conductances, hence most factors
-    xf, itf, stf = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays), check=False, cache=cache)
+    net = prob.net
+    if prob.cache is None:
+        prob.cache = net.factor_cache(prob.b.shape[0])
+    free = solve(prob, alg, check=False)
+    xf, itf, stf = free.x, free.iterations, free.status
     t1 = time.perf_counter()
     out = net.outputs(xf)
     C, dC = loss_and_grad(out, y, target_volts)
@@ -144,19 +161,38 @@ def eqprop_states(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, r
             raise FastresError("the random-sign estimator needs a random generator")
         beta = beta * (1.0 if rng.random() < 0.5 else -1.0)
     inj = net.output_injection(beta * dC)
-    xp, itp, stp = net.solve_b(b + inj, arrays, x0=xf, check=False, cache=cache)
-    ok = (stf == 0) & (stp == 0)
+    plus = solve(prob.nudged(inj, xf), alg, check=False)
+    xp, itp, stp = plus.x, plus.iterations, plus.status
+    ok = (stf == Status.CONVERGED) & (stp == Status.CONVERGED)
     nudged_it = int(itp.sum())
     if eq.estimator == "centered":
-        xm, itm, stm = net.solve_b(b - inj, arrays, x0=xf, check=False, cache=cache)
-        ok &= stm == 0
-        nudged_it += int(itm.sum())
-        xa, xb, scale = xp, xm, 1.0 / (4.0 * eq.beta)
+        minus = solve(prob.nudged(-inj, xf), alg, check=False)
+        ok &= minus.status == Status.CONVERGED
+        nudged_it += int(minus.iterations.sum())
+        xa, xb, scale = xp, minus.x, 1.0 / (4.0 * eq.beta)
     else:
         xa, xb, scale = xp, xf, 1.0 / (2.0 * beta)
-    stats = PhaseStats(int(itf.sum()), nudged_it, int((~ok).sum()), X.shape[0], t1 - t0,
+    stats = PhaseStats(int(itf.sum()), nudged_it, int((~ok).sum()), prob.b.shape[0], t1 - t0,
                        time.perf_counter() - t1)
     return States(xf, xa, xb, ok, scale, stats)
+
+
+def exact_states(prob: NetworkProblem, y, target_volts, alg: Newton) -> States:
+    """The exact gradient at equilibrium in the form of :class:`States`: with ``lam`` the
+    adjoint (``J lam = dC/dx``, see :func:`exact_gradient`) and ``h = max|x| / max|lam|``, the
+    states ``x - h lam`` and ``x + h lam`` with scale ``1 / (4 h)`` make the drop-square
+    difference ``-(u - v)(mu - nu)``, i.e. ``dC/dg`` exactly (``(A + D)^2 - (A - D)^2 = 4 A D``),
+    so the exact gradient takes the same reduction and update path as EqProp."""
+    t0 = time.perf_counter()
+    free = solve(prob, alg, check=False)
+    t1 = time.perf_counter()
+    lam = adjoint(prob.net, prob.system_, free.x, y, target_volts)
+    ok = free.converged & np.all(np.isfinite(lam), axis=1)
+    lam[~ok] = 0.0
+    h = max(float(np.max(np.abs(free.x), initial=0.0)), 1e-300) / max(float(np.max(np.abs(lam), initial=0.0)), 1e-300)
+    stats = PhaseStats(int(free.iterations.sum()), 0, int((~ok).sum()), free.x.shape[0], t1 - t0,
+                       time.perf_counter() - t1)
+    return States(free.x, free.x - h * lam, free.x + h * lam, ok, 1.0 / (4.0 * h), stats)
 
 
 def first_layer_factors(U, va, vb):
@@ -169,7 +205,7 @@ def first_layer_factors(U, va, vb):
     return np.ascontiguousarray(U.T), np.ascontiguousarray(d), col
 
 
-def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts, fused_first=False) -> "Phases":
+def phases_from_states(net: LayeredNetwork, U, y, st: States, target_volts, fused_first=False) -> "Phases":
     """Gradient terms and losses of a batch from its equilibrium states. Samples that did not
     converge contribute nothing (their two states are made equal) and are not counted.
 
@@ -179,7 +215,6 @@ def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts, fuse
     if not st.ok.all():
         xa = xa.copy()
         xa[~st.ok] = st.xb[~st.ok]
-    U = net.input_voltages(X)
     terms = _drop_terms(net, U, xa, st.xb, net.spec.bias_volts, first=not fused_first)
     first = None
     if fused_first:
@@ -189,52 +224,50 @@ def phases_from_states(net: LayeredNetwork, X, y, st: States, target_volts, fuse
     return Phases(terms, st.scale / max(n_ok, 1), st.free, C, st.stats, st.scale, n_ok, first)
 
 
-def eqprop_phases(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
-                  arrays=None) -> Phases:
-    """Free and nudged phases for a batch; the gradient in factored form (no per-conductance loop).
-
-    Samples whose free or nudged solve did not converge are left out of the gradient and counted.
-    """
-    st = eqprop_states(net, params, X, y, eq, target_volts, rng, arrays)
-    return phases_from_states(net, X, y, st, target_volts)
-
-
-def eqprop_gradient(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, rng=None,
-                    arrays=None):
+def eqprop_gradient(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts, alg: Newton = Newton(),
+                    rng=None):
     """EqProp estimate of ``dC/dparams`` (same keys and shapes, V^2/S), batch mean.
 
     Returns ``(grads, free_state (B, nF) V, per-sample loss (B,), PhaseStats)``.
     """
-    ph = eqprop_phases(net, params, X, y, eq, target_volts, rng, arrays)
+    prob = net.problem(params, X)
+    st = eqprop_states(prob, y, eq, target_volts, alg, rng)
+    ph = phases_from_states(net, prob.U, y, st, target_volts)
     return grads_from_terms(ph.terms, ph.scale, params), ph.free, ph.loss, ph.stats
 
 
-def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, arrays=None):
-    """Exact ``dC/dparams`` at equilibrium by implicit differentiation (batch mean, V^2/S).
-
-    ``J lam = dC/dx`` (one adjoint solve per sample); for a conductance between from-node
-    voltage ``u`` (with adjoint ``mu``) and to-node voltage ``v`` (adjoint ``nu``):
-    ``dC/dg = -sum_s (u - v)(mu - nu)``, where fixed nodes have zero adjoint.
-    """
-    arrays = net.arrays(params) if arrays is None else arrays
-    GKK, GKE, gEE, _ = arrays
-    U = net.input_voltages(X)
-    b = net.source_currents(X, params, arrays)
-    x, _, _ = net.solve_b(b, arrays, x0=net.initial_guess(b, params, arrays))
-    out = net.outputs(x)
-    C, dC = loss_and_grad(out, y, target_volts)
+def adjoint(net: LayeredNetwork, system, x, y, target_volts) -> np.ndarray:
+    """``lam`` (B, nF) with ``J(x) lam = dC/dx`` per sample (rows NaN where J is singular)."""
+    C, dC = loss_and_grad(net.outputs(x), y, target_volts)
     rhs = -net.output_injection(dC)  # dC/dx
     lam = np.empty_like(x)
     B = x.shape[0]
     n = chunks(B)
-    args = (GKK, GKE, gEE, net.vdfix, net.da, net.db, net.dkind, net.dpar, x,
+    args = (system.GKK, system.GKE, system.gEE, net.vdfix, net.da, net.db, net.dkind, net.dpar, x,
             np.ascontiguousarray(rhs), lam)
     if n == 1:
         _adjoint.adjoint_range(*args, 0, B)
     else:
         _adjoint.adjoint_solve(*args, n)
+    return lam
+
+
+def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, alg: Newton = Newton()):
+    """Exact ``dC/dparams`` at equilibrium by implicit differentiation (batch mean, V^2/S).
+
+    ``J lam = dC/dx`` (one adjoint solve per sample); for a conductance between from-node
+    voltage ``u`` (with adjoint ``mu``) and to-node voltage ``v`` (adjoint ``nu``):
+    ``dC/dg = -sum_s (u - v)(mu - nu)``, where fixed nodes have zero adjoint.
+    Returns ``(grads, x (B, nF) V, per-sample loss (B,) V^2)``.
+    """
+    prob = net.problem(params, X)
+    x = solve(prob, alg).x
+    C, _ = loss_and_grad(net.outputs(x), y, target_volts)
+    lam = adjoint(net, prob.system_, x, y, target_volts)
     if not np.all(np.isfinite(lam)):
         raise FastresError("adjoint solve failed: singular Jacobian at the operating point")
+    U = prob.U
+    B = x.shape[0]
     grads = {}
     for l in range(1, net.L + 1):
         u, v = _from_to(net, U, x, l)
@@ -258,7 +291,7 @@ def relative_error(a, b) -> float:
 
 
 def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4, 1e-5, 1e-6),
-              n_fd=6, rng=None):
+              n_fd=6, rng=None, alg: Newton = Newton()):
     """Agreement table: EqProp (one-sided, centered) vs the exact gradient for each beta, and
     finite differences of the loss vs the exact gradient on ``n_fd`` random conductances.
 
@@ -266,14 +299,14 @@ def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4
     moves the outputs by about ``beta`` volts.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    exact, _, _ = exact_gradient(net, params, X, y, target_volts)
+    exact, _, _ = exact_gradient(net, params, X, y, target_volts, alg)
     G_out = float(np.mean(params[f"W{net.L}"].sum(axis=0) + params[f"B{net.L}"]))
     rows = []
     for rb in betas:
         beta = rb * G_out
         row = {"beta_rel": rb, "beta": beta}
         for est in ("one-sided", "centered"):
-            g, _, _, _ = eqprop_gradient(net, params, X, y, EqProp(beta, est), target_volts)
+            g, _, _, _ = eqprop_gradient(net, params, X, y, EqProp(beta, est), target_volts, alg)
             row[est] = relative_error(g, exact)
         rows.append(row)
     fd = []
@@ -287,7 +320,7 @@ def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4
         def mean_loss(val):
             p = {kk: vv.copy() for kk, vv in params.items()}
             p[k][idx] = val
-            _, _, C = exact_gradient(net, p, X, y, target_volts)
+            _, _, C = exact_gradient(net, p, X, y, target_volts, alg)
             return float(C.mean())
 
         num = (mean_loss(g0 + h) - mean_loss(g0 - h)) / (2 * h)

@@ -20,3 +20,11 @@ class ConvergenceError(FastresError, RuntimeError):
         super().__init__(message)
         self.samples = samples
         self.solution = solution
+
+
+class ConfigError(FastresError, ValueError):
+    """A bad configuration value (training options, solver settings); the message names the option."""
+
+
+class UsageError(FastresError):
+    """Bad command-line input that no other error class describes."""

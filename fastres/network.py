@@ -35,53 +35,54 @@ import numba
 import numpy as np
 
 from .circuit import Circuit
-from .devices import PiecewiseLinear, Shockley
-from .solve import STATUS_TEXT, Newton, factor_cache, solve_kernel, source_currents
-from .errors import CircuitError, ConvergenceError
+from .config import ConfigError, NetworkConfig
+from .devices import PWL_CLIP, Shockley, make_diode, turn_on_volts  # noqa: F401 (re-exported)
+from .errors import CircuitError, FastresError
+from .kernels.status import Status
+from .solver import _Result, factor_cache, source_currents
+from .system import KernelSystem
 
-
-PWL_CLIP = {"ron": 1.0, "roff": 1e9, "vfwd": 0.5}  # default clipping diode of a network (ohm, V)
-
-
-def make_diode(kind: str, **params):
-    """``"shockley"`` -> :class:`Shockley` (defaults IS = 1e-14 A, N = 1); ``"pwl"`` ->
-    :class:`PiecewiseLinear` with the network default ``PWL_CLIP`` (a 0.5 V knee, 1 ohm on,
-    1 Gohm off) updated by ``params``."""
-    if kind == "shockley":
-        return Shockley(**params)
-    if kind == "pwl":
-        return PiecewiseLinear(**{**PWL_CLIP, **params})
-    raise CircuitError(f"unknown diode model {kind!r}: use 'shockley' or 'pwl'")
-
-
-def turn_on_volts(model, gmin=1e-12) -> float:
-    """A diode's turn-on voltage (V): where it carries 100 uA (Shockley: ``N vt ln(100 uA / IS)``
-    at the model's temperature) or its knee (piecewise-linear: ``vfwd``)."""
-    p = model.params(gmin=gmin)
-    return float(p[2] if model.kind == 1 else p[1] * np.log(1e-4 / p[0]))
+_DEFAULT = NetworkConfig()  # the one source of physical defaults (fastres.config)
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Architecture and physical constants of a layered network (volts, siemens, ohms)."""
+    """Architecture and physical constants of a layered network (volts, siemens, ohms), with
+    every automatic choice resolved. Defaults are :class:`~fastres.config.NetworkConfig`'s:
+    ``rail_lo`` None becomes the diode's turn-on voltage (hidden nodes clamp at 0 V) and
+    ``paired`` None pairs two or more hidden layers of even sizes."""
 
-    sizes: tuple = (784, 100, 10)
-    diode: str = "shockley"
+    sizes: tuple = _DEFAULT.sizes
+    diode: str = _DEFAULT.diode
     diode_params: dict = field(default_factory=dict)
-    input_volts: float = 1.0
-    bias_volts: float = 1.0
-    rail_lo: float = 0.0
-    rail_hi: float = 0.0
-    g_min: float = 1e-7
-    g_max: float = 1e-4
-    gain: float = 1.0
-    output_diodes: bool = False
-    paired: bool = False
-    gmin: float = 1e-12
+    input_volts: float = _DEFAULT.input_volts
+    bias_volts: float = _DEFAULT.bias_volts
+    rail_lo: float | None = _DEFAULT.rail_lo
+    rail_hi: float = _DEFAULT.rail_hi
+    g_min: float = _DEFAULT.g_min
+    g_max: float = _DEFAULT.g_max
+    gain: float = _DEFAULT.gain
+    output_diodes: bool = _DEFAULT.output_diodes
+    paired: bool | None = _DEFAULT.paired
+    gmin: float = _DEFAULT.gmin
+
+    @classmethod
+    def from_config(cls, cfg: NetworkConfig) -> "NetworkSpec":
+        """The resolved spec of a run's ``network`` config section."""
+        return cls(sizes=cfg.sizes, diode=cfg.diode, diode_params=dict(cfg.diode_params),
+                   input_volts=cfg.input_volts, bias_volts=cfg.bias_volts, rail_lo=cfg.lower_rail(),
+                   rail_hi=cfg.rail_hi, g_min=cfg.g_min, g_max=cfg.g_max, gain=cfg.gain,
+                   output_diodes=cfg.output_diodes, paired=cfg.is_paired(), gmin=cfg.gmin)
 
     def __post_init__(self):
         sizes = tuple(int(s) for s in self.sizes)
         object.__setattr__(self, "sizes", sizes)
+        make_diode(self.diode, **self.diode_params)  # validates
+        if self.rail_lo is None:
+            object.__setattr__(self, "rail_lo", turn_on_volts(self.model, self.gmin))
+        if self.paired is None:
+            hidden = sizes[1:-1]
+            object.__setattr__(self, "paired", len(hidden) >= 2 and all(h % 2 == 0 for h in hidden))
         if len(sizes) < 2 or any(s <= 0 for s in sizes):
             raise CircuitError(f"sizes {self.sizes!r}: need an input size and at least one layer, all > 0")
         for key in ("input_volts", "bias_volts", "rail_lo", "rail_hi", "g_min", "g_max", "gain", "gmin"):
@@ -116,15 +117,16 @@ class NetworkSpec:
 
 
 class LayeredNetwork:
-    """A layered resistor/diode network and its batched DC solver.
+    """A layered resistor/diode network: its structure, and the kernel arrays of given
+    conductances.
 
-    ``solve(X, params, inj=None, x0=None)`` returns the free-node voltages (B, nF) in kernel
-    order; :meth:`layer` slices one layer out of them.
+    ``solve(net.problem(params, X), Newton())`` solves a batch of inputs and returns a
+    :class:`NetworkSolution` whose ``x`` (B, nF) holds the free-node voltages in kernel order;
+    :meth:`layer` slices one layer out of them, :meth:`outputs` the class outputs.
     """
 
-    def __init__(self, spec: NetworkSpec, alg: Newton = Newton()):
+    def __init__(self, spec: NetworkSpec):
         self.spec = spec
-        self.alg = alg
         n = spec.layer_nodes()
         self.nodes_per_layer = n
         L = len(n) - 1
@@ -178,6 +180,14 @@ class LayeredNetwork:
             self._clip[l] = (lo - von, hi + von)
         self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
 
+    @classmethod
+    def from_config(cls, cfg: NetworkConfig) -> "LayeredNetwork":
+        """The network of a run's ``network`` config section (physical errors as ConfigError)."""
+        try:
+            return cls(NetworkSpec.from_config(cfg))
+        except FastresError as exc:
+            raise ConfigError(str(exc)) from None
+
     # -- parameters --------------------------------------------------------------------------
     def init_params(self, rng: np.random.Generator, lo=None, hi=None) -> dict:
         """Conductances drawn uniformly from [lo, hi] (S), by default [g_min, g_max/2]."""
@@ -196,8 +206,9 @@ class LayeredNetwork:
                 raise CircuitError(f"parameter {k}: conductances must be finite and > 0 S")
 
     # -- kernel arrays -----------------------------------------------------------------------
-    def arrays(self, params, w1_colsum=None):
-        """``(GKK, GKE, gEE, b0)``: Jacobian blocks (S) and constant bias currents (A).
+    def system(self, params, w1_colsum=None) -> KernelSystem:
+        """The :class:`~fastres.system.KernelSystem` of conductances ``params`` (S): Jacobian
+        blocks, the bias sources' constant currents ``b0`` (A) and the clipping diodes.
 
         ``w1_colsum`` (n_1,) S: ``params["W1"].sum(axis=0)`` when the caller already has it
         (the training step gets it from the fused update; W1 is by far the largest matrix)."""
@@ -232,44 +243,35 @@ class LayeredNetwork:
             else:
                 ok, oe = self.offset[l], self.offset[l - 1] - self.nK
                 GKE[ok:ok + n[l], oe:oe + n[l - 1]] = -A * W.T
-        return GKK, GKE, gEE, b0
+        return KernelSystem(GKK, GKE, gEE, b0, self.da, self.db, self.dkind, self.dpar)
 
     def input_voltages(self, X) -> np.ndarray:
         """Mirrored input source voltages (B, 2 n_in) in V for pixels ``X`` (B, n_in) in [0, 1]."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.spec.sizes[0]:
             raise CircuitError(f"inputs have shape {X.shape}, expected (B, {self.spec.sizes[0]})")
+        if not np.all(np.isfinite(X)):
+            bad = np.argwhere(~np.isfinite(X))[:3].tolist()
+            raise CircuitError(f"inputs contain NaN or Inf (sample, pixel) {bad}: no circuit "
+                               f"can be driven by them")
         V = self.spec.input_volts
         return np.ascontiguousarray(np.concatenate([V * X, -V * X], axis=1))
 
-    def source_currents(self, X, params, arrays=None):
-        """Free-node source currents ``b`` (B, nF) in A for a batch of inputs."""
-        GKK, GKE, gEE, b0 = self.arrays(params) if arrays is None else arrays
-        U = self.input_voltages(X)
-        return source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], b0,
+    def source_currents(self, U, params, system: KernelSystem) -> np.ndarray:
+        """Free-node source currents ``b`` (B, nF) in A for input source voltages ``U``
+        (B, 2 n_in) in V (see :meth:`input_voltages`)."""
+        return source_currents(U, np.ascontiguousarray(params["W1"]), self.offset[1], system.b0,
                                np.zeros((1, self.nF)))
 
-    def solve_b(self, b, arrays, x0=None, check=True, cache=None):
-        """Solve for free-node voltages (B, nF) in V given source currents ``b`` (B, nF) in A.
-
-        ``cache``: a :meth:`factor_cache` shared by solves with the same ``arrays`` (see
-        :func:`fastres.solve.solve_kernel`)."""
-        GKK, GKE, gEE, _ = arrays
-        B = b.shape[0]
-        if x0 is None:
-            x = np.zeros((B, self.nF))
-        else:
-            x = np.array(x0, dtype=np.float64, copy=True)
-        it, res, st = solve_kernel(GKK, GKE, gEE, np.ascontiguousarray(b), self.vdfix, self.da,
-                                   self.db, self.dkind, self.dpar, x, self.alg, cache)
-        if check and np.any(st != 0):
-            bad = np.flatnonzero(st != 0)
-            raise ConvergenceError(f"network solve did not converge for {bad.size} of {B} samples "
-                                   f"(first: {bad[0]}, {STATUS_TEXT[int(st[bad[0]])]})", samples=bad)
-        return x, it, st
+    def problem(self, params, X, *, system=None, x0=None, cache=None, U=None) -> "NetworkProblem":
+        """The DC problem of inputs ``X`` (B, n_in) in [0, 1] with conductances ``params`` (S);
+        ``system`` if already built (see :meth:`system`), ``x0`` (B, nF) V a start (default:
+        :meth:`initial_guess`), ``cache`` a :meth:`factor_cache` shared by solves of the same
+        system; ``U`` the input source voltages if already built (:meth:`input_voltages`)."""
+        return NetworkProblem(self, params, X, system=system, x0=x0, cache=cache, U=U)
 
     def factor_cache(self, B):
-        """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solve.factor_cache`)."""
+        """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solver.factor_cache`)."""
         return factor_cache(B, self.nK, self.da.shape[0])
 
     def mirrored(self, l) -> np.ndarray:
@@ -289,11 +291,11 @@ class LayeredNetwork:
         its rails moved out by the diode's turn-on voltage (see :func:`turn_on_volts`)."""
         return self._clip[l]
 
-    def initial_guess(self, b, params, arrays) -> np.ndarray:
+    def initial_guess(self, b, params, system: KernelSystem) -> np.ndarray:
         """A feed-forward start (B, nF) in V: each layer at the voltage its inputs alone would
         give it (source currents over its diagonal conductance), hidden layers clipped at the
         diodes' turn-on voltages. Newton then starts near the operating point."""
-        GKK, GKE, gEE, b0 = arrays
+        GKK, gEE = system.GKK, system.gEE
         x = np.zeros_like(b)
         n = self.nodes_per_layer
         for l in range(1, self.L + 1):
@@ -305,7 +307,7 @@ class LayeredNetwork:
             v = cur / diag
             if l < self.L or self.spec.output_diodes:
                 np.clip(v, *self.clip_range(l), out=v)
-                if self.dkind[0] == 0:  # Shockley: settle each node against its own diodes
+                if isinstance(self.spec.model, Shockley):  # settle each node against its own diodes
                     v = self._node_clamp(v, cur, diag, *self.rails(l))
             x[:, o:o + n[l]] = v
         return x
@@ -402,3 +404,70 @@ class LayeredNetwork:
             else:
                 out += [f"h{l}_{j}" for j in range(n[l])]
         return out
+
+
+@dataclass
+class NetworkSolution(_Result):
+    """Result of solving a :class:`NetworkProblem`: ``x`` (B, nF) free-node voltages (V) in
+    kernel order (``net.layer(x, l)``, ``net.outputs(x)``); ``iterations``, ``residual`` (A),
+    ``status``, ``converged``, ``retcode`` as for a circuit."""
+
+    net: LayeredNetwork
+    x: np.ndarray
+    iterations: np.ndarray
+    residual: np.ndarray
+    status: np.ndarray
+
+    def layer(self, l) -> np.ndarray:
+        """Voltages (B, nodes of layer l) of layer ``l`` (1..L), V."""
+        return self.net.layer(self.x, l)
+
+    def outputs(self) -> np.ndarray:
+        """Class outputs ``V(o_k+) - V(o_k-)`` (B, n_classes), V."""
+        return self.net.outputs(self.x)
+
+
+class NetworkProblem:
+    """The DC problem of a layered network for a batch of inputs (see
+    :meth:`LayeredNetwork.problem`); solved by :func:`fastres.solver.solve`.
+
+    Attributes built once and shared with the problems derived by :meth:`nudged`: ``U``
+    (B, 2 n_in) input source voltages (V), ``b`` (B, nF) the free phase's source currents (A),
+    ``system`` the :class:`KernelSystem`.
+    """
+
+    what = "network solve"
+
+    def __init__(self, net: LayeredNetwork, params, X, *, system=None, x0=None, cache=None,
+                 inj=None, U=None, b=None):
+        self.net = net
+        self.params = params
+        self.X = X
+        self.system_ = net.system(params) if system is None else system
+        self.U = net.input_voltages(X) if U is None else U
+        self.b = net.source_currents(self.U, params, self.system_) if b is None else b
+        self.x0 = x0
+        self.cache = cache
+        self.inj = inj
+
+    def nudged(self, inj, x0) -> "NetworkProblem":
+        """The same problem with currents ``inj`` (B, nF) in A injected (EqProp's nudged
+        phase), started from ``x0`` (B, nF) V and sharing the factor cache."""
+        return NetworkProblem(self.net, self.params, self.X, system=self.system_, x0=x0,
+                              cache=self.cache, inj=inj, U=self.U, b=self.b)
+
+    # -- the solve protocol (see fastres.solver.solve) ---------------------------------------
+    def system(self, alg) -> KernelSystem:
+        return self.system_
+
+    def batch(self, alg):
+        b = self.b if self.inj is None else self.b + self.inj
+        return b, self.net.vdfix
+
+    def start(self, alg, B) -> np.ndarray:
+        if self.x0 is None:
+            return self.net.initial_guess(self.b, self.params, self.system_)
+        return np.array(self.x0, dtype=np.float64, copy=True)
+
+    def solution(self, alg, x, it, res, st) -> NetworkSolution:
+        return NetworkSolution(self.net, x, it, res, st)

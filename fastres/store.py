@@ -16,7 +16,11 @@ Usage::
     run.metrics()["loss"]; ck = run.load_checkpoint(); rng = restore_generator(ck.rng_state)
     run = RunStore.open("RUN.h5", writable=True)  # resume training
 
-The file layout (layout_version 1) is documented in ``docs/hdf5-layout.md``.
+The file layout (layout_version 2; see :data:`READABLE_LAYOUTS`) is documented in
+``docs/hdf5-layout.md``. Layout versions differ only in how the ``config`` attribute is
+organised (1: flat options, 2: sections); this module stores and returns it as it is, and
+:func:`fastres.config.config_from_stored` migrates it by the file's :attr:`RunStore.layout_version`.
+A file keeps the version it was created with when a resumed run appends to it.
 
 Crash safety
 ------------
@@ -39,6 +43,7 @@ targets.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import numbers
 import os
@@ -71,8 +76,10 @@ __all__ = [
 
 #: Value of the root attribute ``format`` identifying a fastres run file.
 FORMAT = "fastres-run"
-#: Value of the root attribute ``layout_version`` written by this module.
-LAYOUT_VERSION = 1
+#: Value of the root attribute ``layout_version`` written by this module (new files).
+LAYOUT_VERSION = 2
+#: Layout versions this module opens (their groups and datasets are the same).
+READABLE_LAYOUTS = (1, 2)
 
 #: Root attributes owned by the store; config/meta keys with these names get no
 #: convenience attribute (they remain in the JSON ``config`` / ``meta`` attributes).
@@ -281,8 +288,7 @@ def _default_meta() -> dict:
 
     fastres_version = version("fastres")
     if fastres_version is None:
-        import fastres
-        fastres_version = fastres.__version__
+        from .version import __version__ as fastres_version
     return {
         "fastres_version": fastres_version,
         "created": _utc_now(),
@@ -434,9 +440,9 @@ def _validate(f: h5py.File, path: Path) -> None:
     version = attrs.get("layout_version")
     if version is None:
         raise StoreError(f"{path}: fastres run has no root attribute 'layout_version'")
-    if int(version) != LAYOUT_VERSION:
+    if int(version) not in READABLE_LAYOUTS:
         raise StoreError(f"{path}: unknown fastres layout_version {int(version)} "
-                         f"(this fastres reads layout_version {LAYOUT_VERSION}); "
+                         f"(this fastres reads layout versions {', '.join(map(str, READABLE_LAYOUTS))}); "
                          f"upgrade fastres or convert the file")
     for name in _REQUIRED_ROOT_ATTRS:
         if name not in attrs:
@@ -467,8 +473,9 @@ def _write_arrays(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
         if a.ndim == 0 or a.size == 0:  # scalars/empties cannot be chunked
             group.create_dataset(name, data=a)
         else:
+            # fletcher32: HDF5 checksums every chunk and refuses to read a corrupted one
             group.create_dataset(name, data=a, chunks=True, compression="gzip",
-                                 compression_opts=_GZIP_LEVEL, shuffle=True)
+                                 compression_opts=_GZIP_LEVEL, shuffle=True, fletcher32=True)
 
 
 def _read_arrays(group: h5py.Group) -> dict[str, np.ndarray]:
@@ -493,12 +500,32 @@ def _append_metrics(f: h5py.File, row: dict[str, float | int]) -> None:
         ds[n] = value
 
 
-def _read_metrics(f: h5py.File) -> dict[str, np.ndarray]:
+def _metrics_digest(out: dict) -> str:
+    """sha256 over the metric names and their values (little-endian bytes), in stored order."""
+    h = hashlib.sha256()
+    for name, a in out.items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def _seal_metrics(f: h5py.File) -> None:
+    """Store the checksum of ``/metrics`` (attribute ``sha256``) after a change."""
+    f["metrics"].attrs["sha256"] = _metrics_digest(_read_metrics(f, verify=False))
+
+
+def _read_metrics(f: h5py.File, verify: bool = True) -> dict[str, np.ndarray]:
+    """The metrics; with ``verify``, checked against their stored checksum (files written
+    before metrics had one are read as they are)."""
     g = f["metrics"]
     out = {"epoch": g["epoch"][()]} if "epoch" in g else {}
     for name, ds in g.items():
         if name != "epoch":
             out[name] = ds[()]
+    want = g.attrs.get("sha256")
+    if verify and want is not None and _metrics_digest(out) != want:
+        raise StoreError(f"{f.filename}: the metrics do not match their checksum: the file was "
+                         f"altered or corrupted after it was written")
     return out
 
 
@@ -515,9 +542,11 @@ class RunStore:
     (read-only unless ``writable=True``).
     """
 
-    def __init__(self, path, *, writable: bool, _config: dict, _meta: dict):
+    def __init__(self, path, *, writable: bool, _config: dict, _meta: dict,
+                 _layout_version: int = LAYOUT_VERSION):
         self.path = Path(path)
         self.writable = writable
+        self.layout_version = int(_layout_version)  # of the file's config (see the module doc)
         self._config = _config
         self._meta = _meta
         self._closed = False
@@ -572,7 +601,13 @@ class RunStore:
                 convenience[k] = s
             elif v is not None:
                 convenience[k] = _dumps(v, f"meta[{k!r}]", where)
-        for k, v in config.items():
+        flat_config = {}
+        for k, v in config.items():  # sections are flattened one level for the root attributes
+            if isinstance(v, dict):
+                flat_config.update(v)
+            else:
+                flat_config[k] = v
+        for k, v in flat_config.items():
             if not isinstance(k, str) or k in RESERVED_ROOT_ATTRS:
                 continue
             s = _attr_scalar(v)
@@ -591,25 +626,33 @@ class RunStore:
             _remove_stale_tmp(path, all_others=True)
             tmp = _tmp_path(path)
             try:
-                with _h5open(tmp, "w") as f:
-                    f.attrs["format"] = FORMAT
-                    f.attrs["layout_version"] = LAYOUT_VERSION
-                    f.attrs["config"] = config_json
-                    f.attrs["meta"] = meta_json
-                    f.attrs["dataset_checksums"] = _dumps(checksums, "dataset_checksums", where)
-                    for k, v in convenience.items():
-                        f.attrs[k] = v
-                    f.create_group("checkpoints", track_order=True)
-                    f.create_group("metrics", track_order=True)
-                    f.create_group("samples", track_order=True)
-                    ds = f.create_group("dataset")
-                    if isinstance(full_meta.get("dataset"), str):
-                        ds.attrs["name"] = full_meta["dataset"]
-                    for fname, digest in checksums.items():
-                        ds.attrs[fname] = digest
-                    _write_checkpoint_group(f, 0, params, {}, rng0, {}, where)
-                    f.attrs["latest_checkpoint"] = 0
-                _fsync_path(tmp)
+                try:
+                    with _h5open(tmp, "w") as f:
+                        f.attrs["format"] = FORMAT
+                        f.attrs["layout_version"] = LAYOUT_VERSION
+                        f.attrs["config"] = config_json
+                        f.attrs["meta"] = meta_json
+                        f.attrs["dataset_checksums"] = _dumps(checksums, "dataset_checksums", where)
+                        for k, v in convenience.items():
+                            f.attrs[k] = v
+                        f.create_group("checkpoints", track_order=True)
+                        f.create_group("metrics", track_order=True)
+                        f.create_group("samples", track_order=True)
+                        ds = f.create_group("dataset")
+                        if isinstance(full_meta.get("dataset"), str):
+                            ds.attrs["name"] = full_meta["dataset"]
+                        for fname, digest in checksums.items():
+                            ds.attrs[fname] = digest
+                        _write_checkpoint_group(f, 0, params, {}, rng0, {}, where)
+                        f.attrs["latest_checkpoint"] = 0
+                        f.flush()  # write errors (ENOSPC) surface here, not in a silent close
+                    _fsync_path(tmp)
+                    with _h5open(tmp, "r") as f:  # complete, or no run file is created
+                        _validate(f, tmp)
+                except (OSError, StoreError, RuntimeError) as e:
+                    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                    raise StoreError(f"{path}: cannot create the run file ({reason}); nothing was "
+                                     f"written") from e
                 if overwrite:
                     os.replace(tmp, path)
                 else:
@@ -636,7 +679,8 @@ class RunStore:
             _validate(f, path)
             config = _loads(f.attrs["config"], "config", str(path))
             meta = _loads(f.attrs["meta"], "meta", str(path))
-        return cls(path, writable=writable, _config=config, _meta=meta)
+            version = int(f.attrs["layout_version"])
+        return cls(path, writable=writable, _config=config, _meta=meta, _layout_version=version)
 
     # ---- lifecycle
     def close(self) -> None:
@@ -667,30 +711,75 @@ class RunStore:
             _validate(f, self.path)
             yield f
 
-    def _commit(self, fn: Callable[[h5py.File], None]) -> None:
-        """Copy-on-write commit: copy, modify the copy, fsync, atomically replace."""
+    def _commit(self, fn: Callable[[h5py.File], None], need_bytes: int = 0) -> None:
+        """Copy-on-write commit: copy, modify the copy, flush, verify, fsync, atomically replace.
+
+        Any failure before the replace (disk full, I/O error, a write error that HDF5 would
+        only report while closing) leaves ``RUN.h5`` untouched and raises :class:`StoreError`
+        saying so; the copy is discarded. ``need_bytes``: the (uncompressed) size of what
+        ``fn`` adds. The free space is checked first (the copy, plus that, plus 1 MiB), since
+        HDF5 does not survive running out of space in the middle of a write."""
         self._check_open(write=True)
         path = self.path
         with _writer_lock(path):
             _remove_stale_tmp(path, all_others=True)
             if not path.exists():
                 raise StoreError(f"{path}: run file does not exist (deleted or moved?)")
+            need = path.stat().st_size + int(need_bytes) + (1 << 20)
+            try:
+                free = shutil.disk_usage(path.parent).free
+            except OSError:
+                free = need
+            if free < need:
+                raise StoreError(
+                    f"{path}: cannot commit to the run file (not enough disk space: the commit needs "
+                    f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); the file is "
+                    f"unchanged and keeps its last checkpoint. Free disk space (or copy the file "
+                    f"elsewhere) and continue with: fastres train --resume {path}")
             tmp = _tmp_path(path)
             try:
                 try:
                     shutil.copyfile(path, tmp)
-                except OSError as e:
-                    raise StoreError(f"{path}: cannot copy run file to {tmp}: {e}") from e
-                with _h5open(tmp, "r+") as f:
-                    _validate(f, path)
-                    fn(f)
-                _fsync_path(tmp)
+                    with _h5open(tmp, "r+") as f:
+                        _validate(f, path)
+                        fn(f)
+                        f.flush()  # write errors (ENOSPC) surface here, not in a silent close
+                    _fsync_path(tmp)
+                    with _h5open(tmp, "r") as f:  # the copy is a complete run, or it goes
+                        _validate(f, tmp)
+                except (OSError, StoreError, RuntimeError) as e:
+                    if isinstance(e, StoreError) and "not after the latest" in str(e):
+                        raise
+                    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                    raise StoreError(
+                        f"{path}: cannot commit to the run file ({reason}); the file is unchanged "
+                        f"and keeps its last checkpoint. Free disk space (or copy the file "
+                        f"elsewhere) and continue with: fastres train --resume {path}") from e
                 os.replace(tmp, path)
                 _fsync_path(path.parent, directory=True)
             finally:
                 _discard(tmp)
 
     # ---- writers
+    def update_config(self, config: dict, note: dict | None = None) -> None:
+        """Replace the stored ``config`` (the file keeps its layout version, so ``config`` must
+        be in that version's form) in one atomic commit, appending ``note`` (e.g. what a resume
+        changed and the command that did it) to ``meta["config_changes"]``."""
+        where = str(self.path)
+        config_json = _dumps(config, "config", where)
+        meta = copy.deepcopy(self._meta)
+        if note is not None:
+            meta.setdefault("config_changes", []).append(note)
+        meta_json = _dumps(meta, "meta", where)
+
+        def fn(f: h5py.File) -> None:
+            f.attrs["config"] = config_json
+            f.attrs["meta"] = meta_json
+
+        self._commit(fn, len(config_json) + len(meta_json))
+        self._config = _loads(config_json, "config", where)
+        self._meta = _loads(meta_json, "meta", where)
+
     def append_epoch(self, metrics: dict) -> None:
         """Append one metrics row (``epoch`` required) in one atomic commit.
 
@@ -699,7 +788,11 @@ class RunStore:
         length afterwards.
         """
         row = _check_metrics(metrics, f"{self.path}: append_epoch")
-        self._commit(lambda f: _append_metrics(f, row))
+        def fn(f: h5py.File) -> None:
+            _append_metrics(f, row)
+            _seal_metrics(f)
+
+        self._commit(fn)
 
     def write_checkpoint(self, epoch: int, params: dict, optimizer: dict, rng_state,
                          extra: dict | None = None, metrics: dict | None = None,
@@ -748,9 +841,11 @@ class RunStore:
                 _write_arrays(g, extra_arrays)
             if row is not None:
                 _append_metrics(f, row)
+                _seal_metrics(f)
             f.attrs["latest_checkpoint"] = epoch
 
-        self._commit(fn)
+        added = sum(a.nbytes for d in (params, optimizer, extra_arrays) for a in d.values())
+        self._commit(fn, added + 64 * 1024)
 
     # ---- readers
     @property

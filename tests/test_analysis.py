@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastres import analysis_cli
+from fastres.cli import analysis as analysis_cli
+from fastres.cli import main as fastres_main
 from fastres.analysis import open_run
 from fastres.report import compare_runs, make_report, parse_summary
 from fastres.store import RunStore, StoreError
@@ -62,8 +63,8 @@ def gradcheck_run(tmp_path_factory):
 
 
 def cli(argv, capsys):
-    """Run ``fastres <argv>`` through a parser holding only the analysis commands."""
-    rc = analysis_cli.main([str(a) for a in argv])
+    """Run ``fastres <argv>`` (the analysis commands) through the one command-line entry."""
+    rc = fastres_main([str(a) for a in argv])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -73,7 +74,10 @@ def cli(argv, capsys):
 def test_reader_matches_store(run_file):
     run = open_run(run_file)
     store = RunStore.open(run_file)
-    assert run.config == store.config and run.meta == store.meta
+    assert run.meta == store.meta and store.layout_version == 2
+    # the stored config is sectioned (layout 2); the reader gives it flat, migrated
+    assert run.train_config().to_dict() == store.config
+    assert run.config == {k: v for sec in store.config.values() for k, v in sec.items()}
     m = run.metrics
     ref = store.metrics()
     assert list(m) == list(ref)
@@ -144,7 +148,7 @@ def test_report_files_and_summary_numbers(run_file, tmp_path):
             assert Path(f).read_bytes()[:8] == PNG_SIGNATURE and Path(f).stat().st_size > 5000
     summary = parse_summary((out / "summary.txt").read_text())
     store = RunStore.open(run_file)
-    m, cfg = store.metrics(), store.config
+    m, cfg = store.metrics(), open_run(run_file).config  # flat options
     te = m["test_error"]
     assert float(summary["best_test_error"]) == float(np.min(te))
     assert int(summary["best_epoch"]) == int(m["epoch"][np.argmin(te)])

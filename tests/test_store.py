@@ -264,8 +264,8 @@ def test_hdf5_not_a_run_and_bad_layouts(tmp_path):
             edit(f)
         return p
 
-    p = broken("v2", lambda f: f.attrs.__setitem__("layout_version", 2))
-    with pytest.raises(StoreError, match="unknown fastres layout_version 2"):
+    p = broken("v3", lambda f: f.attrs.__setitem__("layout_version", 3))
+    with pytest.raises(StoreError, match="unknown fastres layout_version 3"):
         RunStore.open(p)
     p = broken("nometrics", lambda f: f.__delitem__("metrics"))
     with pytest.raises(StoreError, match="missing required group '/metrics'"):

@@ -1,0 +1,549 @@
+"""The configuration of a training run, in sections, and the migration of stored configs.
+
+A run is described by six sections, each a small frozen dataclass::
+
+    network    the circuit's physics: architecture, diodes, voltages (V), conductances (S)
+    estimator  the gradient estimator: EqProp variant or the exact gradient, beta, loss target
+    optimizer  SGD on the conductances: learning rates, momentum, decay, minibatch
+    data       which dataset, where, how many samples
+    solver     Newton tolerances (V, A) and the evaluation batch
+    run        epochs, seed, what the run file keeps, the MLP baseline's activation
+
+This module is the ONE source of the defaults: :class:`~fastres.network.NetworkSpec` and the
+command line take theirs from here. Every option has a unique name across the sections, so
+the command line, a flat TOML/JSON file and a run file of layout version 1 can name options
+without sections (:meth:`TrainConfig.from_flat`); a sectioned file uses ``[network]`` etc.
+
+Stored configs are migrated by the run file's ``layout_version`` (:func:`config_from_stored`):
+version 1 stored the options flat (and predates ``paired``: absent means unpaired) and version
+2 stores the sections. Units: volts (V), siemens (S), amperes (A); learning rates are
+dimensionless (a step changes a conductance by ``-lr * g_max^2 * dC/dg``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .devices import make_diode, turn_on_volts
+from .errors import ConfigError, FastresError
+
+ESTIMATORS = ("centered", "one-sided", "random-sign", "exact")
+DATASETS = ("mnist", "fashion-mnist")
+MLP_ACTIVATIONS = ("auto", "hardtanh", "relu")
+
+#: The layout version whose config this fastres writes (sections); 1 was flat.
+CONFIG_LAYOUT = 2
+
+
+def parse_arch(arch) -> tuple:
+    """``"784-100-10"`` or a sequence of ints -> a tuple of layer sizes (input first)."""
+    if isinstance(arch, (list, tuple)):
+        try:
+            sizes = tuple(int(s) for s in arch)
+        except (TypeError, ValueError):
+            raise ConfigError(f"arch {arch!r}: expected sizes like 784-100-10") from None
+    else:
+        try:
+            sizes = tuple(int(s) for s in str(arch).split("-"))
+        except ValueError:
+            raise ConfigError(f"arch {arch!r}: expected sizes like 784-100-10") from None
+    if len(sizes) < 2 or any(s <= 0 for s in sizes):
+        raise ConfigError(f"arch {arch!r}: need at least an input and an output layer, all sizes > 0")
+    return sizes
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _finite(section, **values):
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ConfigError(f"{section}.{key}={v!r} must be a finite number")
+
+
+def _at_least_one(section, **values):
+    for key, v in values.items():
+        if not _is_int(v) or v < 1:
+            raise ConfigError(f"{section}.{key}={v!r} must be an integer >= 1")
+
+
+def _plain(obj):
+    """numpy scalars as Python numbers (a config is stored as JSON)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+            object.__setattr__(obj, f.name, int(v))
+        elif isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
+            object.__setattr__(obj, f.name, float(v))
+        elif isinstance(v, np.bool_):
+            object.__setattr__(obj, f.name, bool(v))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The circuit (see :mod:`fastres.network`). Volts, siemens.
+
+    ``input_volts``: a pixel of 1 drives +-``input_volts``; ``rail_lo`` None: the diode's
+    turn-on voltage, so hidden nodes clamp at 0 V; ``rail_hi`` at the inputs' full scale, so
+    the upper diodes never conduct (a rectifier); ``paired`` None: paired hidden layers when
+    there are two or more hidden layers, all of even size. Initial conductances are drawn
+    uniformly from ``[init_lo, init_hi]``; ``gmin`` (S) sits across every junction diode.
+    """
+
+    arch: str = "784-100-10"
+    diode: str = "shockley"
+    diode_params: dict = field(default_factory=dict)
+    input_volts: float = 100.0
+    bias_volts: float = 1.0
+    rail_lo: float | None = None
+    rail_hi: float = 100.0
+    g_min: float = 1e-7
+    g_max: float = 1e-4
+    init_lo: float = 1e-7
+    init_hi: float = 5e-5
+    gain: float = 1.0
+    output_diodes: bool = False
+    paired: bool | None = None
+    gmin: float = 1e-12
+
+    def __post_init__(self):
+        _plain(self)
+        sizes = parse_arch(self.arch)
+        object.__setattr__(self, "arch", "-".join(map(str, sizes)))
+        if not isinstance(self.diode_params or {}, dict):
+            raise ConfigError(f"network.diode_params={self.diode_params!r} must be a table of numbers")
+        object.__setattr__(self, "diode_params", dict(self.diode_params or {}))
+        _finite("network", input_volts=self.input_volts, bias_volts=self.bias_volts,
+                rail_hi=self.rail_hi, g_min=self.g_min, g_max=self.g_max, init_lo=self.init_lo,
+                init_hi=self.init_hi, gain=self.gain, gmin=self.gmin)
+        if self.rail_lo is not None:
+            _finite("network", rail_lo=self.rail_lo)
+        if not 0 < self.g_min < self.g_max:
+            raise ConfigError(f"conductance bounds must satisfy 0 < g_min < g_max, got "
+                              f"{self.g_min}, {self.g_max} S")
+        if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
+            raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
+        if self.gain <= 0:
+            raise ConfigError(f"network.gain={self.gain!r}: the amplifier gain must be > 0")
+        if self.gmin < 0:
+            raise ConfigError(f"network.gmin={self.gmin!r} must be >= 0 S")
+        if not isinstance(self.output_diodes, bool):
+            raise ConfigError(f"output_diodes={self.output_diodes!r} must be true or false")
+        if not isinstance(self.diode, str) or not isinstance(self.diode_params, dict):
+            raise ConfigError(f"network.diode={self.diode!r} must be a model name and diode_params a table")
+        if self.paired is not None and not isinstance(self.paired, bool):
+            raise ConfigError(f"paired={self.paired!r} must be true, false or unset (auto)")
+        if self.paired and any(h % 2 for h in sizes[1:-1]):
+            raise ConfigError(f"sizes {sizes!r}: paired hidden layers need an even number of nodes "
+                              f"each (or unpaired layers: paired false, --paired no)")
+        try:
+            make_diode(self.diode, **self.diode_params)
+        except (FastresError, TypeError) as exc:
+            raise ConfigError(f"network.diode {self.diode!r} with parameters {self.diode_params}: {exc}") from None
+
+    @property
+    def sizes(self) -> tuple:
+        return parse_arch(self.arch)
+
+    def is_paired(self) -> bool:
+        """``paired``, or by default when there are two or more hidden layers, all of even
+        size: unpaired, a layer after the first sees only non-negative voltages through positive
+        conductances and never reaches its diodes."""
+        if self.paired is not None:
+            return self.paired
+        hidden = self.sizes[1:-1]
+        return len(hidden) >= 2 and all(h % 2 == 0 for h in hidden)
+
+    def lower_rail(self) -> float:
+        """The lower rail (V): ``rail_lo``, or the diode's turn-on voltage, which puts the lower
+        clamp of every hidden node at 0 V (a rectifier at 0 V, like a ReLU)."""
+        if self.rail_lo is not None:
+            return float(self.rail_lo)
+        return turn_on_volts(make_diode(self.diode, **self.diode_params), self.gmin)
+
+    def one_sided(self) -> bool:
+        """True when the upper clipping diodes can never conduct: every node voltage is a
+        weighted mean of source voltages (times the amplifier gains), so a node stays below
+        ``input_volts * gain^(L-1)``; the activation is then a rectifier (ReLU-like)."""
+        reach = max(abs(self.input_volts), abs(self.bias_volts)) * max(1.0, self.gain) ** (len(self.sizes) - 2)
+        return self.rail_hi >= reach
+
+    def resolved(self) -> "NetworkConfig":
+        """This config with the automatic choices made (``paired``); what a run file stores."""
+        return dataclasses.replace(self, paired=self.is_paired())
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """The gradient estimator (see :mod:`fastres.eqprop`).
+
+    ``estimator``: ``centered`` (nudges of +-beta, error O(beta^2)), ``one-sided`` (+beta,
+    O(beta)), ``random-sign`` (one-sided with a random sign per step) or ``exact`` (implicit
+    differentiation; not a circuit procedure, a reference). ``beta_rel``: beta relative to the
+    mean output-node conductance, so the nudge moves the outputs by about ``beta_rel`` volts per
+    volt of error. ``target_volts``: the one-hot target (V). ``gradcheck_every`` epochs, the run
+    records the EqProp-vs-exact gradient error on ``gradcheck_samples`` test samples (0: never).
+    """
+
+    estimator: str = "centered"
+    beta_rel: float = 0.1
+    target_volts: float = 0.5
+    gradcheck_every: int = 0
+    gradcheck_samples: int = 16
+
+    def __post_init__(self):
+        _plain(self)
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        _finite("estimator", beta_rel=self.beta_rel, target_volts=self.target_volts)
+        if not self.beta_rel > 0:
+            raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0 (the nudging strength)")
+        if not _is_int(self.gradcheck_every) or self.gradcheck_every < 0:
+            raise ConfigError(f"gradcheck_every={self.gradcheck_every!r} must be an integer >= 0")
+        _at_least_one("estimator", gradcheck_samples=self.gradcheck_samples)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD with momentum on the conductances, clipped to ``[g_min, g_max]``.
+
+    ``lr``: one dimensionless learning rate per layer (None: 100 for the input layer, which sees
+    ``2 n_in`` sources, and 30 for the others); decayed by ``lr_decay`` per epoch.
+    """
+
+    lr: tuple | None = None
+    momentum: float = 0.0
+    lr_decay: float = 0.9
+    batch_size: int = 20
+
+    def __post_init__(self):
+        _plain(self)
+        if self.lr is not None:
+            lr = (self.lr,) if isinstance(self.lr, (int, float)) else self.lr
+            try:
+                lr = tuple(float(v) for v in lr)
+            except (TypeError, ValueError):
+                raise ConfigError(f"lr {self.lr!r}: expected numbers") from None
+            if any(not math.isfinite(v) or v < 0 for v in lr):
+                raise ConfigError(f"lr {list(lr)}: learning rates must be finite and >= 0")
+            object.__setattr__(self, "lr", lr)
+        _finite("optimizer", momentum=self.momentum, lr_decay=self.lr_decay)
+        if not (0 < self.lr_decay <= 1):
+            raise ConfigError(f"lr_decay={self.lr_decay!r} must be in (0, 1] (a factor per epoch)")
+        if not (0 <= self.momentum < 1):
+            raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
+        _at_least_one("optimizer", batch_size=self.batch_size)
+
+    def rates(self, n_layers: int) -> list:
+        """The learning rate of each of ``n_layers`` conductance layers."""
+        if self.lr is None:
+            return [100.0] + [30.0] * (n_layers - 1)
+        if len(self.lr) == 1 and n_layers > 1:
+            return [self.lr[0]] * n_layers
+        if len(self.lr) != n_layers:
+            raise ConfigError(f"lr: need one learning rate per layer ({n_layers}), got {len(self.lr)}")
+        return list(self.lr)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The dataset: ``mnist`` or ``fashion-mnist``, looked up in ``data`` (a directory) or the
+    search path (see :mod:`fastres.datasets`); the first ``n_train`` / ``n_test`` samples."""
+
+    dataset: str = "mnist"
+    data: str | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+
+    def __post_init__(self):
+        _plain(self)
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}: use 'mnist' or 'fashion-mnist'")
+        for key in ("n_train", "n_test"):
+            v = getattr(self, key)
+            if v is not None:
+                _at_least_one("data", **{key: v})
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Newton's SPICE-style tolerances (see :class:`fastres.solver.Newton`): ``reltol``,
+    ``vntol`` (V), ``abstol`` (A), ``maxiter``; ``eval_batch`` samples per evaluation solve."""
+
+    reltol: float = 1e-12
+    vntol: float = 1e-12
+    abstol: float = 1e-15
+    maxiter: int = 100
+    eval_batch: int = 10000
+
+    def __post_init__(self):
+        _plain(self)
+        _finite("solver", reltol=self.reltol, vntol=self.vntol, abstol=self.abstol)
+        if min(self.reltol, self.vntol, self.abstol) < 0:
+            raise ConfigError("solver tolerances must be >= 0")
+        _at_least_one("solver", maxiter=self.maxiter, eval_batch=self.eval_batch)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``epochs`` to train, the ``seed`` of every random draw, ``store_samples`` test samples
+    whose node voltages each checkpoint keeps, and the MLP baseline's hidden activation
+    (``auto``: the one the diodes make)."""
+
+    epochs: int = 10
+    seed: int = 0
+    store_samples: int = 256
+    mlp_activation: str = "auto"
+
+    def __post_init__(self):
+        _plain(self)
+        _at_least_one("run", epochs=self.epochs)
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} must be an integer >= 0")
+        if not _is_int(self.store_samples) or self.store_samples < 0:
+            raise ConfigError(f"store_samples={self.store_samples!r} must be an integer >= 0")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
+
+
+SECTIONS = {"network": NetworkConfig, "estimator": EstimatorConfig, "optimizer": OptimizerConfig,
+            "data": DataConfig, "solver": SolverConfig, "run": RunConfig}
+
+#: flat option name -> its section (names are unique across sections)
+OPTION_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+#: names of both a section and an option in it: ``data`` (directory), ``estimator`` (method)
+_SHARED_NAMES = tuple(s for s in SECTIONS if s in OPTION_SECTION)
+
+_INT_OPTIONS = {"epochs", "seed", "store_samples", "batch_size", "n_train", "n_test", "maxiter",
+                "eval_batch", "gradcheck_every", "gradcheck_samples"}
+
+
+def _coerce(name, value):
+    """A flat option's value as its field expects it (ints from JSON floats like 2.0)."""
+    if name in _INT_OPTIONS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if name in ("lr",) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class TrainConfig:
+    """Every option of a training run: six sections (see the module docstring).
+
+    ``TrainConfig(network=NetworkConfig(...), optimizer=...)`` from sections, or
+    ``TrainConfig(arch="784-100-10", diode="pwl", lr=[100, 30])`` from flat option names
+    (both may be mixed: flat names override the given sections). Immutable: derive a changed
+    config with :meth:`replace`.
+    """
+
+    __slots__ = tuple(SECTIONS)
+
+    def __init__(self, network=None, estimator=None, optimizer=None, data=None, solver=None,
+                 run=None, **options):
+        given = {"network": network, "estimator": estimator, "optimizer": optimizer,
+                 "data": data, "solver": solver, "run": run}
+        for name in _SHARED_NAMES:  # `data` and `estimator` name a section and an option
+            v = given[name]
+            if v is not None and not isinstance(v, (dict, SECTIONS[name])):
+                options[name] = v
+                given[name] = None
+        unknown = sorted(set(options) - set(OPTION_SECTION))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        for sec, cls in SECTIONS.items():
+            base = given[sec]
+            if base is None:
+                base = cls()
+            elif isinstance(base, dict):
+                base = _section_from_dict(sec, base)
+            elif not isinstance(base, cls):
+                raise ConfigError(f"section {sec}: expected a {cls.__name__}, got {type(base).__name__}")
+            mine = {k: _coerce(k, v) for k, v in options.items() if OPTION_SECTION[k] == sec}
+            if mine:
+                try:
+                    base = dataclasses.replace(base, **mine)
+                except TypeError as exc:
+                    raise ConfigError(f"section {sec}: {exc}") from None
+            object.__setattr__(self, sec, base)
+        self.optimizer.rates(len(self.network.sizes) - 1)  # one rate per layer
+
+    def __setattr__(self, name, value):
+        raise AttributeError("TrainConfig is immutable: use cfg.replace(...)")
+
+    def __eq__(self, other):
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return "TrainConfig(" + ", ".join(f"{s}={getattr(self, s)!r}" for s in SECTIONS) + ")"
+
+    def replace(self, **options) -> "TrainConfig":
+        """A copy with sections (``network=NetworkConfig(...)``) or flat options replaced."""
+        secs = {s: getattr(self, s) for s in SECTIONS}
+        for s in SECTIONS:
+            if s in options and (_is_section(s, options[s]) or isinstance(options[s], SECTIONS[s])):
+                v = options.pop(s)
+                secs[s] = v if isinstance(v, SECTIONS[s]) else _section_from_dict(s, v)
+        for name in _SHARED_NAMES:  # the option of the same name as a section
+            if name in options:
+                secs[name] = dataclasses.replace(secs[name], **{name: options.pop(name)})
+        return TrainConfig(**secs, **options)
+
+    # -- derived quantities ------------------------------------------------------------------
+    @property
+    def sizes(self) -> tuple:
+        return self.network.sizes
+
+    @property
+    def lr(self) -> list:
+        """Learning rates, one per conductance layer (dimensionless)."""
+        return self.optimizer.rates(len(self.sizes) - 1)
+
+    def baseline_activation(self) -> str:
+        """The MLP baseline's hidden activation: the one the diodes make."""
+        if self.run.mlp_activation != "auto":
+            return self.run.mlp_activation
+        return "relu" if self.network.one_sided() else "hardtanh"
+
+    def resolved(self) -> "TrainConfig":
+        """Automatic choices made (``paired``, the learning rates): what a run file stores."""
+        return self.replace(network=self.network.resolved(),
+                            optimizer=dataclasses.replace(self.optimizer, lr=tuple(self.lr)))
+
+    def describe(self) -> str:
+        """A short one-line description: architecture, diodes, dataset."""
+        return f"{self.network.arch} ({self.network.diode} diodes) on {self.data.dataset}"
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """``{section: {option: value}}``, JSON-serialisable (what layout version 2 stores)."""
+        out = {}
+        for s in SECTIONS:
+            d = dataclasses.asdict(getattr(self, s))
+            if s == "optimizer" and d["lr"] is not None:
+                d["lr"] = list(d["lr"])
+            out[s] = d
+        return out
+
+    def to_flat(self) -> dict:
+        """``{option: value}`` without sections."""
+        return {k: v for sec in self.to_dict().values() for k, v in sec.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From ``{section: {option: value}}``, flat ``{option: value}``, or a mix."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a mapping of options, got {type(d).__name__}")
+        sections = {k: v for k, v in d.items() if _is_section(k, v)}
+        flat = {k: v for k, v in d.items() if not _is_section(k, v)}
+        for k, v in sections.items():
+            if not isinstance(v, dict):
+                raise ConfigError(f"config section [{k}] must be a table of options, got {v!r}")
+        return cls(**sections, **flat)
+
+    @classmethod
+    def from_flat(cls, d: dict) -> "TrainConfig":
+        return cls(**d)
+
+    @staticmethod
+    def read_file(path) -> dict:
+        """Options from a TOML (``.toml``) or JSON file, as a dict (sectioned or flat; merge,
+        then :meth:`from_dict`)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+                d = tomllib.loads(text)
+            else:
+                d = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse error is a config error
+            raise ConfigError(f"{path}: cannot parse config file: {exc}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of options (or of "
+                              f"[sections]), not a {type(d).__name__}")
+        return d
+
+
+def _section_from_dict(name, d) -> object:
+    cls = SECTIONS[name]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown option(s) in section [{name}]: {', '.join(unknown)}")
+    try:
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+    except TypeError as exc:
+        raise ConfigError(f"section [{name}]: {exc}") from None
+
+
+def _is_section(key, value) -> bool:
+    """``data`` is both a section and an option (the dataset directory): a table is the section."""
+    return key in SECTIONS and (key not in OPTION_SECTION or isinstance(value, dict))
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Merge two config dicts (sectioned or flat) into one sectioned dict; ``override`` wins."""
+    out = {s: {} for s in SECTIONS}
+    for d in (base, override):
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a mapping of options, got {type(d).__name__}")
+        for k, v in d.items():
+            if _is_section(k, v):
+                if not isinstance(v, dict):
+                    raise ConfigError(f"config section [{k}] must be a table of options, got {v!r}")
+                for kk, vv in v.items():
+                    out[k][kk] = vv
+            elif k in OPTION_SECTION:
+                out[OPTION_SECTION[k]][k] = v
+            else:
+                raise ConfigError(f"unknown option {k!r}")
+    return out
+
+
+def _migrate_1(d: dict) -> dict:
+    """Layout 1 -> 2: flat options into sections. Layout-1 files predate ``paired`` (absent:
+    a run from before paired layers existed, so unpaired) and ``gmin`` (then always 1e-12 S)."""
+    d = dict(d)
+    d.setdefault("paired", False)
+    unknown = sorted(set(d) - set(OPTION_SECTION))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in a layout-1 config")
+    return merge({}, d)
+
+
+#: layout version -> function turning its stored config into the next version's
+MIGRATIONS = {1: _migrate_1}
+
+
+def config_from_stored(d: dict, layout_version: int) -> TrainConfig:
+    """The :class:`TrainConfig` of a run file's stored config, migrated from the file's layout
+    version to the current one step by step (see :data:`MIGRATIONS`)."""
+    v = int(layout_version)
+    if v > CONFIG_LAYOUT or (v < CONFIG_LAYOUT and v not in MIGRATIONS):
+        raise ConfigError(f"run files of layout version {v} are not readable by this fastres "
+                          f"(it reads versions {min(MIGRATIONS)} to {CONFIG_LAYOUT})")
+    while v < CONFIG_LAYOUT:
+        d = MIGRATIONS[v](d)
+        v += 1
+    return TrainConfig.from_dict(d)
+
+
+def run_config(store) -> TrainConfig:
+    """The :class:`TrainConfig` of an open run file (a :class:`fastres.store.RunStore`),
+    migrated from its layout version; an invalid one is a StoreError naming the file."""
+    from .store import StoreError
+    try:
+        return config_from_stored(store.config, store.layout_version)
+    except FastresError as exc:
+        raise StoreError(f"{store.path}: stored config is not valid for this fastres: {exc}") from None
