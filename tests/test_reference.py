@@ -1,5 +1,6 @@
-"""The plain-numpy reference solver: checked against scipy (linear), against KCL evaluated
-element by element in Python floats, and against ``fastres.solve`` (to 1e-12 V)."""
+"""The plain-numpy reference solver (``naive.reference_solve``): checked against scipy (linear),
+against KCL evaluated element by element in Python floats, and against ``fastres.solve`` (to
+1e-12 V)."""
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from fastres import Circuit, DCProblem, Newton, PiecewiseLinear, Shockley, solve
 from fastres.circuit import CurrentSource, Diode, Resistor, VoltageSource
 from fastres.errors import CircuitError
 from fastres.generators import input_batch, layered_circuit, random_graph_circuit
-from fastres.reference import reference_solve
+from naive import reference_solve
 
 TOL_V = 1e-12
 
