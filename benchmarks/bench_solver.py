@@ -10,6 +10,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ[_var] = "1"
 
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -125,7 +126,12 @@ class NumpyReference:
     B = 200
 
     def setup(self):
-        from fastres.reference import reference_solve
+        # The reference solver is a test twin, not part of the package: it lives in the
+        # repository's tests/naive.py, so put that directory on sys.path to import it.
+        tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        from naive import reference_solve
         self.reference_solve = reference_solve
         self.circuit, self.sources = _layered(batch=self.B)
 

@@ -11,8 +11,8 @@ What is timed (wall clock, ``time.perf_counter``; medians over ``--repeats``):
 * fastres: ``solve(prob, Newton())`` with ``prob = DCProblem(cc, sources)`` built and prepared
   once (after a warm-up solve that JIT-compiles the kernels); and end to end,
   ``solve(DCProblem(cc, sources), Newton())``, which includes ``cc.prepare(sources)``.
-* numpy reference: ``reference_solve(circuit, sources)`` on the first ``--numpy-batch``
-  samples (it builds its own nodal system each call: included in the time).
+* numpy reference: ``reference_solve(circuit, sources)`` (of ``tests/naive.py``) on the first
+  ``--numpy-batch`` samples (it builds its own nodal system each call: included in the time).
 * ngspice: the whole ``ngspice -b deck.cir`` process, nothing subtracted, for decks that
   (0) only parse the netlist (a ``.control`` block with no analysis), (1) run one ``op``,
   (N) run ``op`` for each of N samples (``alter`` of the 1568 input sources between them), and
@@ -44,7 +44,11 @@ import numpy as np  # noqa: E402
 import fastres  # noqa: E402
 from fastres import DCProblem, Newton, solve  # noqa: E402
 from fastres.generators import input_batch, layered_circuit  # noqa: E402
-from fastres.reference import reference_solve  # noqa: E402
+
+# The numpy reference solver is a test twin, not part of the package: it lives in the
+# repository's tests/naive.py, so put that directory on sys.path to import it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from naive import reference_solve  # noqa: E402
 
 SIZES = (784, 100, 10)
 TARGET_SPS = 50_000

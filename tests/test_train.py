@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import naive
 from fastres.cli import main
 from fastres.datasets import Dataset
 from fastres.eqprop import (EqProp, eqprop_gradient, exact_gradient, gradcheck, grads_from_terms,
@@ -35,17 +36,19 @@ def small_net(diode="shockley", gain=1.0, sizes=(12, 6, 3), paired=False):
     return net, p, X, y
 
 
-def test_drop_square_terms_match_numpy():
+def test_drop_square_terms_match_naive():
+    """updates.drop_square_terms: row[i] + col[j] - 2 prod[i, j] is the difference of squared
+    voltage drops summed over the batch (naive.drop_square_difference)."""
     rng = np.random.default_rng(0)
     ua, ub = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
     va, vb = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
-    out = np.empty((5, 3))
-    updates.drop_square_difference(ua, va, ub, vb, out)
-    ref = ((ua[:, :, None] - va[:, None, :]) ** 2 - (ub[:, :, None] - vb[:, None, :]) ** 2).sum(0)
-    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    row, col, prod = updates.drop_square_terms(ua, va, ub, vb)
+    assert row.shape == (5,) and col.shape == (3,) and prod.shape == (5, 3)
+    np.testing.assert_allclose(row[:, None] + col[None, :] - 2 * prod,
+                               naive.drop_square_difference(ua, va, ub, vb), rtol=1e-12, atol=1e-12)
 
 
-def test_fixed_from_terms_match_numpy():
+def test_fixed_from_terms_match_naive():
     """Source-driven conductances: from-voltages equal in both phases, with exact zeros
     (dark pixels) that the kernel skips."""
     rng = np.random.default_rng(2)
@@ -53,15 +56,16 @@ def test_fixed_from_terms_match_numpy():
     u[rng.random(u.shape) < 0.6] = 0.0
     va, vb = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
     row, col, prod = updates.fixed_from_terms(u, va, vb)
-    ref = ((u[:, :, None] - va[:, None, :]) ** 2 - (u[:, :, None] - vb[:, None, :]) ** 2).sum(0)
     assert np.all(row == 0.0)
-    np.testing.assert_allclose(row[:, None] + col[None, :] - 2 * prod, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(row[:, None] + col[None, :] - 2 * prod,
+                               naive.drop_square_difference(u, va, u, vb), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_fixed_from_step_matches_numpy_and_any_row_split(momentum):
-    """The fused input-layer step: same as materialising the gradient in numpy, and
-    bit-identical whichever way the rows are split (threads, MPI ranks)."""
+def test_fixed_from_step_matches_naive_and_any_row_split(momentum):
+    """The fused input-layer step: naive.sgd_step on the gradient materialised by
+    naive.drop_square_difference (new conductances, momentum and column sums), and
+    bit-identical whichever way the rows are cut into blocks (threads, MPI ranks)."""
     rng = np.random.default_rng(3)
     u = rng.normal(size=(7, 9)) * 100
     u[rng.random(u.shape) < 0.6] = 0.0
@@ -69,40 +73,41 @@ def test_fixed_from_step_matches_numpy_and_any_row_split(momentum):
     W0 = rng.uniform(1e-6, 1e-4, (9, 4))
     W0[0, 0], W0[1, 1] = 2e-6, 8e-5  # at the bounds: the clip must hold them there
     vel0 = rng.normal(size=(9, 4)) * 1e-3
-    grad = 0.3 * ((u[:, :, None] - va[:, None, :]) ** 2 - (u[:, :, None] - vb[:, None, :]) ** 2).sum(0)
-    v_ref = momentum * vel0 + grad if momentum else vel0
-    W_ref = np.clip(W0 - 1e-9 * (v_ref if momentum else grad), 2e-6, 8e-5)
+    grad = 0.3 * naive.drop_square_difference(u, va, u, vb)
+    W_ref, v_ref, colsum_ref = naive.sgd_step(W0, grad, vel0, 1e-9, momentum, 2e-6, 8e-5)
+    assert (W_ref == 2e-6).any() and (W_ref == 8e-5).any()  # the clip is exercised
     uT, d, col = np.ascontiguousarray(u.T), va - vb, (va ** 2 - vb ** 2).sum(0)
-    W, vel, psum = W0.copy(), vel0.copy(), np.empty(4)
-    updates.fixed_from_step_rows(W, uT, d, col, 0.3, vel, 1e-9, momentum, 2e-6, 8e-5, 0, 9, psum)
-    np.testing.assert_allclose(W, W_ref, rtol=1e-12)
-    np.testing.assert_allclose(vel, v_ref, rtol=1e-12)
-    np.testing.assert_allclose(psum, W.sum(axis=0), rtol=1e-14)
-    W2, vel2 = W0.copy(), vel0.copy()
-    for lo, hi in [(0, 2), (2, 7), (7, 9)]:
-        updates.fixed_from_step_rows(W2, uT, d, col, 0.3, vel2, 1e-9, momentum, 2e-6, 8e-5, lo, hi, psum)
-    assert np.array_equal(W, W2) and np.array_equal(vel, vel2)
-    for nb in (1, 4, 16):  # more blocks than rows too
-        W3, vel3, colsum = W0.copy(), vel0.copy(), np.empty(4)
-        updates.fixed_from_step(W3, uT, d, col, 0.3, vel3, 1e-9, momentum, 2e-6, 8e-5, np.empty((nb, 4)), colsum)
-        assert np.array_equal(W, W3) and np.array_equal(vel, vel3)
-        np.testing.assert_allclose(colsum, W.sum(axis=0), rtol=1e-14)
+    first = None
+    for nb in (1, 2, 4, 9, 16):  # one block, uneven blocks, one row per block, more blocks than rows
+        W, vel, colsum = W0.copy(), vel0.copy(), np.empty(4)
+        updates.fixed_from_step(W, uT, d, col, 0.3, vel, 1e-9, momentum, 2e-6, 8e-5, np.empty((nb, 4)), colsum)
+        np.testing.assert_allclose(W, W_ref, rtol=1e-12)
+        np.testing.assert_allclose(vel, v_ref, rtol=1e-12)
+        np.testing.assert_allclose(colsum, colsum_ref, rtol=1e-14)
+        if first is None:
+            first = (W, vel, colsum)
+        assert np.array_equal(W, first[0]) and np.array_equal(vel, first[1])
         again = np.empty(4)
-        updates.block_column_sums(W3, np.empty((nb, 4)), again)
+        updates.block_column_sums(W, np.empty((nb, 4)), again)
         assert np.array_equal(colsum, again)  # what a resumed run recomputes
 
 
-def test_fused_step_matches_numpy():
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_step_matches_naive(momentum):
+    """updates.drop_square_step_rows: only rows lo..hi-1 move, as naive.sgd_step moves them."""
     rng = np.random.default_rng(0)
     W = rng.uniform(1e-6, 1e-4, (6, 4))
     row, col, prod = rng.normal(size=6), rng.normal(size=4), rng.normal(size=(6, 4))
     vel = rng.normal(size=(6, 4)) * 1e-3
-    g = 0.3 * (row[:, None] + col[None, :] - 2 * prod)
-    v_ref = 0.9 * vel + g
-    W_ref = np.clip(W - 1e-5 * v_ref, 2e-6, 8e-5)
-    updates.drop_square_step_rows(W, row, col, prod, 0.3, vel, 1e-5, 0.9, 2e-6, 8e-5, 0, 6)
-    np.testing.assert_allclose(W, W_ref, rtol=1e-14)
-    np.testing.assert_allclose(vel, v_ref, rtol=1e-14)
+    grad = 0.3 * (row[:, None] + col[None, :] - 2 * prod)
+    W_ref, v_ref, _ = naive.sgd_step(W, grad, vel, 1e-5, momentum, 2e-6, 8e-5)
+    assert (W_ref == 2e-6).any() and (W_ref == 8e-5).any()  # the clip is exercised
+    W_k, vel_k = W.copy(), vel.copy()
+    updates.drop_square_step_rows(W_k, row, col, prod, 0.3, vel_k, 1e-5, momentum, 2e-6, 8e-5, 1, 5)
+    np.testing.assert_allclose(W_k[1:5], W_ref[1:5], rtol=1e-14)
+    np.testing.assert_allclose(vel_k[1:5], v_ref[1:5], rtol=1e-14)
+    for a, b in ((W_k, W), (vel_k, vel)):
+        assert np.array_equal(a[[0, 5]], b[[0, 5]])  # rows outside lo..hi untouched
 
 
 @pytest.mark.parametrize("diode", ["pwl", "shockley"])
