@@ -18,10 +18,23 @@ from fastres.eqprop import (EqProp, eqprop_gradient, exact_gradient, gradcheck, 
 from fastres.kernels import updates
 from fastres.network import LayeredNetwork, NetworkSpec
 from fastres.store import RunStore
-from fastres.train import ConfigError, TrainConfig, Trainer, check_data, run_epochs
+from fastres.config import ConfigError, TrainConfig, config_from_stored
+from fastres.datasets import check_data
+from fastres.solver import Newton, solve
+from fastres.train import Trainer, run_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def solve_net(net, p, X, inj=None, x0=None, cache=None, check=True):
+    """Free-node voltages (B, nF) V, iterations and statuses of a batch: ``solve`` of the
+    network's problem, with currents ``inj`` (B, nF) A injected and start ``x0`` if given."""
+    prob = net.problem(p, X, x0=x0, cache=cache)
+    if inj is not None:
+        prob = prob.nudged(inj, x0)
+    sol = solve(prob, Newton(), check=check)
+    return sol.x, sol.iterations, sol.status
 
 
 def small_net(diode="shockley", gain=1.0, sizes=(12, 6, 3), paired=False):
@@ -119,8 +132,7 @@ def test_paired_layers_let_deeper_nodes_rectify(diode):
     for paired in (False, True):
         tr = Trainer(TrainConfig(arch="784-30-30-10", diode=diode, paired=paired))
         tr.init_state(np.random.default_rng(0))
-        arr = tr.net.arrays(tr.params)
-        x, _, _ = tr.net.solve_b(tr.net.source_currents(X, tr.params, arr), arr)
+        x, _, _ = solve_net(tr.net, tr.params, X)
         h2 = tr.net.layer(x, 2)
         if not paired:
             assert h2.min() > 0.05
@@ -138,17 +150,15 @@ def test_factor_cache_is_exact_and_used(diode):
     between its phases) is bit-identical to one that factors afresh, and for pwl diodes, whose
     Jacobian is constant within a region, the cached factor really is the one used."""
     net, p, X, y = small_net(diode=diode, sizes=(12, 6, 5, 3))
-    arr = net.arrays(p)
-    b = net.source_currents(X, p, arr)
     B = X.shape[0]
     cache = net.factor_cache(B)
-    xf, _, _ = net.solve_b(b, arr, cache=cache)
-    assert np.array_equal(xf, net.solve_b(b, arr)[0])
+    xf, _, _ = solve_net(net, p, X, cache=cache)
+    assert np.array_equal(xf, solve_net(net, p, X)[0])
     assert cache[2].all()  # every sample left a valid factor behind
     inj = net.output_injection(1e-9 * np.ones((B, net.spec.sizes[-1])))
-    fresh, _, _ = net.solve_b(b + inj, arr, x0=xf)
+    fresh, _, _ = solve_net(net, p, X, inj, x0=xf)
     kept = tuple(a.copy() for a in cache)
-    xn, _, _ = net.solve_b(b + inj, arr, x0=xf, cache=cache)
+    xn, _, _ = solve_net(net, p, X, inj, x0=xf, cache=cache)
     assert np.array_equal(xn, fresh) and not np.array_equal(xn, xf)
     # a factor marked invalid, or formed with other diode conductances, is never used
     for poison in ("invalid", "other-dg"):
@@ -158,12 +168,12 @@ def test_factor_cache_is_exact_and_used(diode):
             valid[:] = False
         else:
             dg += 1e-3
-        x, _, st = net.solve_b(b + inj, arr, x0=xf, check=False, cache=(S, dg, valid))
+        x, _, st = solve_net(net, p, X, inj, x0=xf, check=False, cache=(S, dg, valid))
         assert np.array_equal(x, fresh) and not st.any()
     # a matching, valid (here corrupted) factor is used: proof that reuse happens
     S, dg, valid = (a.copy() for a in kept)
     S[:] = np.nan
-    _, _, st = net.solve_b(b + inj, arr, x0=xf, check=False, cache=(S, dg, valid))
+    _, _, st = solve_net(net, p, X, inj, x0=xf, check=False, cache=(S, dg, valid))
     assert (st == (3 if diode == "pwl" else 0)).all()  # pwl: singular (NaN direction), never "converged"
 
 
@@ -174,11 +184,9 @@ def test_update_rule_is_derivative_of_cocontent_difference(gain):
     eq = EqProp(1e-6, "one-sided")
     g, xf, _, _ = eqprop_gradient(net, p, X, y, eq, 0.5)
     # recompute the nudged state, then dE/dg = (A u_i - v_j)^2 / 2 per conductance by loops
-    arr = net.arrays(p)
-    b = net.source_currents(X, p, arr)
     from fastres.eqprop import loss_and_grad
     _, dC = loss_and_grad(net.outputs(xf), y, 0.5)
-    xn, _, _ = net.solve_b(b + net.output_injection(eq.beta * dC), arr, x0=xf)
+    xn, _, _ = solve_net(net, p, X, net.output_injection(eq.beta * dC), x0=xf)
     U = net.input_voltages(X)
     for l in range(1, net.L + 1):
         W = p[f"W{l}"]
@@ -209,12 +217,13 @@ def test_training_step_applies_the_eqprop_gradient(estimator):
     X[X < 0.5] = 0.0  # dark pixels, skipped by the fused kernel
     y = rng.integers(0, 3, 9)
     p0 = {k: v.copy() for k, v in tr.params.items()}
-    g, _, _, _ = eqprop_gradient(tr.net, p0, X, y, EqProp(tr.beta(), estimator), cfg.target_volts)
+    g, _, _, _ = eqprop_gradient(tr.net, p0, X, y, EqProp(tr.beta(), estimator), cfg.estimator.target_volts)
     tr.step(X, y, rng)
+    g_min, g_max = cfg.network.g_min, cfg.network.g_max
     for key in p0:
         l = int(key[1:])
-        want = p0[key] - cfg.lr[l - 1] * cfg.g_max ** 2 * g[key]
-        assert np.all((want > cfg.g_min) & (want < cfg.g_max)), key  # no clipping in this test
+        want = p0[key] - cfg.lr[l - 1] * g_max ** 2 * g[key]
+        assert np.all((want > g_min) & (want < g_max)), key  # no clipping in this test
         np.testing.assert_allclose(tr.params[key], want, rtol=1e-12, atol=1e-18, err_msg=key)
 
 
@@ -251,7 +260,7 @@ def test_tiny_network_learns_separable_task(tmp_path):
                       target_volts=0.5, store_samples=10)
     check_data(cfg, data)
     tr = Trainer(cfg)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.run.seed)
     tr.init_state(rng)
     store = RunStore.create(tmp_path / "r.h5", config=cfg.to_dict(), meta={"seed": 0}, params=tr.params)
     m = run_epochs(tr, store, data, rng, 1, 0, log=lambda s: None, progress=False)
@@ -311,11 +320,11 @@ def test_run_file_stores_pairing_resolved(tmp_path, capsys):
     run = tmp_path / "r.h5"
     args = ["train", *TINY, "--arch", "784-12-12-10", "--n-train", "60", "--epochs", "1", "--out", str(run)]
     assert main(args) == 0
-    assert RunStore.open(run).config["paired"] is True
+    assert RunStore.open(run).config["network"]["paired"] is True
     assert main(["eval", str(run), "--json", "--data", str(MNIST)]) == 0
     assert main(["train", *TINY, "--arch", "784-12-12-10", "--paired", "no", "--n-train", "60",
                  "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
-    assert RunStore.open(run).config["paired"] is False
+    assert RunStore.open(run).config["network"]["paired"] is False
 
 
 @mnist
@@ -363,17 +372,21 @@ def test_config_file_and_unknown_option(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "x.h5"), "--config", str(cfg)])
     assert code == 2 and "bogus" in capsys.readouterr().err
     cfg.write_text('arch = "784-30-10"\nlr = [1.0, 2.0]\nepochs = 3\n')
-    from fastres.train_cli import config_from_args
     from fastres.cli import build_parser
+    from fastres.cli.train import config_from_args
     args = build_parser().parse_args(["train", "--config", str(cfg), "--epochs", "5"])
     c = config_from_args(args)
-    assert c.arch == "784-30-10" and c.lr == [1.0, 2.0] and c.epochs == 5  # flags override the file
+    assert c.network.arch == "784-30-10" and c.lr == [1.0, 2.0] and c.run.epochs == 5  # flags override the file
+    # the same options in sections
+    cfg.write_text('[network]\narch = "784-30-10"\n[optimizer]\nlr = [1.0, 2.0]\n[run]\nepochs = 3\n')
+    c = config_from_args(build_parser().parse_args(["train", "--config", str(cfg), "--seed", "4"]))
+    assert c.network.arch == "784-30-10" and c.lr == [1.0, 2.0] and c.run.epochs == 3 and c.run.seed == 4
 
 
 def test_baseline_activation_follows_the_diodes():
     """Default rails leave the upper diodes out of reach (rectifying nodes): the MLP baseline
     uses relu; the paper's symmetric clipping (both rails at 0 V) maps to hardtanh."""
-    assert TrainConfig().one_sided() and TrainConfig().baseline_activation() == "relu"
+    assert TrainConfig().network.one_sided() and TrainConfig().baseline_activation() == "relu"
     assert TrainConfig(rail_hi=0.0).baseline_activation() == "hardtanh"
     assert TrainConfig(rail_hi=150.0, gain=2.0).baseline_activation() == "hardtanh"  # 200 V reachable
     assert TrainConfig(rail_hi=0.0, mlp_activation="relu").baseline_activation() == "relu"
@@ -381,18 +394,22 @@ def test_baseline_activation_follows_the_diodes():
         TrainConfig(mlp_activation="tanh")
 
 
+def spec(cfg):
+    return NetworkSpec.from_config(cfg.network)
+
+
 def test_paired_by_default_from_two_hidden_layers():
-    assert not TrainConfig(arch="784-100-10").spec().paired
-    assert TrainConfig(arch="784-100-100-10").spec().paired
-    assert not TrainConfig(arch="784-100-100-10", paired=False).spec().paired
-    assert TrainConfig(arch="784-100-10", paired=True).spec().paired
-    assert not TrainConfig(arch="784-100-51-10").spec().paired  # auto: only even sizes pair
+    assert not spec(TrainConfig(arch="784-100-10")).paired
+    assert spec(TrainConfig(arch="784-100-100-10")).paired
+    assert not spec(TrainConfig(arch="784-100-100-10", paired=False)).paired
+    assert spec(TrainConfig(arch="784-100-10", paired=True)).paired
+    assert not spec(TrainConfig(arch="784-100-51-10")).paired  # auto: only even sizes pair
     with pytest.raises(ConfigError, match="even number"):
         TrainConfig(arch="784-100-51-10", paired=True)
-    # a run file from before paired layers existed (no "paired" key) was unpaired
-    old = TrainConfig(arch="784-100-100-10").to_dict()
+    # a run file from before paired layers existed (layout 1, no "paired" key) was unpaired
+    old = TrainConfig(arch="784-100-100-10").to_flat()
     del old["paired"]
-    assert not TrainConfig.from_stored(old).spec().paired
+    assert not spec(config_from_stored(old, 1)).paired
     with pytest.raises(ConfigError, match="paired"):
         TrainConfig(paired="yes")
 
@@ -402,14 +419,13 @@ def test_default_lower_rail_clamps_hidden_nodes_at_zero(diode):
     """By default the lower rail sits at the diode's turn-on voltage: a hidden node driven far
     negative is held near 0 V (a rectifier at 0 V)."""
     cfg = TrainConfig(arch="4-3-2", diode=diode)
-    assert cfg.rail_lo is None and cfg.spec().rail_lo > 0.4
-    assert TrainConfig(rail_lo=-1.0).spec().rail_lo == -1.0
+    assert cfg.network.rail_lo is None and spec(cfg).rail_lo > 0.4
+    assert spec(TrainConfig(rail_lo=-1.0)).rail_lo == -1.0
     tr = Trainer(cfg)
     tr.init_state(np.random.default_rng(0))
     X = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    tr.params["W1"][:] = cfg.g_min
-    tr.params["W1"][4:] = cfg.g_max  # every hidden node hangs from the -x sources: -100 V
-    arr = tr.net.arrays(tr.params)
-    x, _, _ = tr.net.solve_b(tr.net.source_currents(X, tr.params, arr), arr)
+    tr.params["W1"][:] = cfg.network.g_min
+    tr.params["W1"][4:] = cfg.network.g_max  # every hidden node hangs from the -x sources: -100 V
+    x, _, _ = solve_net(tr.net, tr.params, X)
     h = tr.net.layer(x, 1)[1]
     assert np.all(h < 0) and np.all(h > -0.3), h  # clamped just below 0 V, not at -0.5 V or -100 V
