@@ -6,7 +6,9 @@ Each module does one thing:
 - :mod:`stamping` -- residual (KCL) and Jacobian assembly, Schur elimination.
 - :mod:`linalg`   -- small dense Cholesky factor/solve used per sample.
 - :mod:`newton`   -- damped Newton iteration with an energy line search, batched.
+- :mod:`adjoint`  -- linear solves with the Jacobian at converged states (exact gradients).
 - :mod:`updates`  -- Equilibrium-Propagation conductance updates.
+- :mod:`status`   -- the solver's per-sample status codes and their texts (pure Python).
 
 Kernels take only contiguous float64/int64 arrays and scalars.
 """

@@ -26,8 +26,9 @@ Termination (SPICE-style, both required): the last step satisfies
 ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
 voltage error there, and the last term is the round-off floor of evaluating ``J x``.
 
-Status codes per sample: 0 converged, 1 iteration limit, 2 line search failed, 3 singular or
-non-finite Jacobian/residual, 4 converged with a Shockley diode beyond its ``imax`` guard.
+Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
+1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
+with a Shockley diode beyond its ``imax`` guard.
 """
 import math
 
@@ -36,12 +37,14 @@ from numba import njit, prange
 
 from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
+from .status import Status
 
-CONVERGED = 0
-MAXITER = 1
-LINESEARCH = 2
-SINGULAR = 3
-BEYOND_IMAX = 4
+# plain ints (Numba freezes them as constants in the kernels); equal to the Status members
+CONVERGED = int(Status.CONVERGED)
+MAXITER = int(Status.MAXITER)
+LINESEARCH = int(Status.LINESEARCH)
+SINGULAR = int(Status.SINGULAR)
+BEYOND_IMAX = int(Status.BEYOND_IMAX)
 
 EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
