@@ -9,6 +9,7 @@ Each module does one thing:
 - :mod:`adjoint`  -- linear solves with the Jacobian at converged states (exact gradients).
 - :mod:`updates`  -- Equilibrium-Propagation conductance updates.
 - :mod:`status`   -- the solver's per-sample status codes and their texts (pure Python).
+- :mod:`flags`    -- the fastmath flags, defined once.
 
 Kernels take only contiguous float64/int64 arrays and scalars.
 """

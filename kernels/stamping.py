@@ -15,10 +15,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Re-association lets LLVM vectorise the dot products; no nnan/ninf: NaN checks must survive.
-FASTMATH = {"reassoc", "contract"}
-
 from .devices import diode_ig
+from .flags import FASTMATH
 from .linalg import cholesky_inplace, cholesky_solve_inplace
 
 
