@@ -10,6 +10,7 @@ Each module does one thing:
 - :mod:`updates`  -- Equilibrium-Propagation conductance updates.
 - :mod:`status`   -- the solver's per-sample status codes and their texts (pure Python).
 - :mod:`flags`    -- the fastmath flags, defined once.
+- :mod:`blocks`   -- the chunk bounds of the parallel loops, defined once.
 
 Kernels take only contiguous float64/int64 arrays and scalars.
 """

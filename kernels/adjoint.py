@@ -7,6 +7,7 @@ Jacobian at ``x``. One solve per sample, with the same Schur elimination as Newt
 import numpy as np
 from numba import njit, prange
 
+from .blocks import block_range
 from .devices import diode_ig
 from .newton import workspace
 from .stamping import assemble, load_sample, schur_newton_direction
@@ -19,10 +20,8 @@ def adjoint_solve(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, nchunk
     Rows where the Jacobian is singular are set to NaN.
     """
     B = x.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(B, lo + per)
+        lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi)
 

@@ -35,6 +35,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .blocks import block_range
 from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
@@ -301,10 +302,8 @@ def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     sample's solve). Small batches should call :func:`solve_range` directly.
     """
     B = x.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(B, lo + per)
+        lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, reltol, vntol, abstol,
                         maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status)
