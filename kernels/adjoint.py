@@ -35,7 +35,17 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
     nXd = vdfix.shape[1]
     nD = da.shape[0]
     w = workspace(nK, nE, nD, nXd)
-    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t, dgs = w
+    r = w.residual
+    rlin = w.residual_lin
+    dxe = w.step
+    JKK = w.jac_kk
+    dE = w.jac_e
+    U = w.schur_u
+    S = w.schur_factor
+    y = w.schur_rhs
+    q = w.jac_e_rsqrt
+    di = w.diode_i
+    dg = w.diode_g
     vext = np.empty(nF + nXd)
     zero = np.zeros(nF)
     for s in range(lo, hi):

@@ -31,6 +31,7 @@ Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 
 with a Shockley diode beyond its ``imax`` guard.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
@@ -51,6 +52,36 @@ EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
+
+Workspace = namedtuple("Workspace", [
+    "residual", "residual_lin", "step", "g_step", "jac_kk", "jac_e",
+    "schur_u", "schur_factor", "schur_rhs", "jac_e_rsqrt",
+    "diode_i", "diode_g", "diode_ev", "trial_i", "trial_g", "trial_ev", "factor_g"])
+Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`), float64, by name.
+
+``nF = nK + nE`` free nodes, ``nXd`` fixed nodes touched by diodes, ``nD`` diodes:
+
+- ``residual`` (nF,) A: KCL residual ``r = G_FF x - b + i_diodes(x)`` (net current leaving each
+  free node).
+- ``residual_lin`` (nF,) A: its linear part ``G_FF x - b``.
+- ``step`` (nF + nXd,) V: the Newton step on the extended voltage vector; the last ``nXd``
+  entries (fixed nodes) stay zero.
+- ``g_step`` (nF,) A: ``G_FF step``.
+- ``jac_kk`` (nK, nK) S: Jacobian block of the dense node set ``K``.
+- ``jac_e`` (nE,) S: diagonal of the Jacobian block of the independent set ``E``.
+- ``schur_u`` (nK, nE) S^(1/2): ``GKE diag(jac_e^-1/2)``.
+- ``schur_factor`` (nK, nK) S^(1/2): Cholesky factor of the Schur complement, when no factor
+  cache is kept.
+- ``schur_rhs`` (nK,): right-hand side of the Schur system (A), overwritten by its solution
+  (V).
+- ``jac_e_rsqrt`` (nE,) S^(-1/2): ``jac_e^-1/2``.
+- ``diode_i`` (nD,) A, ``diode_g`` (nD,) S: diode currents and conductances at the iterate.
+- ``diode_ev`` (nD,) 1: ``exp(v / vte)`` of each diode where the model caches it, else 0
+  (see :func:`~fastres.kernels.devices.diode_move`).
+- ``trial_i`` (nD,) A, ``trial_g`` (nD,) S, ``trial_ev`` (nD,) 1: the same at the line
+  search's trial point.
+- ``factor_g`` (nD,) S: the diode conductances ``schur_factor`` was formed with.
+"""
 
 
 @njit(cache=True)
@@ -137,13 +168,27 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     valid).
 
     ``vext`` is the extended voltage vector ``[free nodes | fixed nodes used by diodes]`` (V);
-    ``w`` is the tuple of scratch arrays of :func:`workspace`. ``S`` (nK, nK) holds the Cholesky
+    ``w`` is the :class:`Workspace` of :func:`workspace`. ``S`` (nK, nK) holds the Cholesky
     factor of the Schur complement and ``dgs`` (nD,) the diode conductances (S) it was formed
     with; if ``valid``, they describe this same circuit (the same conductance arrays). The
     Jacobian is a function of the diode conductances alone, so while they stay bitwise equal --
     a piecewise-linear diode that keeps its region -- the factor is reused, bit-identically.
     """
-    r, rlin, dxe, Gdx, JKK, dE, U, _, y, q, di, dg, ev, di_t, dg_t, ev_t, _ = w
+    r = w.residual
+    rlin = w.residual_lin
+    dxe = w.step
+    Gdx = w.g_step
+    JKK = w.jac_kk
+    dE = w.jac_e
+    U = w.schur_u
+    y = w.schur_rhs
+    q = w.jac_e_rsqrt
+    di = w.diode_i
+    dg = w.diode_g
+    ev = w.diode_ev
+    di_t = w.trial_i
+    dg_t = w.trial_g
+    ev_t = w.trial_ev
     nK = GKK.shape[0]
     nE = gEE.shape[0]
     nF = nK + nE
@@ -255,11 +300,15 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
 
 @njit(cache=True)
 def workspace(nK, nE, nD, nXd):
-    """Scratch arrays for :func:`newton_sample`, allocated once per thread chunk."""
+    """The :class:`Workspace` of :func:`newton_sample`, allocated once per thread chunk."""
     nF = nK + nE
-    return (np.empty(nF), np.empty(nF), np.zeros(nF + nXd), np.empty(nF),
-            np.empty((nK, nK)), np.empty(nE), np.empty((nK, nE)), np.empty((nK, nK)), np.empty(nK), np.empty(nE),
-            np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
+    return Workspace(residual=np.empty(nF), residual_lin=np.empty(nF), step=np.zeros(nF + nXd),
+                     g_step=np.empty(nF), jac_kk=np.empty((nK, nK)), jac_e=np.empty(nE),
+                     schur_u=np.empty((nK, nE)), schur_factor=np.empty((nK, nK)),
+                     schur_rhs=np.empty(nK), jac_e_rsqrt=np.empty(nE),
+                     diode_i=np.empty(nD), diode_g=np.empty(nD), diode_ev=np.empty(nD),
+                     trial_i=np.empty(nD), trial_g=np.empty(nD), trial_ev=np.empty(nD),
+                     factor_g=np.empty(nD))
 
 
 @njit(cache=True)
@@ -275,7 +324,7 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     kept = fS.shape[0] > 0
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
-        S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w[7], w[16], False)
+        S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w.schur_factor, w.factor_g, False)
         it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
                                        abstol, maxiter, w, S, dgs, valid)
         if kept:
