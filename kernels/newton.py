@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
+from .devices import beyond_imax, diode_exp, diode_ig, diode_move, diode_step_limit
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
 
@@ -86,23 +86,20 @@ Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`
 
 @njit(cache=True)
 def _first_trial(vext, dxe, da, db, dkind, dpar):
-    """First step length of the line search: 1, or less where a Shockley diode would be driven
-    far up its exponential (beyond ``vcrit + 10 N vt``, ngspice's critical voltage), which a
-    linearised step from below always overshoots. Only a starting point: the line search still
-    brackets and may extend the step."""
+    """First step length of the line search: 1, or less where a diode would be driven above
+    its step limit (:func:`~fastres.kernels.devices.diode_step_limit`: for a Shockley diode
+    ``vcrit + 10 N vt`` up its exponential, ngspice's critical voltage, which a linearised step
+    from below always overshoots). Only a starting point: the line search still brackets and
+    may extend the step."""
     t = 1.0
     for k in range(da.shape[0]):
-        if dkind[k] != KIND_SHOCKLEY:
-            continue
         a = da[k]
         c = db[k]
         h = dxe[a] - dxe[c]
-        if h <= 0.0:
+        if h <= 0.0:  # a limit on the voltage concerns only steps up
             continue
         v = vext[a] - vext[c]
-        IS = dpar[k, 0]
-        vte = dpar[k, 1]
-        vlim = max(v, vte * math.log(vte / (1.4142135623730951 * IS))) + 10.0 * vte
+        vlim = diode_step_limit(dkind[k], dpar[k], v, h)
         if v + h > vlim:
             t = min(t, (vlim - v) / h)
     return t
