@@ -48,6 +48,9 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
     dg = w.diode_g
     vext = np.empty(nF + nXd)
     zero = np.zeros(nF)
+    # a plain bool, not the constant True (typed Literal[bool](True)): the call then shares
+    # Newton's compiled schur_newton_direction instead of compiling a second specialisation
+    refactor = np.bool_(True)
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
         for k in range(nD):
@@ -55,7 +58,7 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
         assemble(GKK, GKE, gEE, zero, vext[:nF], da, db, di, dg, rlin, r, JKK, dE)
         for i in range(nF):
             r[i] = -rhs[s, i]  # J dx = -r  =>  dx = J^-1 rhs
-        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q, True):
+        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q, refactor):
             for i in range(nF):
                 out[s, i] = dxe[i]
         else:
