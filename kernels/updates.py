@@ -74,18 +74,6 @@ def fixed_from_terms(u, va, vb):
 
 
 @njit(cache=True)
-def drop_square_difference(ua, va, ub, vb, out):
-    """``out[i, j] = sum_s (ua[s,i] - va[s,j])^2 - (ub[s,i] - vb[s,j])^2`` (V^2).
-
-    ``ua, ub`` (B, n_from), ``va, vb`` (B, n_to) volts; ``out`` (n_from, n_to).
-    """
-    row, col, prod = drop_square_terms(ua, va, ub, vb)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] = row[i] + col[j] - 2.0 * prod[i, j]
-
-
-@njit(cache=True)
 def drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi):
     """Rows ``lo..hi-1`` of :func:`drop_square_step` (serial)."""
     m = W.shape[1]
