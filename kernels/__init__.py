@@ -2,7 +2,8 @@
 
 Each module does one thing:
 
-- :mod:`devices`  -- diode models: current, conductance, co-content (energy).
+- :mod:`devices`  -- diode models: current, conductance, co-content (energy); one dispatcher
+  per operation, the only code that tests a diode's kind.
 - :mod:`stamping` -- residual (KCL) and Jacobian assembly, Schur elimination.
 - :mod:`linalg`   -- small dense Cholesky factor/solve used per sample.
 - :mod:`newton`   -- damped Newton iteration with an energy line search, batched.

@@ -57,8 +57,8 @@ Adding a device model
 In this file:
 
 1. A kind constant: the next free integer, ``KIND_MYMODEL = 2``. Its parameters are one row of
-   ``NPAR = 5`` float64 values (pad unused entries with 0; a model needing more means raising
-   ``NPAR`` everywhere).
+   ``NPAR = 5`` float64 values (pad unused entries with 0; a model needing more would mean
+   raising ``NPAR`` here and the ``(nD, 5)`` parameter arrays of the Python layer).
 2. Two functions, each ``@njit(cache=True, inline="always")``:
    ``mymodel_ig(p, v) -> (i, g)``, the current (A) and its derivative, the conductance (S,
    >= 0), at voltage ``v`` (V, anode - cathode); and ``mymodel_phi(p, v) -> phi``, the
@@ -343,7 +343,8 @@ def diode_move(kind, p, v, ev, w):
 
 @njit(cache=True, inline="always")
 def diode_exp(kind, p, v):
-    """``exp(v / vte)`` for a Shockley diode in [-3 vte, vmax], else 0 (the cache of diode_move)."""
+    """The value :func:`diode_move` carries in ``ev`` for a diode at ``v`` (V): ``exp(v / vte)``
+    for a Shockley diode in [-3 vte, vmax], else 0."""
     if kind == KIND_SHOCKLEY:
         return shockley_exp(p, v)
     return 0.0
@@ -351,7 +352,8 @@ def diode_exp(kind, p, v):
 
 @njit(cache=True, inline="always")
 def beyond_imax(kind, p, v):
-    """True if a Shockley diode is past its exact range (current above ``imax``)."""
+    """True if the diode is past its model's exact range at ``v`` (V): a Shockley diode above
+    its ``imax`` guard current. False for models without such a range."""
     if kind == KIND_SHOCKLEY:
         return shockley_beyond_imax(p, v)
     return False
