@@ -7,6 +7,7 @@ Jacobian at ``x``. One solve per sample, with the same Schur elimination as Newt
 import numpy as np
 from numba import njit, prange
 
+from .blocks import block_range
 from .devices import diode_ig
 from .newton import workspace
 from .stamping import assemble, load_sample, schur_newton_direction
@@ -19,10 +20,8 @@ def adjoint_solve(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, nchunk
     Rows where the Jacobian is singular are set to NaN.
     """
     B = x.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(B, lo + per)
+        lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi)
 
@@ -36,9 +35,22 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
     nXd = vdfix.shape[1]
     nD = da.shape[0]
     w = workspace(nK, nE, nD, nXd)
-    r, rlin, dxe, Gdx, JKK, dE, U, S, y, q, di, dg, ev, di_t, dg_t, ev_t, dgs = w
+    r = w.residual
+    rlin = w.residual_lin
+    dxe = w.step
+    JKK = w.jac_kk
+    dE = w.jac_e
+    U = w.schur_u
+    S = w.schur_factor
+    y = w.schur_rhs
+    q = w.jac_e_rsqrt
+    di = w.diode_i
+    dg = w.diode_g
     vext = np.empty(nF + nXd)
     zero = np.zeros(nF)
+    # a plain bool, not the constant True (typed Literal[bool](True)): the call then shares
+    # Newton's compiled schur_newton_direction instead of compiling a second specialisation
+    refactor = np.bool_(True)
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
         for k in range(nD):
@@ -46,7 +58,7 @@ def adjoint_range(GKK, GKE, gEE, vdfix, da, db, dkind, dpar, x, rhs, out, lo, hi
         assemble(GKK, GKE, gEE, zero, vext[:nF], da, db, di, dg, rlin, r, JKK, dE)
         for i in range(nF):
             r[i] = -rhs[s, i]  # J dx = -r  =>  dx = J^-1 rhs
-        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q, True):
+        if schur_newton_direction(JKK, GKE, dE, r, dxe, U, S, y, q, refactor):
             for i in range(nF):
                 out[s, i] = dxe[i]
         else:

@@ -8,8 +8,7 @@ import math
 
 from numba import njit
 
-# Re-association lets LLVM vectorise the dot products; no nnan/ninf: NaN checks must survive.
-FASTMATH = {"reassoc", "contract"}
+from .flags import FASTMATH
 
 
 @njit(cache=True, fastmath=FASTMATH)

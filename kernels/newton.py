@@ -26,48 +26,80 @@ Termination (SPICE-style, both required): the last step satisfies
 ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
 voltage error there, and the last term is the round-off floor of evaluating ``J x``.
 
-Status codes per sample: 0 converged, 1 iteration limit, 2 line search failed, 3 singular or
-non-finite Jacobian/residual, 4 converged with a Shockley diode beyond its ``imax`` guard.
+Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
+1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
+with a Shockley diode beyond its ``imax`` guard.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
 
-from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
+from .blocks import block_range
+from .devices import beyond_imax, diode_exp, diode_ig, diode_move, diode_step_limit
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
+from .status import Status
 
-CONVERGED = 0
-MAXITER = 1
-LINESEARCH = 2
-SINGULAR = 3
-BEYOND_IMAX = 4
+# plain ints (Numba freezes them as constants in the kernels); equal to the Status members
+CONVERGED = int(Status.CONVERGED)
+MAXITER = int(Status.MAXITER)
+LINESEARCH = int(Status.LINESEARCH)
+SINGULAR = int(Status.SINGULAR)
+BEYOND_IMAX = int(Status.BEYOND_IMAX)
 
 EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
 
+Workspace = namedtuple("Workspace", [
+    "residual", "residual_lin", "step", "g_step", "jac_kk", "jac_e",
+    "schur_u", "schur_factor", "schur_rhs", "jac_e_rsqrt",
+    "diode_i", "diode_g", "diode_ev", "trial_i", "trial_g", "trial_ev", "factor_g"])
+Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`), float64, by name.
+
+``nF = nK + nE`` free nodes, ``nXd`` fixed nodes touched by diodes, ``nD`` diodes:
+
+- ``residual`` (nF,) A: KCL residual ``r = G_FF x - b + i_diodes(x)`` (net current leaving each
+  free node).
+- ``residual_lin`` (nF,) A: its linear part ``G_FF x - b``.
+- ``step`` (nF + nXd,) V: the Newton step on the extended voltage vector; the last ``nXd``
+  entries (fixed nodes) stay zero.
+- ``g_step`` (nF,) A: ``G_FF step``.
+- ``jac_kk`` (nK, nK) S: Jacobian block of the dense node set ``K``.
+- ``jac_e`` (nE,) S: diagonal of the Jacobian block of the independent set ``E``.
+- ``schur_u`` (nK, nE) S^(1/2): ``GKE diag(jac_e^-1/2)``.
+- ``schur_factor`` (nK, nK) S^(1/2): Cholesky factor of the Schur complement, when no factor
+  cache is kept.
+- ``schur_rhs`` (nK,): right-hand side of the Schur system (A), overwritten by its solution
+  (V).
+- ``jac_e_rsqrt`` (nE,) S^(-1/2): ``jac_e^-1/2``.
+- ``diode_i`` (nD,) A, ``diode_g`` (nD,) S: diode currents and conductances at the iterate.
+- ``diode_ev`` (nD,) 1: ``exp(v / vte)`` of each diode where the model caches it, else 0
+  (see :func:`~fastres.kernels.devices.diode_move`).
+- ``trial_i`` (nD,) A, ``trial_g`` (nD,) S, ``trial_ev`` (nD,) 1: the same at the line
+  search's trial point.
+- ``factor_g`` (nD,) S: the diode conductances ``schur_factor`` was formed with.
+"""
+
 
 @njit(cache=True)
 def _first_trial(vext, dxe, da, db, dkind, dpar):
-    """First step length of the line search: 1, or less where a Shockley diode would be driven
-    far up its exponential (beyond ``vcrit + 10 N vt``, ngspice's critical voltage), which a
-    linearised step from below always overshoots. Only a starting point: the line search still
-    brackets and may extend the step."""
+    """First step length of the line search: 1, or less where a diode would be driven above
+    its step limit (:func:`~fastres.kernels.devices.diode_step_limit`: for a Shockley diode
+    ``vcrit + 10 N vt`` up its exponential, ngspice's critical voltage, which a linearised step
+    from below always overshoots). Only a starting point: the line search still brackets and
+    may extend the step."""
     t = 1.0
     for k in range(da.shape[0]):
-        if dkind[k] != KIND_SHOCKLEY:
-            continue
         a = da[k]
         c = db[k]
         h = dxe[a] - dxe[c]
-        if h <= 0.0:
+        if h <= 0.0:  # a limit on the voltage concerns only steps up
             continue
         v = vext[a] - vext[c]
-        IS = dpar[k, 0]
-        vte = dpar[k, 1]
-        vlim = max(v, vte * math.log(vte / (1.4142135623730951 * IS))) + 10.0 * vte
+        vlim = diode_step_limit(dkind[k], dpar[k], v, h)
         if v + h > vlim:
             t = min(t, (vlim - v) / h)
     return t
@@ -133,13 +165,27 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     valid).
 
     ``vext`` is the extended voltage vector ``[free nodes | fixed nodes used by diodes]`` (V);
-    ``w`` is the tuple of scratch arrays of :func:`workspace`. ``S`` (nK, nK) holds the Cholesky
+    ``w`` is the :class:`Workspace` of :func:`workspace`. ``S`` (nK, nK) holds the Cholesky
     factor of the Schur complement and ``dgs`` (nD,) the diode conductances (S) it was formed
     with; if ``valid``, they describe this same circuit (the same conductance arrays). The
     Jacobian is a function of the diode conductances alone, so while they stay bitwise equal --
     a piecewise-linear diode that keeps its region -- the factor is reused, bit-identically.
     """
-    r, rlin, dxe, Gdx, JKK, dE, U, _, y, q, di, dg, ev, di_t, dg_t, ev_t, _ = w
+    r = w.residual
+    rlin = w.residual_lin
+    dxe = w.step
+    Gdx = w.g_step
+    JKK = w.jac_kk
+    dE = w.jac_e
+    U = w.schur_u
+    y = w.schur_rhs
+    q = w.jac_e_rsqrt
+    di = w.diode_i
+    dg = w.diode_g
+    ev = w.diode_ev
+    di_t = w.trial_i
+    dg_t = w.trial_g
+    ev_t = w.trial_ev
     nK = GKK.shape[0]
     nE = gEE.shape[0]
     nF = nK + nE
@@ -251,11 +297,15 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
 
 @njit(cache=True)
 def workspace(nK, nE, nD, nXd):
-    """Scratch arrays for :func:`newton_sample`, allocated once per thread chunk."""
+    """The :class:`Workspace` of :func:`newton_sample`, allocated once per thread chunk."""
     nF = nK + nE
-    return (np.empty(nF), np.empty(nF), np.zeros(nF + nXd), np.empty(nF),
-            np.empty((nK, nK)), np.empty(nE), np.empty((nK, nE)), np.empty((nK, nK)), np.empty(nK), np.empty(nE),
-            np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD), np.empty(nD))
+    return Workspace(residual=np.empty(nF), residual_lin=np.empty(nF), step=np.zeros(nF + nXd),
+                     g_step=np.empty(nF), jac_kk=np.empty((nK, nK)), jac_e=np.empty(nE),
+                     schur_u=np.empty((nK, nE)), schur_factor=np.empty((nK, nK)),
+                     schur_rhs=np.empty(nK), jac_e_rsqrt=np.empty(nE),
+                     diode_i=np.empty(nD), diode_g=np.empty(nD), diode_ev=np.empty(nD),
+                     trial_i=np.empty(nD), trial_g=np.empty(nD), trial_ev=np.empty(nD),
+                     factor_g=np.empty(nD))
 
 
 @njit(cache=True)
@@ -271,7 +321,7 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     kept = fS.shape[0] > 0
     for s in range(lo, hi):
         load_sample(x, vdfix, s, vext)
-        S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w[7], w[16], False)
+        S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w.schur_factor, w.factor_g, False)
         it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
                                        abstol, maxiter, w, S, dgs, valid)
         if kept:
@@ -298,10 +348,8 @@ def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     sample's solve). Small batches should call :func:`solve_range` directly.
     """
     B = x.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(B, lo + per)
+        lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, reltol, vntol, abstol,
                         maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status)

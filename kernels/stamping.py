@@ -15,10 +15,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Re-association lets LLVM vectorise the dot products; no nnan/ninf: NaN checks must survive.
-FASTMATH = {"reassoc", "contract"}
-
+from .blocks import block_range
 from .devices import diode_ig
+from .flags import FASTMATH
 from .linalg import cholesky_inplace, cholesky_solve_inplace
 
 
@@ -176,9 +175,7 @@ def source_currents(U, P, col0, b0, inj, nchunks, b):
     chunk of samples per thread. ``b0`` (nF,) constant currents, ``inj`` (B, nF) or (1, nF).
     """
     B = b.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(B, lo + per)
+        lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             source_currents_range(U, P, col0, b0, inj, lo, hi, b)

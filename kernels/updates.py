@@ -14,6 +14,8 @@ the device range ``[g_lo, g_hi]`` (S), and the column sums that the next Jacobia
 import numpy as np
 from numba import njit, prange
 
+from .blocks import block_range
+
 
 @njit(cache=True)
 def drop_square_terms(ua, va, ub, vb):
@@ -72,26 +74,6 @@ def fixed_from_terms(u, va, vb):
 
 
 @njit(cache=True)
-def drop_square_difference(ua, va, ub, vb, out):
-    """``out[i, j] = sum_s (ua[s,i] - va[s,j])^2 - (ub[s,i] - vb[s,j])^2`` (V^2).
-
-    ``ua, ub`` (B, n_from), ``va, vb`` (B, n_to) volts; ``out`` (n_from, n_to).
-    """
-    row, col, prod = drop_square_terms(ua, va, ub, vb)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] = row[i] + col[j] - 2.0 * prod[i, j]
-
-
-@njit(cache=True)
-def _block(n, nb, c):
-    """Rows ``(lo, hi)`` of block ``c`` when ``n`` rows are cut into ``nb`` equal blocks."""
-    per = (n + nb - 1) // nb
-    lo = min(n, c * per)
-    return lo, min(n, lo + per)
-
-
-@njit(cache=True)
 def drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi):
     """Rows ``lo..hi-1`` of :func:`drop_square_step` (serial)."""
     m = W.shape[1]
@@ -117,7 +99,7 @@ def drop_square_step(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, nc
     split into ``nchunks`` parallel chunks (call :func:`drop_square_step_rows` for small W).
     """
     for c in prange(nchunks):
-        lo, hi = _block(W.shape[0], nchunks, c)
+        lo, hi = block_range(W.shape[0], nchunks, c)
         drop_square_step_rows(W, row, col, prod, scale, vel, lr, momentum, g_lo, g_hi, lo, hi)
 
 
@@ -183,7 +165,7 @@ def fixed_from_step(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, partial
     """
     nb = partial.shape[0]
     for c in prange(nb):
-        lo, hi = _block(W.shape[0], nb, c)
+        lo, hi = block_range(W.shape[0], nb, c)
         fixed_from_step_rows(W, uT, d, col, scale, vel, lr, momentum, g_lo, g_hi, lo, hi, partial[c])
     _combine_blocks(partial, colsum)
 
@@ -195,7 +177,7 @@ def block_column_sums(W, partial, colsum):
     that step returns (used when a run starts or resumes)."""
     nb = partial.shape[0]
     for c in prange(nb):
-        lo, hi = _block(W.shape[0], nb, c)
+        lo, hi = block_range(W.shape[0], nb, c)
         psum = partial[c]
         for j in range(W.shape[1]):
             psum[j] = 0.0
