@@ -7,6 +7,7 @@ import numpy as np
 
 from .elements import Amplifier, CurrentSource, Diode, Resistor, VoltageSource
 from .errors import CircuitError
+from .kernels.devices import NPAR
 from .system import KernelSystem
 
 
@@ -281,7 +282,7 @@ def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
         db.append(ext(d.cathode))
         kinds.append(d.model.kind)
         pars.append(d.model.params(temp=circuit.temp, tnom=circuit.tnom, gmin=circuit.gmin))
-    dpar = np.array(pars, dtype=np.float64).reshape(-1, 5)
+    dpar = np.array(pars, dtype=np.float64).reshape(-1, NPAR)
     vsrc = {v.name: fixed_col[v.node] for v in vs}
     isrc = {i.name: fidx.get(i.node, -1) for i in circuit.of_type(CurrentSource)}
     scales = np.array([base(n)[1] for n in nodes])

@@ -16,7 +16,6 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import diode_ig
 from .flags import FASTMATH
 from .linalg import cholesky_inplace, cholesky_solve_inplace
 
@@ -51,13 +50,6 @@ def gff_matvec(GKK, GKE, gEE, x, out):
         xi = x[i]
         for e in range(nE):
             out[nK + e] += GKE[i, e] * xi
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def eval_diodes(vext, da, db, dkind, dpar, di, dg):
-    """Diode currents ``di`` (A) and conductances ``dg`` (S) at extended voltages ``vext`` (V)."""
-    for k in range(da.shape[0]):
-        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vext[da[k]] - vext[db[k]])
 
 
 @njit(cache=True, fastmath=FASTMATH)
