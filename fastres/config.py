@@ -313,8 +313,121 @@ class RunConfig:
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
 
 
+DEVICE_MODELS = ("ideal", "linear", "soft-bounds", "exponential", "table")
+
+#: named device presets (see DeviceConfig); "realistic" is documented with its sources there
+DEVICE_PRESETS = {
+    "ideal": {},
+    "realistic": {"model": "exponential", "levels": 32, "a_up": 0.25, "a_down": 0.25,
+                  "write_noise": 0.005, "d2d_step": 0.1, "d2d_bounds": 0.05,
+                  "d2d_nonlinearity": 0.1, "stuck": 0.001, "read_noise": 0.01,
+                  "rounding": "stochastic", "max_pulses": 8},
+}
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """The programmable conductance (see :mod:`fastres.pulsed`; ``ideal``: any value in
+    ``[g_min, g_max]``, written exactly, today's behaviour).
+
+    ``preset`` names a set of defaults (``ideal``, ``realistic``) that the other fields
+    override. Pulsed models: ``linear`` (constant step), ``soft-bounds`` (step proportional to
+    the distance to the bound in the pulse's direction), ``exponential`` (NeuroSim's LTP/LTD
+    curve ``G(P) = g_min + B (1 - exp(-P / A))`` with ``A = a_up P_max`` for potentiation,
+    ``a_down`` for depression), ``table`` (a measured curve: a CSV file ``table`` of rows
+    ``pulse, g_potentiation, g_depression`` in S, interpolated). ``levels``: the number of
+    distinct states from ``g_min`` to ``g_max`` (``levels - 1`` pulses apart; initial
+    conductances are programmed onto them); ``up_down``: asymmetry, up steps ``(1 + up_down)``
+    and down steps ``(1 - up_down)`` times the nominal step. ``rounding`` of the desired
+    number of pulses: ``stochastic`` or ``deterministic``; at most ``max_pulses`` per device
+    per step; ``accumulate``: accumulate-then-pulse (a per-device accumulator fires whole
+    pulses). Non-idealities: ``write_noise`` (cycle to cycle: a fraction of the range per
+    pulse, in quadrature, NeuroSim's convention), ``d2d_step``, ``d2d_bounds``,
+    ``d2d_nonlinearity`` (device-to-device relative spreads, drawn once from the run's seed),
+    ``stuck`` (fraction of devices stuck, half at ``g_min``, half at ``g_max``), ``read_noise``
+    (relative spread of the conductances a training step's solves see, drawn once per
+    minibatch and shared by its free and nudged phases).
+
+    The ``realistic`` preset: NeuroSim V3.0's default real device (31 pulses from ``g_min`` to
+    ``g_max``, so 32 levels; nonlinearity NL = +-4.22, whose normalised A is about 0.25 in
+    NeuroSim's table; cycle-to-cycle sigma 0.5 % of the range per pulse), with the
+    device-to-device spreads, stuck fraction and read noise of aihwkit-style defaults scaled
+    down (10 % step, 5 % bounds, 10 % nonlinearity, 0.1 % stuck, 1 % read noise).
+    """
+
+    preset: str = "ideal"
+    model: str | None = None
+    levels: int | None = None
+    up_down: float | None = None
+    a_up: float | None = None
+    a_down: float | None = None
+    table: str | None = None
+    rounding: str | None = None
+    max_pulses: int | None = None
+    accumulate: bool | None = None
+    write_noise: float | None = None
+    d2d_step: float | None = None
+    d2d_bounds: float | None = None
+    d2d_nonlinearity: float | None = None
+    stuck: float | None = None
+    read_noise: float | None = None
+
+    _DEFAULTS = {"model": "ideal", "levels": None, "up_down": 0.0, "a_up": 0.25, "a_down": 0.25,
+                 "table": None, "rounding": "stochastic", "max_pulses": 16, "accumulate": False,
+                 "write_noise": 0.0, "d2d_step": 0.0, "d2d_bounds": 0.0, "d2d_nonlinearity": 0.0,
+                 "stuck": 0.0, "read_noise": 0.0}
+
+    def __post_init__(self):
+        _plain(self)
+        if self.preset not in DEVICE_PRESETS:
+            raise ConfigError(f"unknown device preset {self.preset!r}: use one of {', '.join(DEVICE_PRESETS)}")
+        r = self.resolved_params()
+        if r["model"] not in DEVICE_MODELS:
+            raise ConfigError(f"unknown device model {r['model']!r}: use one of {', '.join(DEVICE_MODELS)}")
+        if r["model"] == "ideal":
+            return
+        if r["levels"] is not None and (not _is_int(r["levels"]) or r["levels"] < 2):
+            raise ConfigError(f"device.levels={r['levels']!r} must be an integer >= 2")
+        if r["model"] in ("linear", "soft-bounds", "exponential") and r["levels"] is None:
+            raise ConfigError(f"device model {r['model']}: give levels=N (the number of states)")
+        if r["model"] == "table" and not r["table"]:
+            raise ConfigError("device model table: give table=FILE (CSV: pulse, g_up, g_down in S)")
+        if r["rounding"] not in ("stochastic", "deterministic"):
+            raise ConfigError(f"device.rounding={r['rounding']!r}: use stochastic or deterministic")
+        if not _is_int(r["max_pulses"]) or r["max_pulses"] < 1:
+            raise ConfigError(f"device.max_pulses={r['max_pulses']!r} must be an integer >= 1")
+        if not isinstance(r["accumulate"], bool):
+            raise ConfigError(f"device.accumulate={r['accumulate']!r} must be true or false")
+        for key in ("up_down", "a_up", "a_down", "write_noise", "d2d_step", "d2d_bounds",
+                    "d2d_nonlinearity", "stuck", "read_noise"):
+            _finite("device", **{key: r[key]})
+        if not -1 < r["up_down"] < 1:
+            raise ConfigError(f"device.up_down={r['up_down']!r} must be in (-1, 1)")
+        if not (r["a_up"] > 0 and r["a_down"] > 0):
+            raise ConfigError("device.a_up and a_down (normalised nonlinearity) must be > 0")
+        for key in ("write_noise", "d2d_step", "d2d_bounds", "d2d_nonlinearity", "read_noise"):
+            if r[key] < 0:
+                raise ConfigError(f"device.{key}={r[key]!r} must be >= 0 (a spread)")
+        if not 0 <= r["stuck"] < 1:
+            raise ConfigError(f"device.stuck={r['stuck']!r} must be a fraction in [0, 1)")
+
+    def resolved_params(self) -> dict:
+        """Every parameter: the field if set, else the preset's, else the default."""
+        out = dict(self._DEFAULTS)
+        out.update(DEVICE_PRESETS.get(self.preset, {}))
+        for k in self._DEFAULTS:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
+
+    @property
+    def ideal(self) -> bool:
+        return self.resolved_params()["model"] == "ideal"
+
+
 SECTIONS = {"network": NetworkConfig, "estimator": EstimatorConfig, "optimizer": OptimizerConfig,
-            "data": DataConfig, "solver": SolverConfig, "run": RunConfig}
+            "data": DataConfig, "solver": SolverConfig, "run": RunConfig, "device": DeviceConfig}
 
 #: flat option name -> its section (names are unique across sections)
 OPTION_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -322,7 +435,7 @@ OPTION_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclas
 #: names of both a section and an option in it: ``data`` (directory), ``estimator`` (method)
 _SHARED_NAMES = tuple(s for s in SECTIONS if s in OPTION_SECTION)
 
-_INT_OPTIONS = {"epochs", "seed", "store_samples", "batch_size", "n_train", "n_test", "maxiter",
+_INT_OPTIONS = {"levels", "max_pulses", "epochs", "seed", "store_samples", "batch_size", "n_train", "n_test", "maxiter",
                 "eval_batch", "gradcheck_every", "gradcheck_samples"}
 
 
@@ -347,9 +460,9 @@ class TrainConfig:
     __slots__ = tuple(SECTIONS)
 
     def __init__(self, network=None, estimator=None, optimizer=None, data=None, solver=None,
-                 run=None, **options):
+                 run=None, device=None, **options):
         given = {"network": network, "estimator": estimator, "optimizer": optimizer,
-                 "data": data, "solver": solver, "run": run}
+                 "data": data, "solver": solver, "run": run, "device": device}
         for name in _SHARED_NAMES:  # `data` and `estimator` name a section and an option
             v = given[name]
             if v is not None and not isinstance(v, (dict, SECTIONS[name])):

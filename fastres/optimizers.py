@@ -58,6 +58,10 @@ class BoundedSGD:
                     raise FastresError(f"optimiser state {k} has shape {self.vel[k].shape}, "
                                    f"expected {params[k].shape}")
 
+    def apparent(self, params) -> dict:
+        """The conductances the solves see: ideal devices read exactly what was written."""
+        return params
+
     # -- the column sums of W1 (S), kept up to date by the fused update ----------------------
     def column_sums(self, params) -> np.ndarray:
         """``params["W1"].sum(axis=0)`` with the fused update's fixed block structure (so a

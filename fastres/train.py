@@ -28,7 +28,7 @@ from .errors import FastresError
 from .estimators import make_estimator
 from .evaluate import evaluate, layer_voltages
 from .network import LayeredNetwork
-from .optimizers import BoundedSGD
+from .pulsed import make_optimizer
 from .reducers import make_reducer
 from .solver import Newton
 from .store import RunStore, generator_state, restore_generator
@@ -49,6 +49,7 @@ class StepStats:
     solver_seconds: float = 0.0   # kernel arrays and all phases
     comm_seconds: float = 0.0     # the reduction
     update_seconds: float = 0.0   # gradient terms and the optimiser
+    pulses: int = 0               # programming pulses (pulsed devices)
 
     def __iadd__(self, other: "StepStats") -> "StepStats":
         for f in fields(self):
@@ -65,7 +66,7 @@ class Trainer:
         self.alg = Newton.from_config(cfg.solver)
         self.estimator = make_estimator(cfg.estimator)
         self.reducer = make_reducer(comm)
-        self.optimizer = BoundedSGD(cfg.lr, cfg.optimizer.momentum, cfg.network.g_min, cfg.network.g_max)
+        self.optimizer = make_optimizer(cfg, cfg.lr, cfg.run.seed)
         self.params = None
         self.lr_factor = 1.0  # lr_decay ** (epoch - 1), set per epoch
 
@@ -97,21 +98,23 @@ class Trainer:
         lo, hi = self.reducer.share(B)
         t0 = time.perf_counter()
         U = self.net.input_voltages(X)
-        system = self.net.system(self.params, self.optimizer.column_sums(self.params))
+        seen = self.optimizer.apparent(self.params)  # read noise, if the devices have it
+        colsum = self.optimizer.column_sums(self.params) if seen is self.params else None
+        system = self.net.system(seen, colsum)
         # a rank's share gets its own input array, as BLAS may round differently on a view
         Ush = U if (lo, hi) == (0, B) else self.net.input_voltages(X[lo:hi])
-        prob = self.net.problem(self.params, X[lo:hi], system=system, U=Ush)
+        prob = self.net.problem(seen, X[lo:hi], system=system, U=Ush)
         st = self.estimator.states(prob, y[lo:hi], self.alg, rng)
         t1 = time.perf_counter()
         st = self.reducer.reduce(st, B, lo, hi)
         t2 = time.perf_counter()
         ph = phases_from_states(self.net, U, y, st, self.cfg.estimator.target_volts, fused_first=True)
         pred = np.argmax(self.net.outputs(ph.free), axis=1)
-        self.optimizer.step(self.params, ph, self.lr_factor)
+        pulses = self.optimizer.step(self.params, ph, self.lr_factor) or 0
         t3 = time.perf_counter()
         return StepStats(B, float(ph.loss.sum()), int(np.sum(pred != y)), ph.stats.free_iterations,
                          ph.stats.nudged_iterations, ph.stats.nonconverged, st.stats.free_seconds,
-                         st.stats.nudged_seconds, t1 - t0, t2 - t1, t3 - t2)
+                         st.stats.nudged_seconds, t1 - t0, t2 - t1, t3 - t2, int(pulses))
 
     def evaluate(self, X, y):
         """(mean loss V^2, error fraction, predictions, non-converged count) on a dataset; with
@@ -223,6 +226,8 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
             "free_phase_seconds": tot.free_seconds, "nudged_phase_seconds": tot.nudged_seconds,
             "ranks": size,
         }
+        if not cfg.device.ideal:
+            metrics["pulses"] = int(tot.pulses)
         if rank == 0:
             every = cfg.estimator.gradcheck_every
             if every and epoch % every == 0:

@@ -563,3 +563,66 @@ def reference_solve(circuit, sources=None, *, tol=1e-13, maxiter=200, chunk=1024
         c = sys.col[n]
         V[:, j] = x[:, c] if c < nF else vfix[:, c - nF]
     return list(sys.nodes), V
+
+
+# ---------------------------------------------------------------------------- pulsed devices
+
+def pulsed_move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max, tab_up, tab_down):
+    """Twin of ``kernels.pulses.move``, one pulse at a time (S): ``n`` signed whole pulses
+    from ``g`` between bounds ``lo``/``hi`` (arrays of one shape), step scale ``s``.
+
+    linear: each pulse +- s step; soft bounds: each pulse s step (hi - g)/r up, s step (g - lo)/r
+    down; exponential (NeuroSim): the pulse position on G(P) = lo + B (1 - exp(-P/A)) found by
+    bisection, advanced by s per pulse; table: the position by interpolation of the inverse
+    curve, advanced by s per pulse.
+    """
+    g = np.array(g, dtype=np.float64, copy=True)
+    n = np.asarray(n, dtype=np.float64)
+    lo, hi, s = (np.broadcast_to(np.asarray(a, dtype=np.float64), g.shape) for a in (lo, hi, s))
+    r = hi - lo
+    out = g.copy()
+    for idx in np.ndindex(g.shape):
+        k = int(abs(n[idx]))
+        up = n[idx] > 0
+        x = g[idx]
+        if model in ("linear", "soft-bounds"):
+            for _ in range(k):
+                if model == "linear":
+                    x += s[idx] * (step_up if up else -step_down)
+                elif up:
+                    x += s[idx] * step_up * (hi[idx] - x) / r[idx]
+                else:
+                    x -= s[idx] * step_down * (x - lo[idx]) / r[idx]
+        elif model == "exponential":
+            a = (a_up if up else a_down)[idx] if np.ndim(a_up) else (a_up if up else a_down)
+            A = a * p_max
+            B = r[idx] / (1 - np.exp(-p_max / A))
+
+            def G(P):
+                return B * (1 - np.exp(-P / A))  # distance from the starting bound
+
+            dist = (x - lo[idx]) if up else (hi[idx] - x)
+            lo_p, hi_p = 0.0, 1e6 * p_max
+            for _ in range(200):  # bisection for the pulse position
+                mid = 0.5 * (lo_p + hi_p)
+                lo_p, hi_p = (mid, hi_p) if G(mid) < dist else (lo_p, mid)
+            P = 0.5 * (lo_p + hi_p)
+            for _ in range(k):
+                P += s[idx]
+            x = lo[idx] + G(P) if up else hi[idx] - G(P)
+        else:  # table
+            m = len(tab_up) - 1
+            pulses = np.arange(m + 1, dtype=np.float64)
+            g01 = (x - lo[idx]) / r[idx]
+            if up:
+                pos = np.interp(g01, tab_up, pulses)
+                for _ in range(k):
+                    pos += s[idx]
+                x = lo[idx] + r[idx] * np.interp(pos, pulses, tab_up)
+            else:
+                pos = np.interp(g01, tab_down[::-1], pulses[::-1])
+                for _ in range(k):
+                    pos += s[idx]
+                x = lo[idx] + r[idx] * np.interp(pos, pulses, tab_down)
+        out[idx] = x
+    return out

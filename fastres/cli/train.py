@@ -46,6 +46,11 @@ def add_commands(sub):
     t.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
     t.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
                    help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
+    t.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
+                   "or realistic (see fastres.config.DeviceConfig)")
+    t.add_argument("--device-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="device setting overriding the preset, e.g. model=soft-bounds, levels=64, "
+                        "write_noise=0.01, accumulate=true, table=curve.csv")
     t.add_argument("--baseline", choices=["mlp"], help="train the same-size software MLP with "
                    "backpropagation on the same data and schedule instead")
     t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
@@ -95,6 +100,27 @@ def _parse_kv(items):
     return out
 
 
+def _parse_device(items):
+    """``--device-param KEY=VALUE``: integers, numbers, true/false, else text."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--device-param {item!r}: expected KEY=VALUE")
+        k, v = (t.strip() for t in item.split("=", 1))
+        if v.lower() in ("true", "false", "yes", "no"):
+            out[k] = v.lower() in ("true", "yes")
+            continue
+        for conv in (int, float):
+            try:
+                out[k] = conv(v)
+                break
+            except ValueError:
+                pass
+        else:
+            out[k] = v
+    return out
+
+
 def config_from_args(args):
     """The TrainConfig of ``--config FILE`` overridden by the flags."""
     from ..config import TrainConfig, merge
@@ -106,6 +132,10 @@ def config_from_args(args):
         except ValueError:
             raise UsageError(f"--lr {args.lr!r}: expected numbers separated by commas") from None
     merged = merge(d, flags)
+    if args.device:
+        merged["device"]["preset"] = args.device
+    if args.device_param:
+        merged["device"].update(_parse_device(args.device_param))
     if args.diode_param:
         merged["network"]["diode_params"] = {**merged["network"].get("diode_params", {}),
                                              **_parse_kv(args.diode_param)}
@@ -122,6 +152,7 @@ def check_resume_args(args):
              and getattr(args, n, None) is not None]
     for flag, val in (("--out", args.out), ("--config", args.config), ("--lr", args.lr),
                       ("--diode-param", args.diode_param), ("--baseline", args.baseline),
+                      ("--device", args.device), ("--device-param", args.device_param),
                       ("--overwrite", args.overwrite)):
         if val:
             given.append(flag)
@@ -155,6 +186,9 @@ def run_train(args) -> int:
         if args.baseline == "mlp":
             if comm is not None:
                 raise UsageError("--baseline mlp runs in one process; start it without mpirun")
+            if not cfg.device.ideal:
+                raise UsageError("--baseline mlp on a device model is not implemented yet: the "
+                                 "baseline trains ideal weights")
             from ..baseline_run import train_baseline
             train_baseline(cfg, args.out, overwrite=args.overwrite)
             return 0

@@ -1,0 +1,193 @@
+"""Real devices: memristors programmed by pulses, with noise and variability, as an optimiser.
+
+:class:`PulsedDevices` has the optimiser interface of :class:`~fastres.optimizers.BoundedSGD`
+(``init``, ``state``, ``load``, ``column_sums``, ``step``) and wraps it: SGD (with momentum)
+proposes each conductance's desired change, and the device turns it into what hardware does
+(see :mod:`fastres.kernels.pulses` for the models and the exact update; the parameters are
+:class:`~fastres.config.DeviceConfig`'s). Conductances in S.
+
+State, all stored in the run file's checkpoint (optimiser group) so a killed run resumes
+bit-identically: per conductance array ``K``, the momentum ``K``, and ``K.lo``, ``K.hi``
+(device bounds, S), ``K.s`` (step scale), ``K.aup``, ``K.adown`` (nonlinearity), ``K.stuck``
+(0/1), drawn once at the start from the run's seed; ``K.acc`` the accumulator (S); and the
+totals ``pulses`` (per step counter) kept as a metric by the trainer. Random numbers are
+counter-based (seed, step, array, purpose, device), so they do not depend on threads or MPI
+ranks, and every rank applies the same update.
+
+Read noise (:meth:`apparent`): the conductances a training step's solves see are the
+programmed ones times ``1 + read_noise * xi``, drawn once per minibatch and shared by its
+free and nudged phases -- EqProp differences two phases of ONE circuit, so resampling between
+them would add noise of the size of the signal; a read of a memristor array lasts
+microseconds, a minibatch's phases happen within one read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from .config import DeviceConfig
+from .errors import ConfigError
+from .kernels import pulses as _kp
+from .optimizers import BoundedSGD
+
+MODEL_CODES = {"linear": _kp.MODEL_LINEAR, "soft-bounds": _kp.MODEL_SOFT,
+               "exponential": _kp.MODEL_EXP, "table": _kp.MODEL_TABLE}
+_PURPOSE_WRITE, _PURPOSE_READ, _PURPOSE_INIT = 1, 2, 3
+
+
+def stream_key(seed, step, array_index, purpose) -> np.uint64:
+    """The counter-based generator's key for one (seed, step, array, purpose) (uint64)."""
+    h = np.random.SeedSequence([int(seed), int(step), int(array_index), int(purpose)])
+    return np.uint64(int(h.generate_state(1, dtype=np.uint64)[0]))
+
+
+def load_table(path, g_min, g_max):
+    """A measured curve: CSV rows ``pulse, g_potentiation, g_depression`` (S; potentiation
+    increasing, depression decreasing, both spanning the same range). Returns the curves
+    normalised to [0, 1] of the range (each (M+1,)), and the number of pulses M."""
+    try:
+        a = np.loadtxt(Path(path), delimiter=",", ndmin=2, comments="#")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"device table {path}: cannot read it as CSV rows 'pulse, g_up, g_down': {exc}") from None
+    if a.shape[1] != 3 or a.shape[0] < 2 or not np.all(np.isfinite(a)):
+        raise ConfigError(f"device table {path}: need >= 2 finite rows of 3 columns (pulse, g_up, g_down)")
+    up, down = a[:, 1], a[:, 2]
+    if not (np.all(np.diff(up) > 0) and np.all(np.diff(down) < 0)):
+        raise ConfigError(f"device table {path}: potentiation must increase and depression decrease "
+                          f"monotonically with the pulse number")
+    lo, hi = up[0], up[-1]
+    if not (np.isclose(down[0], hi, rtol=1e-6) and np.isclose(down[-1], lo, rtol=1e-6)):
+        raise ConfigError(f"device table {path}: both curves must span the same range "
+                          f"({lo:g}..{hi:g} S up, {down[-1]:g}..{down[0]:g} S down)")
+    if not (g_min <= lo < hi <= g_max):
+        raise ConfigError(f"device table {path}: its range {lo:g}..{hi:g} S lies outside "
+                          f"[g_min, g_max] = [{g_min:g}, {g_max:g}] S")
+    r = hi - lo
+    return (up - lo) / r, (down - lo) / r, a.shape[0] - 1
+
+
+class PulsedDevices:
+    """SGD's desired changes, applied by pulses to devices (see the module docstring)."""
+
+    def __init__(self, cfg: DeviceConfig, lr, momentum, g_min, g_max, seed):
+        self.cfg = cfg
+        p = cfg.resolved_params()
+        self.p = p
+        self.sgd = BoundedSGD(lr, momentum, -1e300, 1e300)  # desired changes, unclipped
+        self.g_min, self.g_max = float(g_min), float(g_max)
+        self.seed = int(seed)
+        self.model = MODEL_CODES[p["model"]]
+        r = self.g_max - self.g_min
+        if p["model"] == "table":
+            self.tab_up, self.tab_down, M = load_table(p["table"], self.g_min, self.g_max)
+            self.p_max = float(M)
+        else:
+            self.tab_up = self.tab_down = np.zeros(2)
+            self.p_max = float(p["levels"] - 1)
+        self.step_nominal = r / self.p_max
+        self.step_up = self.step_nominal * (1.0 + p["up_down"])
+        self.step_down = self.step_nominal * (1.0 - p["up_down"])
+        self.dev = None  # per array: dict of per-device state
+        self.step_count = 0
+        self.last_pulses = 0
+
+    # -- state -------------------------------------------------------------------------------
+    def init(self, params):
+        """Draw the devices (from the run's seed, a stream of its own), program the initial
+        conductances onto them (their levels, their bounds; stuck devices at a bound)."""
+        self.sgd.init(params)
+        p = self.p
+        self.dev = {}
+        for j, (k, W) in enumerate(sorted(params.items())):
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, j]))
+            n = W.size
+            r = self.g_max - self.g_min
+            lo = np.full(n, self.g_min)
+            hi = np.full(n, self.g_max)
+            if p["d2d_bounds"] > 0:  # bounds spread, kept inside [g_min, g_max] and ordered
+                lo = np.clip(self.g_min + r * p["d2d_bounds"] * np.abs(rng.standard_normal(n)), self.g_min,
+                             self.g_min + 0.4 * r)
+                hi = np.clip(self.g_max - r * p["d2d_bounds"] * np.abs(rng.standard_normal(n)),
+                             self.g_max - 0.4 * r, self.g_max)
+            s = np.clip(1.0 + p["d2d_step"] * rng.standard_normal(n), 0.05, None)
+            aup = np.clip(p["a_up"] * (1.0 + p["d2d_nonlinearity"] * rng.standard_normal(n)), 1e-3, None)
+            adown = np.clip(p["a_down"] * (1.0 + p["d2d_nonlinearity"] * rng.standard_normal(n)), 1e-3, None)
+            stuck = (rng.random(n) < p["stuck"]).astype(np.float64)
+            g = np.clip(W.ravel(), lo, hi)
+            if self.model == _kp.MODEL_LINEAR:  # onto the levels of the device
+                step = s * self.step_nominal
+                g = np.minimum(lo + np.round((g - lo) / step) * step, hi)
+            high = rng.random(n) < 0.5
+            g = np.where(stuck > 0, np.where(high, hi, lo), g)
+            W.ravel()[:] = g
+            self.dev[k] = {"lo": lo, "hi": hi, "s": s, "aup": aup, "adown": adown, "stuck": stuck,
+                           "acc": np.zeros(n)}
+
+    def state(self) -> dict:
+        out = dict(self.sgd.state())
+        for k, d in self.dev.items():
+            for name, a in d.items():
+                out[f"{k}.{name}"] = a
+        out["device.step"] = np.array([self.step_count], dtype=np.int64)
+        return out
+
+    def load(self, state, params):
+        if not state or "device.step" not in state:  # checkpoint 0: the devices are drawn anew
+            self.init(params)  # deterministic from the seed: the same devices as at the start
+            return
+        self.sgd.load({k: state[k] for k in params}, params)
+        self.dev = {k: {name: np.array(state[f"{k}.{name}"], dtype=np.float64)
+                        for name in ("lo", "hi", "s", "aup", "adown", "stuck", "acc")} for k in params}
+        self.step_count = int(np.asarray(state["device.step"]).ravel()[0])
+
+    def column_sums(self, params) -> np.ndarray:
+        return self.sgd.column_sums(params)
+
+    # -- reading and writing -----------------------------------------------------------------
+    def apparent(self, params) -> dict:
+        """The conductances a step's solves see (S): programmed, times read noise."""
+        sigma = self.p["read_noise"]
+        if sigma <= 0:
+            return params
+        out = {}
+        for j, (k, W) in enumerate(sorted(params.items())):
+            a = np.empty(W.size)
+            _kp.read_noise(W.ravel(), a, stream_key(self.seed, self.step_count, j, _PURPOSE_READ), sigma)
+            out[k] = np.clip(a, 1e-300, None).reshape(W.shape)
+        return out
+
+    def step(self, params, ph, lr_factor: float):
+        """SGD's desired change of every conductance, then pulses (in place in ``params``)."""
+        desired = {k: W.copy() for k, W in params.items()}
+        self.sgd._w1 = None  # column sums of the copy, not of params
+        self.sgd.step(desired, ph, lr_factor)
+        p = self.p
+        nchunks = max(1, numba.get_num_threads())
+        total = 0
+        for j, (k, W) in enumerate(sorted(params.items())):
+            d = self.dev[k]
+            flat = W.ravel()
+            delta = desired[k].ravel() - flat
+            pulses = np.empty(flat.size)
+            key = stream_key(self.seed, self.step_count, j, _PURPOSE_WRITE)
+            _kp.pulse_update(flat, delta, d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
+                             self.model, self.step_nominal, self.step_up, self.step_down, d["aup"],
+                             d["adown"], self.p_max, self.tab_up, self.tab_down,
+                             1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
+                             float(p["write_noise"]), bool(p["accumulate"]), nchunks)
+            total += int(np.abs(pulses).sum())
+        self.sgd._w1 = None  # the next step recomputes W1's column sums from the new values
+        self.step_count += 1
+        self.last_pulses = total
+        return total
+
+
+def make_optimizer(cfg, lr, seed):
+    """The optimiser role of a run: ideal bounded SGD, or pulsed devices."""
+    net = cfg.network
+    if cfg.device.ideal:
+        return BoundedSGD(lr, cfg.optimizer.momentum, net.g_min, net.g_max)
+    return PulsedDevices(cfg.device, lr, cfg.optimizer.momentum, net.g_min, net.g_max, seed)
+
