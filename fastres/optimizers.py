@@ -22,13 +22,16 @@ UPDATE_BLOCKS = 16  # fixed row blocks of the fused input-layer update (threads 
 
 
 class BoundedSGD:
-    """SGD with momentum, clipped to ``[g_min, g_max]`` (S); ``lr`` one rate per layer."""
+    """SGD with momentum, clipped to ``[g_min, g_max]`` (S); ``lr`` one rate per layer, in units
+    of ``g_max`` (see the module docstring). ``clip=False``: the steps are not clipped (the
+    desired changes a device model turns into pulses)."""
 
-    def __init__(self, lr, momentum, g_min, g_max):
+    def __init__(self, lr, momentum, g_min, g_max, clip=True):
         self.lr = [float(v) for v in lr]
         self.momentum = float(momentum)
         self.g_min = float(g_min)
         self.g_max = float(g_max)
+        self.bounds = (self.g_min, self.g_max) if clip else (-np.inf, np.inf)
         self.vel = None
         self._w1 = None  # the W1 array whose column sums are kept
         self._blocks = None
@@ -81,7 +84,7 @@ class BoundedSGD:
         self.column_sums(params)
         gscale = self.g_max * self.g_max * lr_factor
         threads = numba.get_num_threads()
-        opt = (self.momentum, self.g_min, self.g_max)
+        opt = (self.momentum, *self.bounds)
         uT, d, col = ph.first  # the input layer: fused, the gradient never materialised
         _updates.fixed_from_step(params["W1"], uT, d, col, ph.scale, self.vel["W1"],
                                  self.lr[0] * gscale, *opt, self._blocks, self._colsum)

@@ -75,7 +75,7 @@ class PulsedDevices:
         self.cfg = cfg
         p = cfg.resolved_params()
         self.p = p
-        self.sgd = BoundedSGD(lr, momentum, -1e300, 1e300)  # desired changes, unclipped
+        self.sgd = BoundedSGD(lr, momentum, g_min, g_max, clip=False)  # desired changes
         self.g_min, self.g_max = float(g_min), float(g_max)
         self.seed = int(seed)
         self.model = MODEL_CODES[p["model"]]

@@ -17,7 +17,7 @@ LAYERS = [
     ("solver", ["fastres.elements", "fastres.system", "fastres.compiled", "fastres.circuit",
                 "fastres.solver", "fastres.netlist", "fastres.ngspice", "fastres.generators"]),
     ("network", ["fastres.network"]),
-    ("learning", ["fastres.eqprop", "fastres.estimators", "fastres.reducers", "fastres.optimizers",
+    ("learning", ["fastres.eqprop", "fastres.estimators", "fastres.reducers", "fastres.optimizers", "fastres.pulsed",
                   "fastres.evaluate"]),
     ("training", ["fastres.train", "fastres.baseline", "fastres.baseline_run"]),
     ("analysis", ["fastres.analysis", "fastres.report"]),

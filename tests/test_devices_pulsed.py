@@ -230,3 +230,24 @@ def test_noisy_devices_resume_bit_identically(tmp_path):
     assert RunStore.open(whole).config["device"]["preset"] == "realistic"
     m = RunStore.open(whole).metrics()
     assert np.all(m["pulses"] > 0)
+
+
+def test_a_fine_linear_device_follows_ideal_sgd():
+    """With 2^20 levels, deterministic rounding and no noise, one step of the device lands
+    within one step size of ideal SGD's conductances (the desired changes are SGD's)."""
+    X = np.random.default_rng(1).uniform(0, 1, (10, 20))
+    y = np.arange(10) % 3
+    out = {}
+    for name, extra in (("ideal", {}), ("device", dict(model="linear", levels=2 ** 20 + 1,
+                                                        rounding="deterministic", max_pulses=10 ** 6))):
+        tr = Trainer(TrainConfig(arch="20-8-3", input_volts=20.0, lr=[3.0, 3.0], **extra))
+        rng = np.random.default_rng(2)
+        tr.init_state(rng)
+        tr.step(X, y, rng)
+        out[name] = tr.params
+    step = (1e-4 - 1e-7) / 2 ** 20
+    moved = 0.0
+    for k in out["ideal"]:
+        np.testing.assert_allclose(out["device"][k], out["ideal"][k], rtol=0, atol=1.5 * step, err_msg=k)
+        moved = max(moved, np.abs(out["ideal"][k] - TrainConfig().network.init_lo).max())
+    assert moved > 100 * step  # the step really moved the conductances
