@@ -338,6 +338,13 @@ class Run:
                           ("eval_nonconverged", "nonconverged_eval_total")):
             a = col(name)
             out[key] = int(np.nansum(a)) if a is not None and len(a) else None
+        sp = col("static_power_w")  # W, mean per test inference
+        out["last_static_power_w"] = float(sp[-1]) if sp is not None and len(sp) else None
+        pu = col("pulses")
+        out["last_pulses"] = int(pu[-1]) if pu is not None and len(pu) else None
+        out["total_pulses"] = int(np.nansum(pu)) if pu is not None and len(pu) else None
+        out["device"] = cfg.get("preset", "ideal") if cfg.get("model") in (None, "ideal") else \
+            f"{cfg.get('preset')}/{cfg.get('model')}"
         gc = col("gradcheck_rel_error")
         f = _finite(gc) if gc is not None else np.zeros(0)
         out["gradcheck_recorded"] = bool(f.size)
@@ -383,7 +390,9 @@ def load_run_data(run: Run, data_dir=None):
 def evaluate_run(path, epoch=None, data_dir=None) -> dict:
     """Test and train error of a run's checkpoint, recomputed from its conductances:
     ``{"run", "epoch", "test_error", "train_error", "test_loss", "train_loss" (V^2),
-    "epoch_seconds", "nonconverged", "eval_seconds"}``."""
+    "epoch_seconds", "nonconverged", "samples", "static_power_w" (the mean static power per
+    test inference, W), "pulses" (programming pulses of that epoch, pulsed devices; else None),
+    "eval_seconds"}``."""
     run = open_run(path)
     if run.kind == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
@@ -394,7 +403,8 @@ def evaluate_run(path, epoch=None, data_dir=None) -> dict:
     out = {}
     for split, X, y in (("test", data.x_test, data.y_test), ("train", data.x_train, data.y_train)):
         ev = evaluate(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg, cfg.solver.eval_batch)
-        out[split] = (ev.loss_sum / X.shape[0], float(np.mean(ev.pred != y)), ev.nonconverged)
+        out[split] = (ev.loss_sum / X.shape[0], float(np.mean(ev.pred != y)), ev.nonconverged,
+                      ev.power_sum / X.shape[0])
     m = run.metrics
     rows = np.flatnonzero(m["epoch"] == tn.epoch) if "epoch" in m else []
     epoch_seconds = float(m["epoch_seconds"][rows[0]]) if len(rows) else None
@@ -402,6 +412,8 @@ def evaluate_run(path, epoch=None, data_dir=None) -> dict:
             "train_error": out["train"][1], "test_loss": out["test"][0], "train_loss": out["train"][0],
             "epoch_seconds": epoch_seconds, "nonconverged": out["test"][2] + out["train"][2],
             "samples": int(data.x_test.shape[0] + data.x_train.shape[0]),
+            "static_power_w": out["test"][3],
+            "pulses": int(m["pulses"][rows[0]]) if len(rows) and "pulses" in m else None,
             "eval_seconds": time.perf_counter() - t0}
 
 

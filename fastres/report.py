@@ -169,7 +169,7 @@ def format_summary(s: dict, notes=()) -> str:
     for k in ("last_test_loss", "last_train_loss", "mean_epoch_seconds", "total_train_seconds",
               "mean_samples_per_second", "last_samples_per_second", "nonconverged_train_total",
               "nonconverged_eval_total", "gradcheck_recorded", "last_gradcheck_rel_error",
-              "bounds_epoch"):
+              "device", "last_static_power_w", "last_pulses", "total_pulses", "bounds_epoch"):
         lines.append(f"{k}: {_fmt(s.get(k))}")
     for l, v in sorted(s.get("at_bounds", {}).items()):
         lines.append(f"layer{l}_at_g_min: {_fmt(v['g_min'])}  # {100 * v['g_min']:.3f} %")

@@ -69,6 +69,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, cfg.lr, cfg.run.seed)
         self.params = None
         self.lr_factor = 1.0  # lr_decay ** (epoch - 1), set per epoch
+        self.last_power = float("nan")  # W, mean static power per test inference (evaluate)
 
     @property
     def comm(self):
@@ -126,11 +127,13 @@ class Trainer:
             lo, hi = bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1]
         ev = evaluate(self.net, self.params, X[lo:hi], y[lo:hi], self.cfg.estimator.target_volts,
                       self.alg, self.cfg.solver.eval_batch)
-        pred, loss_sum, bad = ev.pred, ev.loss_sum, ev.nonconverged
+        pred, loss_sum, bad, power = ev.pred, ev.loss_sum, ev.nonconverged, ev.power_sum
         if comm is not None:
             pred = np.concatenate(comm.allgather(pred))
             loss_sum = comm.allreduce(loss_sum)
             bad = comm.allreduce(bad)
+            power = comm.allreduce(power)
+        self.last_power = power / X.shape[0]  # W, mean static power per inference
         return loss_sum / X.shape[0], float(np.mean(pred != y)), pred, bad
 
     def hidden_voltages(self, X):
@@ -224,7 +227,7 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
             "free_iterations": tot.free_iterations / N, "nudged_iterations": tot.nudged_iterations / N,
             "nonconverged": int(tot.nonconverged), "eval_nonconverged": test_bad, "beta": trainer.beta(),
             "free_phase_seconds": tot.free_seconds, "nudged_phase_seconds": tot.nudged_seconds,
-            "ranks": size,
+            "ranks": size, "static_power_w": trainer.last_power,
         }
         if not cfg.device.ideal:
             metrics["pulses"] = int(tot.pulses)
