@@ -400,3 +400,70 @@ def test_written_decks_run_in_ngspice(seed):
     for n in c.nodes:
         if n not in held:
             assert abs(net[n]) <= 1e-9 * scale[n] + 1e-15, (n, net[n], scale[n])
+
+
+# ------------------------------------------------------------------------------- bit identity
+# Kernel parameter rows of ordinary models, recorded (as exact hex floats) before the netlist and
+# device-validation hardening of issue 13: those changes must not move a single bit of them.
+PINNED_ROWS = [
+    (Shockley(), (27.0, 27.0, 1e-12),
+     ["0x1.6849b86a12b9bp-47", "0x1.a7c5532a352cap-6", "0x1.19799812dea11p-40",
+      "0x1.30ed7758d5e69p+0", "0x0.0p+0"]),
+    (Shockley(IS=2e-14, N=1.5, EG=1.2, XTI=2.0, tnom=30.0), (50.0, 25.0, 1e-11),
+     ["0x1.465a6a720c4b2p-43", "0x1.562ec84d7bdb2p-5", "0x1.5fd7fe1796495p-37",
+      "0x1.cfd9b981e53f7p+0", "0x0.0p+0"]),
+    (Shockley(IS=1e-12, N=0.01), (27.0, 27.0, 1e-12),
+     ["0x1.19799812dea11p-40", "0x1.0f369ba022081p-12", "0x1.19799812dea11p-40",
+      "0x1.5f46cf1ea896ep-7", "0x0.0p+0"]),
+    (Shockley(IS=3.3e-9, N=2.7, EG=0.69, XTI=4.0), (-40.0, 27.0, 0.0),
+     ["0x1.23d31b0b81609p-33", "0x1.bc63358820284p-5", "0x0.0p+0",
+      "0x1.fbb0bfdfbe5e1p+0", "0x0.0p+0"]),
+    (Shockley(IS=1e-16, N=1.02, EG=1.11, XTI=3.0), (125.0, 27.0, 1e-12),
+     ["0x1.fbf606ca4a13ap-38", "0x1.1eb023742159cp-5", "0x1.19799812dea11p-40",
+      "0x1.619c54e8c8deap+0", "0x0.0p+0"]),
+    (Shockley(IS=5e-15, imax=10.0), (85.5, 10.0, 3.3e-13),
+     ["0x1.4243aaa30f3bbp-33", "0x1.fa5d64243bb33p-6", "0x1.738c062d634f8p-42",
+      "0x1.8abf36e950b5fp-1", "0x0.0p+0"]),
+    (PiecewiseLinear(), (27.0, 27.0, 0.0),
+     ["0x1.0000000000000p+0", "0x1.12e0be826d695p-30", "0x0.0p+0", "inf",
+      "0x1.0000000000000p+0"]),
+    (PiecewiseLinear(ron=2, roff=1e6, vfwd=0.3, vrev=5, rrev=10), (27.0, 27.0, 0.0),
+     ["0x1.0000000000000p-1", "0x1.0c6f7a0b5ed8dp-20", "0x1.3333333333333p-2",
+      "0x1.4000000000000p+2", "0x1.999999999999ap-4"]),
+]
+
+
+@pytest.mark.parametrize("model,args,row", PINNED_ROWS)
+def test_params_rows_bit_identical(model, args, row):
+    got = model.params(*args)
+    assert got.dtype == np.float64 and got.shape == (5,)
+    assert [float(x).hex() for x in got] == row
+
+
+CLIPPER_WRITTEN = """\
+Diode clipper and a piecewise-linear clamp (fastres example deck)
+.options gmin=1e-12 temp=27.0 tnom=27.0
+.model dsil D(IS=1e-14 N=1.0 EG=1.11 XTI=3.0)
+.model ideal sidiode(ron=1.0 roff=1000000.0 vfwd=0.3 vrev=1e+30 rrev=1.0 epsilon=0 revepsilon=0)
+vin in 0 DC 2.5
+vhi rhi 0 DC 0.5
+vlo rlo 0 DC -0.5
+r1 in a 1000.0
+d1 a rhi dsil
+d2 rlo a dsil
+r2 a b 2200.0
+r3 b 0 4700.0
+r4 in c 10000.0
+a1 c 0 ideal
+iin 0 c DC 1e-05
+.op
+.end
+"""
+
+
+def test_example_deck_reads_as_before():
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "examples", "clipper.cir")
+    c = read_netlist(path)
+    assert write_netlist(c) == CLIPPER_WRITTEN
+    d = c.elements["d1"].model
+    assert [float(x).hex() for x in d.params(c.temp, c.tnom, c.gmin)] == PINNED_ROWS[0][2]
