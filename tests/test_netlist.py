@@ -467,3 +467,76 @@ def test_example_deck_reads_as_before():
     assert write_netlist(c) == CLIPPER_WRITTEN
     d = c.elements["d1"].model
     assert [float(x).hex() for x in d.params(c.temp, c.tnom, c.gmin)] == PINNED_ROWS[0][2]
+
+
+# ------------------------------------------------------------------------------- device values
+# issue 13, item 4: extreme numbers never raise a Python arithmetic error, only CircuitError
+@pytest.mark.parametrize("model,temp,tnom,msg", [
+    (Shockley(), -273.15, 27.0, r"temp=-273\.15 degC is at or below absolute zero"),
+    (Shockley(), 27.0, -273.15, r"tnom=-273\.15 degC is at or below absolute zero"),
+    (Shockley(), -300.0, 27.0, r"temp=-300\.0 degC is at or below absolute zero"),
+    (Shockley(), -270.0, 27.0, r"IS\(T\) = .* = 0\.0 A \(underflows to 0\)"),
+    (Shockley(N=0.01), 150.0, 27.0, r"IS\(T\) = IS exp\(.*\) overflows"),
+    (Shockley(EG=1e10), 50.0, 27.0, r"EG=10000000000\.0.*overflows"),
+    (Shockley(XTI=1e10), 50.0, 27.0, r"XTI=10000000000\.0.*overflows"),
+    (Shockley(IS=1e-300), 27.0, 27.0 - 1e-9, None),  # fine: a tiny IS is representable
+    (Shockley(IS=1e-300, imax=1e300), 27.0, 27.0, r"vmax .* is not finite"),
+    (Shockley(N=1e-310, XTI=0.0), 27.0, 27.0, r"largest conductance .* is not finite"),
+    (Shockley(N=5e-324), 27.0, 27.0, r"N vt = 0\.0 V is not a positive finite voltage"),
+    (Shockley(N=1e-310), 27.0, 27.0, r"the exponent of IS\(T\), 0\.0 \+ nan, is not finite"),
+    (Shockley(N=1e300), 1e300, 27.0, r"is not"),
+])
+def test_shockley_params_extremes(model, temp, tnom, msg):
+    if msg is None:
+        row = model.params(temp, tnom)
+        assert np.all(np.isfinite(row)) and row[0] > 0
+        return
+    with pytest.raises(CircuitError, match=msg) as info:
+        model.params(temp, tnom)
+    assert "Shockley diode model" in str(info.value)
+
+
+def test_shockley_tnom_parameter_below_absolute_zero():
+    with pytest.raises(CircuitError, match=r"tnom=-273\.15 degC is at or below absolute zero"):
+        Shockley(tnom=-273.15)
+    with pytest.raises(CircuitError, match=r"tnom=-1000\.0 degC"):
+        Shockley(tnom=-1000.0)
+
+
+@pytest.mark.parametrize("kw", [dict(temp="27"), dict(gmin=None), dict(gmin=-1e-12),
+                                dict(tnom=float("nan")), dict(temp=float("inf"))])
+def test_shockley_params_bad_arguments(kw):
+    with pytest.raises(CircuitError):
+        Shockley().params(**kw)
+
+
+def test_numpy_scalars_are_numbers():
+    a = Shockley(IS=np.float64(1e-14), N=np.int64(1), EG=np.float32(1.5), XTI=np.int32(3),
+                 tnom=np.float32(25.0), imax=np.int64(10**6))
+    assert a == Shockley(IS=1e-14, N=1.0, EG=1.5, XTI=3.0, tnom=25.0)
+    assert all(type(getattr(a, k)) is float for k in ("IS", "N", "EG", "XTI", "tnom", "imax"))
+    # the row is computed in float64 (not float32 arithmetic)
+    assert [float(x).hex() for x in Shockley(N=np.float32(1.0)).params()] == PINNED_ROWS[0][2]
+    assert [float(x).hex() for x in Shockley().params(np.float32(27), np.int64(27),
+                                                      np.float64(1e-12))] == PINNED_ROWS[0][2]
+    p = PiecewiseLinear(ron=np.int64(2), roff=np.float32(1e6), vfwd=np.float64(0.3),
+                        vrev=np.int64(5), rrev=np.int16(10))
+    assert p == PiecewiseLinear(ron=2.0, roff=1e6, vfwd=0.3, vrev=5.0, rrev=10.0)
+    assert [float(x).hex() for x in p.params()] == PINNED_ROWS[-1][2]
+
+
+@pytest.mark.parametrize("cls,kw,msg", [
+    (Shockley, dict(IS="1e-14"), "must be a real number, not str"),
+    (Shockley, dict(N=None), "must be a real number, not NoneType"),
+    (Shockley, dict(XTI=True), "must be a real number, not bool"),
+    (Shockley, dict(EG=np.array([1.1])), "must be a real number, not ndarray"),
+    (Shockley, dict(IS=10**400), "not a finite number"),
+    (Shockley, dict(N=float("nan")), "not a finite number"),
+    (PiecewiseLinear, dict(ron="1"), "must be a real number"),
+    (PiecewiseLinear, dict(vrev=-math.inf), "not a finite number"),
+    (PiecewiseLinear, dict(ron=5e-324), r"ron=5e-324 ohm is too small"),
+    (PiecewiseLinear, dict(ron=1e-320, roff=1e-310, rrev=1.0), r"too small"),
+])
+def test_device_parameters_refused(cls, kw, msg):
+    with pytest.raises(CircuitError, match=msg):
+        cls(**kw)
