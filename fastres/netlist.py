@@ -47,9 +47,16 @@ VREV_INFINITE = 1e30
 
 _SCALE = {"t": "1e12", "g": "1e9", "meg": "1e6", "k": "1e3", "mil": "25.4e-6", "m": "1e-3",
           "u": "1e-6", "n": "1e-9", "p": "1e-12", "f": "1e-15"}
+# ASCII only: Python's \d and case folding would also read other scripts' digits and the Kelvin
+# sign as numbers and suffixes, which ngspice does not
 _NUMBER = re.compile(
-    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpf])?([a-z_]*)\Z", re.IGNORECASE)
+    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpf])?([a-z_]*)\Z",
+    re.IGNORECASE | re.ASCII)
+# decimal exponent of each scale's leading digit (mil = 2.54e-5)
+_SCALE_EXP = {k: Decimal(v).adjusted() for k, v in _SCALE.items()}
 _GROUND = ("0", "gnd")
+#: the characters that separate fields (ngspice: space, tab, form feed, vertical tab)
+_WS = " \t\f\v"
 
 # .model D parameters: supported, ignored (no DC effect), or only allowed at their default.
 _D_SUPPORTED = {"is": "IS", "js": "IS", "n": "N", "eg": "EG", "xti": "XTI", "tnom": "tnom",
@@ -70,6 +77,12 @@ _SIDIODE = {"ron", "roff", "vfwd", "vrev", "rrev", "epsilon", "revepsilon", "ili
 _IGNORED_DOT = {".save", ".print", ".plot", ".probe", ".width"}
 
 
+def _clip(token, limit=40):
+    """``repr`` of a token for a message: non-ASCII escaped, at most ``limit`` characters."""
+    text = ascii(token)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
 class _Err:
     """Builds NetlistErrors that name ``file:line``."""
 
@@ -81,32 +94,63 @@ class _Err:
 
 
 def parse_number(token: str, where: str = "<number>") -> float:
-    """A SPICE number: ``1.5k``, ``10uA``, ``2meg``, ``1e-3``; NaN/Inf and garbage are errors."""
+    """A SPICE number: ``1.5k``, ``10uA``, ``2meg``, ``1e-3``; NaN/Inf, values beyond the float
+    range and garbage are :class:`NetlistError`; a ``token`` that is not a str is a TypeError."""
+    if not isinstance(token, str):
+        raise TypeError(f"parse_number: token must be a str, got {type(token).__name__}")
     return float(_parse_exact(token, where))
 
 
 def _parse_exact(token, where):
-    m = _NUMBER.match(token.strip())
+    m = _NUMBER.match(token.strip(_WS))
     if not m:
-        raise NetlistError(f"{where}: bad number {token!r}")
+        raise NetlistError(f"{where}: bad number {_clip(token)}")
     mant, suffix, _units = m.groups()
-    return _Number(mant, _SCALE[suffix.lower()] if suffix else None, where, token)
+    return _Number(mant, suffix.lower() if suffix else None, where, token)
 
 
 class _Number:
     """A parsed SPICE number, kept exact so that ``1 / value`` can be rounded correctly."""
 
-    __slots__ = ("mant", "scale", "where", "token")
+    __slots__ = ("mant", "suffix", "scale", "where", "token")
 
-    def __init__(self, mant, scale, where, token):
-        self.mant, self.scale, self.where, self.token = mant, scale, where, token
+    def __init__(self, mant, suffix, where, token):
+        self.mant, self.suffix, self.where, self.token = mant, suffix, where, token
+        self.scale = _SCALE[suffix] if suffix else None
+
+    def _exact(self):
+        """The exact value as a Fraction (via Decimal: no limit on the digits of the mantissa);
+        only called once the magnitude is known to be within the float range."""
+        exact = Fraction(Decimal(self.mant))
+        return exact * Fraction(self.scale) if self.scale is not None else exact
+
+    def _magnitude(self):
+        """Decimal exponent of the leading digit of the exact value (None for zero), computed
+        without expanding the exponent (``1e999999999k`` must not build a huge integer)."""
+        d = Decimal(self.mant)
+        if not d:
+            return None
+        return d.adjusted() + (_SCALE_EXP[self.suffix] if self.suffix else 0)
 
     def __float__(self):
-        val = float(self.mant)
-        if self.scale is not None:
-            val = float(Fraction(self.mant) * Fraction(self.scale))
+        if self.scale is None:
+            val = float(self.mant)
+        else:
+            mag = self._magnitude()
+            if mag is None:
+                val = 0.0
+            elif mag > 308:  # beyond the largest double, 1.8e308
+                val = math.inf
+            elif mag < -400:  # far below the smallest subnormal, 4.9e-324: rounds to zero
+                val = -0.0 if self.mant.startswith("-") else 0.0
+            else:
+                try:
+                    val = float(self._exact())
+                except OverflowError:
+                    val = math.inf
         if not math.isfinite(val):
-            raise NetlistError(f"{self.where}: number {self.token!r} is not finite")
+            raise NetlistError(f"{self.where}: number {_clip(self.token)} is not finite (beyond the"
+                               " float range, about 1.8e308)")
         return val
 
     def reciprocal(self):
@@ -123,8 +167,10 @@ class _Number:
             raise NetlistError(f"{self.where}: resistance {self.token!r} must be > 0 ohm")
         if len(digits) <= 17 and self.scale is None:
             return 1.0 / val
-        exact = Fraction(self.mant) * (Fraction(self.scale) if self.scale else 1)
-        return float(1 / exact)
+        try:
+            return float(1 / self._exact())
+        except OverflowError:  # a subnormal resistance: the caller refuses the infinite conductance
+            return math.inf
 
 
 # -------------------------------------------------------------------------------------------

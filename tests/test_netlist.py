@@ -27,9 +27,27 @@ def test_numbers(tok, val):
     assert parse_number(tok) == pytest.approx(val, rel=1e-15)
 
 
-@pytest.mark.parametrize("tok", ["nan", "NaN", "inf", "abc", "1..2", "", "k1", "1e999", "1k2"])
+@pytest.mark.parametrize("tok", ["nan", "NaN", "inf", "abc", "1..2", "", "k1", "1e999", "1k2",
+                                 "1e308k", "-2e303meg", "1.8e305k", "1e999999999k", "1" * 5000 + "k",
+                                 "\u0661", "1\u212a", "\uff11"])
 def test_bad_numbers(tok):
-    with pytest.raises(NetlistError):
+    # issue 13: '1e308k' raised OverflowError from inside the parser; a huge exponent must not
+    # build a huge integer; other scripts' digits and the Kelvin sign are not SPICE numbers
+    with pytest.raises(NetlistError) as info:
+        parse_number(tok)
+    assert len(str(info.value)) < 120
+
+
+@pytest.mark.parametrize("tok,val", [("1e-999999999k", 0.0), ("1e-400", 0.0), ("1e-330f", 0.0),
+                                     ("1.7976931348623157e305k", 1.7976931348623157e308),
+                                     ("0.5e-320", 5e-321), ("1" * 5000 + "e-4999f", 1.1111111111111112e-15)])
+def test_extreme_numbers(tok, val):
+    assert parse_number(tok) == val
+
+
+@pytest.mark.parametrize("tok", [None, 1.0, b"1k", ["1"]])
+def test_parse_number_wrong_type(tok):
+    with pytest.raises(TypeError, match="token must be a str"):
         parse_number(tok)
 
 
@@ -175,6 +193,9 @@ BAD = [
     ("V1 0 gnd 1", "both terminals are ground"),
     ("V1 a 0 SIN(0 1 1k)", "unsupported source specification"),
     ("V1 a 0 DC 1e999", "not finite"),
+    ("R1 a 0 1e308k", "number '1e308k' is not finite"),
+    ("R1 a 0 1e-310", "conductance inf S must be finite"),
+    ("R1 a 0 4.9406564584124654e-327k", "conductance inf S must be finite"),
     (".options gmin=-1", "gmin"),
     (".options rshunt=1e9", "rshunt"),
     (".options temp", "needs a value"),
