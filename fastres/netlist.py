@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Context, Decimal
 from fractions import Fraction
@@ -49,8 +50,9 @@ _SCALE = {"t": "1e12", "g": "1e9", "meg": "1e6", "k": "1e3", "mil": "25.4e-6", "
           "u": "1e-6", "n": "1e-9", "p": "1e-12", "f": "1e-15"}
 # ASCII only: Python's \d and case folding would also read other scripts' digits and the Kelvin
 # sign as numbers and suffixes, which ngspice does not
+# An 'e' without exponent digits is an exponent of 0, as in ngspice ('3ek' is 3e3, '1e-' is 1).
 _NUMBER = re.compile(
-    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpf])?([a-z_]*)\Z",
+    r"([+-]?(?:\d+\.?\d*|\.\d+))(?:e([+-]?\d*))?(meg|mil|[tgkmunpf])?([a-z_]*)\Z",
     re.IGNORECASE | re.ASCII)
 # decimal exponent of each scale's leading digit (mil = 2.54e-5)
 _SCALE_EXP = {k: Decimal(v).adjusted() for k, v in _SCALE.items()}
@@ -105,7 +107,9 @@ def _parse_exact(token, where):
     m = _NUMBER.match(token.strip(_WS))
     if not m:
         raise NetlistError(f"{where}: bad number {_clip(token)}")
-    mant, suffix, _units = m.groups()
+    mant, exp, suffix, _units = m.groups()
+    if exp and exp not in "+-":  # (ngspice reads a bare 'e', 'e+' or 'e-' as no exponent)
+        mant = f"{mant}e{exp}"
     return _Number(mant, suffix.lower() if suffix else None, where, token)
 
 
@@ -183,46 +187,156 @@ class _Stmt:
     raw: str
 
 
+# Line ends and white space, as ngspice 39 reads a deck (measured with ``ngspice -b``):
+# * only LF ends a line; a CR before it (CR LF) is dropped. ngspice deletes a CR anywhere else
+#   and joins the text around it, so such a CR (old Mac line ends) is refused.
+# * fields are separated by space, tab, form feed and vertical tab. Python's str.splitlines() and
+#   str.split() also break at \x1c-\x1e, NEL, U+2028, U+2029, no-break spaces, ...: ngspice
+#   reads those as part of a name, so outside comments they are refused, as are other control
+#   characters (NUL ends ngspice's line early) and, except in .title and .include, any non-ASCII
+#   character (ngspice reads bytes; Python's case folding and digits would read some of them
+#   differently).
+# * ngspice ignores, with the warning "Unusual leading characters", a line that starts with a
+#   form feed or with one of = [ ] ? ( ) & % " ! : , (fastres would read "(R1 a 0 1k" as R1);
+#   a vertical tab at the start is read as part of the element name. Both are refused. A form
+#   feed alone on a line (a page break) is a blank line, and "\f* ..." a comment, for both.
+_CR_MSG = ("a carriage return (CR) that does not end a line: ngspice ends lines only at LF (or"
+           " CR LF), deletes any other CR and joins the text around it; use LF or CR LF line ends")
+_IGNORED_LEAD = frozenset('=[]?()&%"!:,')
+_FREE_TEXT = (".title", ".include", ".inc")  # statements whose text may hold non-ASCII characters
+_ODD_CHAR = re.compile(r"[^\t\x0b\x0c\x20-\x7e]")  # anything but printable ASCII and field separators
+_SPLIT_WS = re.compile(r"[ \t\f\v]+")
+_DOLLAR_COMMENT = re.compile(r"(?:^|[ \t])\$(?!;)")  # (ngspice reads ' $;' as '$' then ';')
+_CONTROL_NAMES = {"\x00": "NUL", "\x1c": "FILE SEPARATOR", "\x1d": "GROUP SEPARATOR",
+                  "\x1e": "RECORD SEPARATOR", "\x1f": "UNIT SEPARATOR", "\x7f": "DELETE",
+                  "\x85": "NEXT LINE (NEL)", "\x0b": "VERTICAL TAB", "\x0c": "FORM FEED"}
+
+
+def _describe_char(ch):
+    name = unicodedata.name(ch, None) or _CONTROL_NAMES.get(ch) or "a control character"
+    return f"U+{ord(ch):04X} ({name})"
+
+
+def _char_problem(code, where, ascii_only):
+    """None, or the message for the first character of ``code`` (a statement's text outside
+    comments) that ngspice does not read as fastres would."""
+    for m in _ODD_CHAR.finditer(code):
+        ch = m.group()
+        if ch.isprintable():  # non-ASCII letters, symbols, ...
+            if not ascii_only:
+                continue
+            return (f"{where}: non-ASCII character {_describe_char(ch)} outside a comment: names,"
+                    " numbers and keywords must be ASCII (ngspice reads bytes, and would not read"
+                    " it as fastres does)")
+        return (f"{where}: character {_describe_char(ch)} outside a comment: ngspice reads it"
+                " neither as a line end (only LF and CR LF) nor as white space (space, tab, form"
+                " feed, vertical tab); remove it or move it into a comment")
+    return None
+
+
+_SOURCE_FUNCTIONS = frozenset(("dc", "ac", "sin", "pulse", "pwl", "exp", "sffm", "am",
+                               "trnoise", "trrandom", "distof1", "distof2"))
+_GLUED_PAREN = re.compile(r"([^ \t\f\v,(]+)\(")
+
+
+def _check_parentheses(line, head, err):
+    """In an element line ngspice skips a '(' that starts a field and ends a field at ')' or
+    ',', as fastres does, but reads a '(' after other characters as part of the name or value
+    (``R1 a( 0 1k`` connects node ``a(``): refused. XSPICE port types (``%gd(a c)``) are fine."""
+    for m in _GLUED_PAREN.finditer(line):
+        word = m.group(1).lower()
+        if head.startswith("a") and word in ("%gd", "%d", "%g"):
+            continue
+        if head.startswith(("v", "i")) and word in _SOURCE_FUNCTIONS:
+            continue  # DC(1) reads as DC 1 in both; SIN(...) etc. are refused as unsupported
+        raise err(f"'(' right after {_clip(m.group(1))}: ngspice reads such a '(' as part of the"
+                  " name or value (only a '(' that starts a field is skipped); remove it or put"
+                  " a space before it")
+
+
+def _split(text):
+    """Fields separated by ngspice's white space (not Python's: see above)."""
+    return [t for t in _SPLIT_WS.split(text) if t]
+
+
 def _strip_comment(line):
+    """``line`` (no leading space or tab) without its ``;`` or `` $`` comment."""
     cut = line.find(";")
+    m = _DOLLAR_COMMENT.search(line)  # ngspice: '$' after a space or tab (or first) starts one
+    if m and (cut < 0 or m.start() < cut):
+        cut = m.start()
     if cut >= 0:
         line = line[:cut]
-    m = re.search(r"(?:^|\s)\$(?:\s|$)", line)
-    if m:
-        line = line[:m.start()]
-    return line.rstrip()
+    return line.rstrip(_WS)
 
 
 def _tokenize(text):
     # parentheses, commas and '=' are separators; '=' is kept as its own token
     if not any(ch in text for ch in "(),="):
-        return text.split()
+        return _split(text)
     text = re.sub(r"[(),]", " ", text)
-    text = re.sub(r"\s*=\s*", " = ", text)
-    return text.split()
+    text = re.sub(r"[ \t\f\v]*=[ \t\f\v]*", " = ", text)
+    return _split(text)
 
 
 def _logical_lines(text, source, has_title):
-    """(where, text) of each logical line, continuations joined; the title first if any."""
-    lines = text.splitlines()
+    """The title (or None) and a list of ``[where, text, problem, head]``, one per statement
+    (continuations joined) and one (with empty text) per comment or blank line that holds a
+    problem. ``problem`` is None or ``(kind, message)``: kind "cr" for a CR that does not end
+    a line, "char" for a character or line start that ngspice reads differently. Problems are
+    raised when the statement is reached, so that nothing after ``.end`` is checked."""
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]  # LF and CR LF end a line, nothing else
     out = []
+    last = None  # index in out of the statement that a '+' line continues
     title = None
     start = 0
     if has_title:
-        title = lines[0].strip() if lines else ""
+        if "\r" in lines[0]:
+            raise NetlistError(f"{source}:1: {_CR_MSG} (a file with CR-only line ends?)")
+        title = lines[0].strip()
         start = 1
     for i in range(start, len(lines)):
-        raw = lines[i].replace("\t", " ")
-        s = raw.strip()
-        if not s or s.startswith("*"):
+        where = f"{source}:{i + 1}"
+        raw = lines[i]
+        problem = ("cr", f"{where}: {_CR_MSG}") if "\r" in raw else None
+        s = raw.lstrip(" \t")
+        code = "" if s.lstrip(_WS).startswith("*") else _strip_comment(s)
+        if not code.strip(" \t\f"):  # comment or blank line (a lone form feed: a page break)
+            if problem is None and "\v" in s and not s.strip(_WS):
+                problem = ("char", f"{where}: a vertical tab on an otherwise blank line (ngspice 39"
+                                   " crashes on it); remove it")
+            if problem:
+                out.append([where, "", problem, ""])
             continue
-        if s.startswith("+"):
-            body = _strip_comment(s[1:])
-            if not out:
-                raise NetlistError(f"{source}:{i + 1}: continuation line '+' with nothing to continue")
-            out[-1][1] += " " + body
+        lead = code[0]
+        if lead == "+":
+            if last is None:
+                raise NetlistError(f"{where}: continuation line '+' with nothing to continue")
+            stmt = out[last]
+            body = code[1:]
+            stmt[1] += " " + body
+            if problem is None:
+                msg = _char_problem(body, where, stmt[3] not in _FREE_TEXT)
+                problem = ("char", msg) if msg else None
+            if problem and not stmt[2]:
+                stmt[2] = problem
             continue
-        out.append([f"{source}:{i + 1}", _strip_comment(s)])
+        head = _split(code)[0].lower() if code.strip(_WS) else ""
+        if problem is None:
+            if lead in "\f\v":
+                problem = (f"{where}: a {_describe_char(lead)} at the start of a line: ngspice"
+                           " ignores such a line, or reads the character as part of the element"
+                           " name; remove it")
+            elif lead in _IGNORED_LEAD:
+                problem = (f"{where}: line starts with {lead!r}: ngspice ignores such a line"
+                           " (warning 'Unusual leading characters'); remove the character, or"
+                           " make the line a '*' comment")
+            else:
+                problem = _char_problem(code, where, head not in _FREE_TEXT)
+            if problem:
+                problem = ("char", problem)
+        out.append([where, code, problem, head])
+        last = len(out) - 1
     return title, out
 
 
@@ -231,11 +345,13 @@ def _read_statements(text, source, path, stack, has_title):
     title, lines = _logical_lines(text, source, has_title)
     stmts = []
     in_control = False
-    for where, line in lines:
-        err = _Err(where)
-        if not line.strip():
+    for where, line, problem, head in lines:
+        # inside .control (ngspice's own commands, skipped) only a stray CR matters
+        if problem and (problem[0] == "cr" or not in_control):
+            raise NetlistError(problem[1])
+        if not line:
             continue
-        head = line.split()[0].lower()
+        err = _Err(where)
         if in_control:
             if head == ".endc":
                 in_control = False
@@ -248,23 +364,25 @@ def _read_statements(text, source, path, stack, has_title):
         if head == ".end":
             break
         if head in (".include", ".inc"):
-            rest = line.split(None, 1)
-            if len(rest) < 2:
+            rest = _SPLIT_WS.split(line.strip(_WS), maxsplit=1)
+            if len(rest) < 2 or not rest[1].strip(_WS):
                 raise err(".include needs a file name")
-            fname = rest[1].strip().strip("\"'")
+            fname = rest[1].strip(_WS).strip("\"'")
             base = os.path.dirname(path) if path else os.getcwd()
             inc = os.path.join(base, os.path.expanduser(fname))
             real = os.path.realpath(inc)
             if real in stack:
                 raise err(f"recursive .include of {fname!r}")
             try:
-                with open(inc, encoding="utf-8", errors="replace") as f:
+                with open(inc, encoding="utf-8", errors="replace", newline="") as f:
                     sub = f.read()
             except OSError as exc:
                 raise err(f"cannot read .include file {fname!r}: {exc.strerror or exc}") from None
             _, sub_stmts = _read_statements(sub, inc, inc, stack | {real}, has_title=False)
             stmts.extend(sub_stmts)
             continue
+        if not head.startswith("."):
+            _check_parentheses(line, head, err)
         stmts.append(_Stmt(where, [t.lower() for t in _tokenize(line)], line))
     if in_control:
         raise NetlistError(f"{source}: .control block without .endc")
@@ -402,9 +520,10 @@ def _build(title, stmts, source):
                     raise err(".temp needs exactly one temperature")
                 options["temp"] = float(_parse_exact(t[1], st.where))
             elif head == ".title":
-                title = st.raw.strip()[len(".title"):].strip()
+                title = st.raw.strip(_WS)[len(".title"):].strip(_WS)
             elif head == ".op":
-                pass
+                if len(t) > 1:
+                    raise err(f".op takes no arguments, got {_clip(' '.join(t[1:]))}")
             elif head in _IGNORED_DOT:
                 pass
             else:
@@ -551,7 +670,7 @@ def read_netlist(path) -> Circuit:
     """Read a SPICE deck from ``path`` (``.include`` files relative to its directory)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
             text = f.read()
     except OSError as exc:
         raise NetlistError(f"{path}: cannot read netlist: {exc.strerror or exc}") from None

@@ -22,6 +22,9 @@ def deck(body, title="test deck"):
     ("1m", 1e-3), ("1mA", 1e-3), ("10uA", 1e-5), ("1V", 1.0), ("3n", 3e-9), ("4p", 4e-12),
     ("5f", 5e-15), ("1g", 1e9), ("1t", 1e12), ("1mil", 25.4e-6), ("1.5e3k", 1.5e6),
     ("1ohm", 1.0), ("1a", 1.0),  # ngspice 39 has no atto suffix: 'a' is an ignored unit
+    # an 'e' without exponent digits is no exponent (ngspice 39, measured): '3ek' is 3 k
+    ("3ek", 3e3), ("3e", 3.0), ("3e+k", 3e3), ("3e-", 3.0), ("1e-k", 1e3), ("1.e-k", 1e3),
+    ("1E", 1.0), ("1e+05k", 1e8),
 ])
 def test_numbers(tok, val):
     assert parse_number(tok) == pytest.approx(val, rel=1e-15)
@@ -219,6 +222,128 @@ def test_errors_name_file_and_line(tmp_path, line, msg):
         assert any(f"deck.cir:{n}:" in err for n in (4, 5)), err
     with pytest.raises(NetlistError, match="<string>"):
         parse_netlist(text)
+
+
+# ------------------------------------------------------------------------------- line ends
+# issue 13, item 3: Python's str.splitlines() also ends lines at FF, VT, \x1c-\x1e, NEL, U+2028
+# and U+2029, so '* note<FF>R9 b 0 1k' added a resistor. ngspice ends lines only at LF.
+ODD_BREAKS = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.parametrize("ch", ODD_BREAKS)
+@pytest.mark.parametrize("comment", ["* note", "R8 b 0 1meg ; note", "R8 b 0 1meg $ note"])
+def test_no_line_break_inside_comments(ch, comment):
+    text = deck(f"V1 a 0 1\nR1 a b 1k\n{comment}{ch}R9 b 0 1k\nR2 b 0 1k\n")
+    if ch == "\r":  # a CR that does not end a line is refused (ngspice deletes it)
+        with pytest.raises(NetlistError, match=r"<string>:4: a carriage return \(CR\)"):
+            parse_netlist(text)
+        return
+    c = parse_netlist(text)
+    assert "r9" not in c.elements
+    assert set(c.elements) == {"v1", "r1", "r2"} | ({"r8"} if "R8" in comment else set())
+
+
+@pytest.mark.parametrize("ch", ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u2028", "\u2029",
+                                "\xa0", "\u3000", "\x00", "\x01", "\x7f", "\ufeff"])
+def test_odd_characters_outside_comments_refused(tmp_path, ch):
+    # ngspice reads these as part of a name ('R3 b<FS>0 1k' connects node 'b\x1c0'): refused
+    p = tmp_path / "deck.cir"
+    p.write_text(deck(f"V1 a 0 1\nR1 a b 1k\nR3 b{ch}0 1k\n"), encoding="utf-8")
+    with pytest.raises(NetlistError, match=rf"deck\.cir:4: character U\+{ord(ch):04X} \("):
+        read_netlist(p)
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("R3 b 0 1kΩ", r"non-ASCII character U\+03A9 \(GREEK CAPITAL LETTER OMEGA\)"),
+    ("R3 b ä 1k", r"non-ASCII character U\+00E4"),
+    ("\fR3 b 0 1k", r"a U\+000C \(FORM FEED\) at the start of a line"),
+    ("\vR3 b 0 1k", r"a U\+000B \(VERTICAL TAB\) at the start of a line"),
+    (" \vR3 b 0 1k", r"a U\+000B \(VERTICAL TAB\) at the start of a line"),
+    ("\v", r"a vertical tab on an otherwise blank line"),  # (ngspice 39 crashes on it)
+    ("(R3 b 0 1k", r"line starts with '\(': ngspice ignores such a line"),
+    (",R3 b 0 1k", r"line starts with ','"),
+    ("=R3 b 0 1k", r"line starts with '='"),
+    ("R3 b( 0 1k", r"'\(' right after 'b': ngspice reads such a '\(' as part of the name"),
+    ("D1 b 0 dm(\n.model dm D", r"'\(' right after 'dm'"),
+    ("R3 b 0 1k $;x", r"unsupported extra fields '\$'"),  # ngspice: "unknown parameter"
+    ("R3 b 0 1k\n\f+ 5", r"FORM FEED\) at the start"),
+    (".op=", r"\.op takes no arguments"),
+])
+def test_misread_lines_refused(line, msg):
+    with pytest.raises(NetlistError, match=r"<string>:\d+: .*" + msg):
+        parse_netlist(deck("V1 a 0 1\nR1 a b 1k\nR2 b 0 1k\n" + line + "\n"))
+
+
+def test_line_ends_and_white_space_as_ngspice():
+    body = ("V1 a 0 1\r\n"  # CR LF
+            "R1 a b 1k\r\r\n"  # CRs at the end of a line are dropped
+            "R2\fb\v0\t1k\f\n"  # FF, VT, tab separate fields
+            "\f\n"  # a page break alone on a line: blank
+            " \f \n"
+            "\f* a comment after a form feed\n"
+            " \v* and after a vertical tab\n"
+            "R3 b 0 1k $comment without a space after the '$'\n"
+            "R4 b 0 1k\t$\tcomment\n"
+            "R5 (b) (0) 1k\n"  # a '(' that starts a field is skipped, ')' ends one
+            "R6 b,0 1k\n"
+            "V2 c 0 DC(2)\nR7 c 0 1\n"
+            "A1 %gd(b 0) sd\n"
+            ".model sd sidiode(ron=1 roff=1e6 vfwd=0.3)\n"
+            "* comment with odd characters: \x00 \x1c \x85 \u2028 ä Ω\n"
+            "R8 b 0 1k ; and \x1e\u2029 here\n"
+            ".end\n"
+            "after .end anything goes: \x00\r\x85\n")
+    c = parse_netlist("title \u2028 with ä\r\n" + body)
+    assert c.title == "title \u2028 with ä"
+    assert set(c.elements) == {"v1", "r1", "r2", "r3", "r4", "r5", "r6", "v2", "r7", "a1", "r8"}
+    assert all((e.a, e.b) == ("b", "0") for n, e in c.elements.items() if n in ("r2", "r3", "r5"))
+    assert c.elements["v2"].value == 2.0
+    assert (c.elements["a1"].anode, c.elements["a1"].cathode) == ("b", "0")
+
+
+def test_cr_only_line_ends_refused(tmp_path):
+    p = tmp_path / "mac.cir"
+    p.write_bytes(b"old mac deck\rV1 a 0 1\rR1 a 0 1k\r.end\r")
+    with pytest.raises(NetlistError, match=r"mac\.cir:1: a carriage return .*CR-only line ends"):
+        read_netlist(p)
+    inc = tmp_path / "mac.inc"
+    inc.write_bytes(b"R2 a 0 1k\rR3 a 0 1k\r")
+    top = tmp_path / "top.cir"
+    top.write_text(deck("V1 a 0 1\n.include mac.inc\n"))
+    with pytest.raises(NetlistError, match=r"mac\.inc:1: a carriage return"):
+        read_netlist(top)
+
+
+def test_odd_characters_inside_control_blocks_ignored():
+    c = parse_netlist(deck("V1 a 0 1\nR1 a 0 1k\n.control\necho \"ä\x1c\"\n(print all\n.endc\n"))
+    assert set(c.elements) == {"v1", "r1"}
+    with pytest.raises(NetlistError, match="carriage return"):
+        parse_netlist(deck("V1 a 0 1\nR1 a 0 1k\n.control\necho x\rrun\n.endc\n"))
+
+
+# The decks fastres now accepts with odd characters, compared with ngspice itself: ngspice on the
+# original text and ngspice on what fastres read (written back) give the same node voltages.
+NGSPICE_LINES = [
+    "* note\fR9 b 0 1k", "* note\vR9 b 0 1k", "* note\x1cR9 b 0 1k", "* note\x85R9 b 0 1k",
+    "* note\u2028R9 b 0 1k", "* note\u2029R9 b 0 1k", "R8 b 0 1meg ; c\fR9 b 0 1k",
+    "R8 b 0 1meg $ c\x1eR9 b 0 1k", "R3 b\f0 1k", "R3 b\v0\t1k\f", "\f", "\f* R9 b 0 1k",
+    " \v* R9 b 0 1k", "R3 b 0 1k $comment", "R3 b 0 1k\r", "R3 (b) (0) 1k", "R3 b,0 1k",
+    "R3 b 0 3ek", "R3 b 0 1e-k", "R3 b 0 2e+", "I1 0 b (1m)", "V2 c 0 DC(1)\nR3 c b 1k",
+    "A1 %gd(b 0) sd", "R3 b 0\n\f\n+ 1k", "R3 b\n* c\x85\n+ 0 1k",
+]
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("line", NGSPICE_LINES)
+def test_odd_characters_read_as_ngspice_reads_them(line):
+    from fastres import ngspice
+    text = deck("V1 a 0 1\nR1 a b 1k\nR2 b 0 1k\n" + line + "\n"
+                ".model sd sidiode(ron=1 roff=1e6 vfwd=0.3)\n.op\n.end\n")
+    theirs = ngspice.run_op(text)  # (no extra options: the text goes to ngspice byte for byte)
+    ours = ngspice.run_op(write_netlist(parse_netlist(text)))
+    assert set(ours) == set(theirs)
+    for node, volts in theirs.items():
+        assert ours[node] == pytest.approx(volts, abs=1e-12), node
 
 
 def test_error_line_of_continued_statement(tmp_path):
