@@ -38,7 +38,7 @@ from fractions import Fraction
 import numpy as np
 
 from .circuit import Amplifier, Circuit, CurrentSource, Diode, Resistor, VoltageSource
-from .devices import PiecewiseLinear, Shockley
+from .devices import KELVIN, PiecewiseLinear, Shockley
 from .errors import CircuitError, NetlistError
 
 __all__ = ["read_netlist", "parse_netlist", "write_netlist", "parse_number", "VREV_INFINITE"]
@@ -480,6 +480,9 @@ def _source_value(tokens, err, what):
 
 def _build(title, stmts, source):
     options = {}
+    option_where = {}
+    temp_line = None  # (value, where) of the last .temp: it wins over .options temp (ngspice)
+    used_models = set()
     models = {}
     model_where = {}
     elements = []
@@ -496,6 +499,7 @@ def _build(title, stmts, source):
                 model_where[name] = st.where
             elif head in (".options", ".option", ".opt", ".opts"):
                 i = 1
+                seen = set()
                 while i < len(t):
                     key = t[i]
                     if i + 1 < len(t) and t[i + 1] == "=":
@@ -509,7 +513,11 @@ def _build(title, stmts, source):
                     if key in ("gmin", "temp", "tnom"):
                         if val is None:
                             raise err(f".options: {key} needs a value")
-                        options[key] = float(_parse_exact(val, st.where))
+                        if key in seen:  # ngspice takes the first, and a later line's value
+                            raise err(f".options: {key} given twice on one line")
+                        seen.add(key)
+                        options[key] = _option_value(key, val, st.where)
+                        option_where[key] = st.where
                     elif key == "rshunt":
                         raise err(".options rshunt (a resistor from every node to ground) is"
                                   " not supported")
@@ -518,7 +526,7 @@ def _build(title, stmts, source):
             elif head == ".temp":
                 if len(t) != 2:
                     raise err(".temp needs exactly one temperature")
-                options["temp"] = float(_parse_exact(t[1], st.where))
+                temp_line = (_option_value("temp", t[1], st.where, ".temp"), st.where)
             elif head == ".title":
                 title = st.raw.strip(_WS)[len(".title"):].strip(_WS)
             elif head == ".op":
@@ -531,6 +539,10 @@ def _build(title, stmts, source):
             continue
         elements.append(st)
 
+    if temp_line is not None:
+        # ngspice 39 (measured): '.temp' sets the temperature wherever it stands, before or
+        # after '.options temp=' (the last '.temp' if several)
+        options["temp"], option_where["temp"] = temp_line
     try:
         circ = Circuit(title=title if title is not None else "", **options)
     except CircuitError as exc:
@@ -594,6 +606,7 @@ def _build(title, stmts, source):
                 if letter == "a" and not isinstance(model, PiecewiseLinear):
                     raise err(f"XSPICE device {name}: model {mname!r} is not a sidiode model")
                 circ.add_diode(name, anode, cathode, model, mname)
+                used_models.add(mname)
             elif letter in ("v", "i"):
                 kind = "voltage source" if letter == "v" else "current source"
                 if len(t) < 3:
@@ -619,7 +632,32 @@ def _build(title, stmts, source):
                           " (only R, D, A (sidiode), V and I)")
         except CircuitError as exc:
             raise err(str(exc)) from None
+    # the temperature dependence of every diode model in use, at this circuit's temperatures:
+    # a model whose IS(T) leaves the float range is refused here, naming its line
+    for mname in sorted(used_models, key=lambda n: model_where[n]):
+        model = models[mname]
+        if not isinstance(model, Shockley):
+            continue
+        try:
+            model.params(circ.temp, circ.tnom, circ.gmin)
+        except CircuitError as exc:
+            set_at = [f"{key} set at {option_where[key]}" for key in ("temp", "tnom")
+                      if key in option_where]
+            note = f" ({', '.join(set_at)})" if set_at else ""
+            raise NetlistError(f"{model_where[mname]}: model {mname}: {exc}{note}") from None
     return circ
+
+
+def _option_value(key, token, where, what=".options"):
+    """A gmin (S, >= 0) or temp / tnom (degC, above absolute zero) value."""
+    val = float(_parse_exact(token, where))
+    if key == "gmin" and val < 0:
+        raise NetlistError(f"{where}: {what}: gmin={token} must be >= 0 S")
+    if key in ("temp", "tnom") and not val + KELVIN > 0:
+        name = "temperature" if what == ".temp" else key
+        raise NetlistError(f"{where}: {what}: {name} {token} degC is at or below absolute zero"
+                           f" (-{KELVIN} degC)")
+    return val
 
 
 def _amplifiers(elements):

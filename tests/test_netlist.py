@@ -346,6 +346,74 @@ def test_odd_characters_read_as_ngspice_reads_them(line):
         assert ours[node] == pytest.approx(volts, abs=1e-12), node
 
 
+# ------------------------------------------------------------------------------- temperature
+TEMP_DECK = "t\nI1 0 a 1m\nD1 a 0 dm\n.model dm D(IS=1e-14)\n{}\n.op\n.end\n"
+TEMP_ORDERS = [  # (lines, the temperature ngspice 39 uses: measured)
+    (".temp 100\n.options temp=27", 100.0),  # issue 13: fastres used 27
+    (".options temp=27\n.temp 100", 100.0),
+    (".temp 100\n.temp 50", 50.0),
+    (".options temp=100\n.options temp=50", 50.0),
+    (".temp 100\n.options temp=27\n.temp 50", 50.0),
+    (".options temp=100\n.temp 27", 27.0),
+    (".option temp=80 tnom=30\n.options tnom=20", 80.0),
+]
+
+
+@pytest.mark.parametrize("lines,temp", TEMP_ORDERS)
+def test_temp_line_wins_over_options(lines, temp):
+    assert parse_netlist(TEMP_DECK.format(lines)).temp == temp
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("lines,temp", TEMP_ORDERS)
+def test_temperature_as_ngspice(lines, temp):
+    """ngspice on the deck, and on the deck fastres read (written with an explicit
+    '.options temp= tnom='), give the same diode voltage: the same temperatures apply."""
+    from fastres import ngspice
+    text = TEMP_DECK.format(lines)
+    theirs = ngspice.run_op(text)["a"]
+    ours = ngspice.run_op(write_netlist(parse_netlist(text)))["a"]
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    at27 = ngspice.run_op(TEMP_DECK.format(""))["a"]
+    assert (theirs == pytest.approx(at27, abs=1e-9)) == (temp == 27.0)  # the deck does depend on it
+
+
+@pytest.mark.ngspice
+def test_temp_reproducer_solved_as_ngspice():
+    from fastres import DCProblem, ngspice, solve
+    text = TEMP_DECK.format(".temp 100\n.options temp=27")
+    c = parse_netlist(text)
+    sol = solve(DCProblem(c))
+    theirs = ngspice.run_op(text, extra_options={"reltol": 1e-12, "vntol": 1e-15, "abstol": 1e-18})
+    assert abs(sol.voltage("a")[0] - theirs["a"]) <= 1e-9
+    assert abs(sol.voltage("a")[0] - 0.52348) <= 1e-5  # 100 degC (at 27 degC: 0.65512 V)
+
+
+@pytest.mark.parametrize("line,msg", [
+    (".temp -273.15", r":5: \.temp: temperature -273\.15 degC is at or below absolute zero"),
+    (".temp -300", r":5: \.temp: temperature -300 degC is at or below absolute zero"),
+    (".options tnom=-273.15", r":5: \.options: tnom -273\.15 degC is at or below absolute zero"),
+    (".options temp=-1e3", r":5: \.options: temp -1e3 degC"),
+    (".options gmin=-1", r":5: \.options: gmin=-1 must be >= 0 S"),
+    (".options temp=30 temp=40", r":5: \.options: temp given twice on one line"),
+    (".temp -270", r":4: model dm: Shockley diode model .* IS\(T\) = .* \(underflows to 0\).*"
+                   r"\(temp set at .*:5\)"),
+    (".temp 150\n.model dn D(N=0.01)\nD2 a 0 dn", r":6: model dn: .*N=0\.01.* overflows"),
+    (".temp 50\n.model de D(EG=1e10)\nD2 a 0 de", r":6: model de: .*EG=10000000000\.0"),
+    (".temp 50\n.model dx D(XTI=1e10)\nD2 a 0 dx", r":6: model dx: .*XTI=10000000000\.0"),
+    (".model dt D(TNOM=-273.15)\nD2 a 0 dt", r":5: model dt: .*tnom=-273\.15 degC is at or below"),
+])
+def test_extreme_temperatures_and_parameters_name_the_line(line, msg):
+    # issue 13, item 4: these raised ZeroDivisionError, OverflowError or 'math domain error'
+    with pytest.raises(NetlistError, match=r"<string>" + msg):
+        parse_netlist(TEMP_DECK.format(line).replace(".op\n", ""))
+
+
+def test_unused_model_not_checked_at_temperature():
+    c = parse_netlist(TEMP_DECK.format(".temp 150\n.model dn D(N=0.01)"))  # dn: no instance
+    assert c.temp == 150.0
+
+
 def test_error_line_of_continued_statement(tmp_path):
     p = tmp_path / "deck.cir"
     p.write_text("t\nV1 a 0 1\nR1 a\n+ 0\n+ bogus\n")
