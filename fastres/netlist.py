@@ -28,9 +28,11 @@ Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal
 from fractions import Fraction
@@ -696,7 +698,17 @@ def _amplifiers(elements):
 def parse_netlist(text: str, source: str = "<string>", *, path: str | None = None) -> Circuit:
     """Parse netlist ``text`` (first line: title). ``source`` names it in error messages;
     ``path`` (the file it came from) anchors relative ``.include`` paths (default: the current
-    directory)."""
+    directory). A ``text`` that is not a str (None, bytes, ...) is a TypeError."""
+    if not isinstance(text, str):
+        hint = (": decode the bytes first, or use read_netlist(path)"
+                if isinstance(text, (bytes, bytearray)) else "")
+        raise TypeError(f"parse_netlist: text must be a str (the netlist itself), got"
+                        f" {type(text).__name__}{hint}")
+    if not isinstance(source, str):
+        raise TypeError(f"parse_netlist: source must be a str (a name for messages), got"
+                        f" {type(source).__name__}")
+    if path is not None:
+        path = _path_arg("parse_netlist", path)
     if path is None and source != "<string>" and os.path.exists(source):
         path = source
     stack = frozenset({os.path.realpath(path)}) if path else frozenset()
@@ -705,14 +717,30 @@ def parse_netlist(text: str, source: str = "<string>", *, path: str | None = Non
 
 
 def read_netlist(path) -> Circuit:
-    """Read a SPICE deck from ``path`` (``.include`` files relative to its directory)."""
-    path = os.fspath(path)
+    """Read a SPICE deck from ``path`` (``.include`` files relative to its directory).
+
+    The file is decoded as UTF-8 (undecodable bytes become U+FFFD) with its line ends kept as
+    they are (see "Line ends and white space" above). A ``path`` that is not a str or
+    os.PathLike is a TypeError; a file that cannot be read is a :class:`NetlistError`."""
+    path = _path_arg("read_netlist", path)
     try:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             text = f.read()
     except OSError as exc:
         raise NetlistError(f"{path}: cannot read netlist: {exc.strerror or exc}") from None
     return parse_netlist(text, source=path, path=path)
+
+
+def _path_arg(func, path):
+    """A file system path argument as a str (TypeError for None, numbers, ...)."""
+    try:
+        out = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{func}: path must be a str or os.PathLike, got"
+                        f" {type(path).__name__}") from None
+    if "\0" in out:
+        raise NetlistError(f"{out!r}: cannot read netlist: the path contains a NUL character")
+    return out
 
 
 # -------------------------------------------------------------------------------------------
@@ -774,6 +802,14 @@ def write_netlist(circuit: Circuit, path=None, *, sample: int = 0, analysis: str
     by ``Diode.model_name``; distinct models that share a name get ``_2``, ``_3``, ... suffixes.
     Shockley ``imax`` (a numerical guard with no SPICE equivalent) is not written.
     """
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"write_netlist: circuit must be a fastres Circuit, got"
+                        f" {type(circuit).__name__}")
+    if isinstance(sample, (bool, np.bool_)) or not isinstance(sample, numbers.Integral):
+        raise TypeError(f"write_netlist: sample must be an integer, got {type(sample).__name__}")
+    if sources is not None and not isinstance(sources, Mapping):
+        raise TypeError(f"write_netlist: sources must be a dict of name -> value, got"
+                        f" {type(sources).__name__}")
     sources = {str(k).lower(): v for k, v in (sources or {}).items()}
     for key in sources:
         if not isinstance(circuit.elements.get(key), (VoltageSource, CurrentSource)):

@@ -414,6 +414,36 @@ def test_unused_model_not_checked_at_temperature():
     assert c.temp == 150.0
 
 
+# ------------------------------------------------------------------------------- API types
+@pytest.mark.parametrize("call,msg", [
+    (lambda: parse_netlist(None), "parse_netlist: text must be a str .* got NoneType"),
+    (lambda: parse_netlist(5), "got int"),
+    (lambda: parse_netlist(b"t\nR1 a 0 1\n"), "got bytes: decode the bytes first"),
+    (lambda: parse_netlist(["t", "R1 a 0 1"]), "got list"),
+    (lambda: parse_netlist("t\n", source=None), "source must be a str"),
+    (lambda: parse_netlist("t\n", path=3), "path must be a str or os.PathLike, got int"),
+    (lambda: read_netlist(None), "read_netlist: path must be a str or os.PathLike, got NoneType"),
+    (lambda: write_netlist(None), "write_netlist: circuit must be a fastres Circuit"),
+    (lambda: write_netlist(Circuit(), sample="0"), "sample must be an integer"),
+    (lambda: write_netlist(Circuit(), sources=[1.0]), "sources must be a dict"),
+])
+def test_wrong_types_are_clear_type_errors(call, msg):
+    # issue 13, item 7: parse_netlist(None) was an AttributeError from deep inside
+    with pytest.raises(TypeError, match=msg):
+        call()
+
+
+def test_unreadable_paths_are_netlist_errors(tmp_path):
+    with pytest.raises(NetlistError, match="cannot read netlist: No such file"):
+        read_netlist(tmp_path / "missing.cir")
+    with pytest.raises(NetlistError, match="cannot read netlist: Is a directory"):
+        read_netlist(tmp_path)
+    with pytest.raises(NetlistError, match="contains a NUL"):
+        read_netlist("deck\0.cir")
+    (tmp_path / "b.cir").write_bytes(b"t\nV1 a 0 1\nR1 a 0 1k\n")
+    assert set(read_netlist(os.fsencode(tmp_path / "b.cir")).elements) == {"v1", "r1"}
+
+
 def test_error_line_of_continued_statement(tmp_path):
     p = tmp_path / "deck.cir"
     p.write_text("t\nV1 a 0 1\nR1 a\n+ 0\n+ bogus\n")
