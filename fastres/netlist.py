@@ -767,8 +767,10 @@ def _resistance(g) -> str:
             if 1.0 / cand == g:
                 return repr(cand)
             cand = math.nextafter(cand, direction)
-    # otherwise 25 significant digits of the exact 1/g: its reciprocal rounds back to g
-    return format(Context(prec=25).divide(Decimal(1), Decimal(g)), "e").lower()
+    # otherwise 25 significant digits of the exact 1/g: its reciprocal rounds back to g. All 25
+    # are written, trailing zeros too: the reader takes the exact reciprocal only for literals
+    # of more than 17 digits ('1e-5' for g = 1e5 would read back as 1 / 1e-05 = 99999.99999999999)
+    return format(Context(prec=25).divide(Decimal(1), Decimal(g)), ".24e").lower()
 
 
 def _check_name(kind, name):

@@ -527,7 +527,9 @@ def test_round_trip_exact_resistances():
     # conductances whose reciprocal has no double that maps back: written with 25 digits
     rng = np.random.default_rng(1)
     c = Circuit()
-    gs = np.concatenate([rng.lognormal(0, 10, 3000), [1e-300, 1e300, 5e-324 * 2**60, 0.1, 3.0]])
+    # (1e5, 1e10: 1/g is a short exact decimal, '1e-5', which must still be read exactly)
+    gs = np.concatenate([rng.lognormal(0, 10, 3000), [1e-300, 1e300, 5e-324 * 2**60, 0.1, 3.0,
+                                                        1e5, 1e10, 2.0**40, 1e5 * 3]])
     for k, g in enumerate(gs):
         c.add_resistor(f"{k}", "a", "0", g=float(g))
     back = parse_netlist(write_netlist(c))
