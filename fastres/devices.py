@@ -174,8 +174,8 @@ class Shockley:
                          f" ({'underflows to 0' if is_t == 0 else 'overflows'})")
         vmax = vte * math.log(self.imax / is_t + 1.0)
         if not math.isfinite(vmax):
-            raise refuse(f"IS(T) = {is_t!r} A is so small that vmax (where the current reaches"
-                         f" imax = {self.imax!r} A) is not finite")
+            raise refuse(f"vmax = N vt ln(imax / IS(T) + 1) = {vte!r} ln({self.imax!r} /"
+                         f" {is_t!r} + 1) V (where the current reaches imax) is not finite")
         if not math.isfinite((self.imax + is_t) / vte):
             raise refuse(f"the largest conductance (imax + IS(T)) / (N vt) ="
                          f" ({self.imax!r} + {is_t!r}) / {vte!r} S is not finite")

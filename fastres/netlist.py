@@ -2,10 +2,15 @@
 
 Supported input (case-insensitive):
 
-* the first line of the top file is the title; ``*`` comment lines, inline ``;`` and ``$ ``
-  comments, ``+`` continuation lines, blank lines;
+* the first line of the top file is the title; ``*`` comment lines, inline ``;`` and `` $``
+  comments, ``+`` continuation lines, blank lines. As in ngspice, only LF (or CR LF) ends a
+  line and only space, tab, form feed and vertical tab separate fields; characters that
+  Python would read as line ends or white space but ngspice does not (a stray CR, \x1c-\x1f,
+  NEL, U+2028, ...), other control characters and non-ASCII text are allowed in comments and
+  refused elsewhere (see "Line ends and white space" below);
 * numbers with SI suffixes ``f p n u m mil k meg g t`` followed by ignored unit letters
-  (``1kohm``, ``10uA``, ``1V``), exactly as ngspice reads them;
+  (``1kohm``, ``10uA``, ``1V``), exactly as ngspice reads them; values beyond the float range
+  are refused;
 * ``R name n1 n2 value`` (or ``r=value`` / ``resistance=value``);
 * ``D name anode cathode model [1 | area=1]`` with ``.model name D(IS= N= EG= XTI= TNOM=)``
   (capacitance/transit-time/noise parameters are accepted and ignored; parameters that change
@@ -18,9 +23,14 @@ Supported input (case-insensitive):
   ``n+`` through itself to ``n-``;
 * ``.model``, ``.include``/``.inc`` (relative to the including file), ``.options``/``.option``
   (gmin, temp, tnom; other solver options are ignored), ``.temp``, ``.title``, ``.op``, ``.end``,
-  ``.control ... .endc`` (skipped), ``.save/.print/.plot/.probe/.width`` (ignored).
+  ``.control ... .endc`` (skipped), ``.save/.print/.plot/.probe/.width`` (ignored). As in
+  ngspice, the last ``.temp`` sets the temperature wherever it stands, before or after an
+  ``.options temp=``; otherwise the last ``.options temp=`` does. Temperatures at or below
+  absolute zero are refused, and so is a diode model in use whose IS(T) leaves the float range
+  at the circuit's temperature.
 
-Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``.
+Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``; an argument of
+the wrong type (``parse_netlist(None)``) is a TypeError.
 
 :func:`write_netlist` writes a deck that ``ngspice -b`` runs unchanged and that
 :func:`parse_netlist` reads back to the same circuit, values bit for bit.
