@@ -13,6 +13,7 @@ class here (decorated with :func:`register_device`: a ``kind`` number, a ``name`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +48,36 @@ def register_device(cls):
     return cls
 
 
-def _check_finite(name, **values):
-    for key, val in values.items():
-        if not np.isfinite(val):
-            raise CircuitError(f"{name}: parameter {key}={val!r} is not a finite number")
+def _as_number(owner, key, val, *, allow_inf=False):
+    """``val`` as a Python float, or a :class:`CircuitError` naming ``owner`` and ``key``.
+
+    Python ints and floats and numpy scalars (``np.float32``, ``np.int64``, ...) are numbers;
+    bools, strings, None and arrays are not. NaN is refused, and so is an infinity unless
+    ``allow_inf`` (then only +inf)."""
+    if isinstance(val, (bool, np.bool_)) or not isinstance(val, numbers.Real):
+        raise CircuitError(f"{owner}: parameter {key}={val!r} must be a real number,"
+                           f" not {type(val).__name__}")
+    try:
+        out = float(val)
+    except (OverflowError, TypeError, ValueError):  # e.g. an int beyond the float range
+        out = math.nan
+    if not (math.isfinite(out) or (allow_inf and out == math.inf)):
+        raise CircuitError(f"{owner}: parameter {key}={val!r} is not a finite number")
+    return out
+
+
+def _set_numbers(obj, owner, names, allow_inf=()):
+    """Store the (frozen dataclass) fields ``names`` of ``obj`` as checked Python floats."""
+    for key in names:
+        val = getattr(obj, key)
+        object.__setattr__(obj, key, _as_number(owner, key, val, allow_inf=key in allow_inf))
+
+
+def _absolute_zero(owner, key, celsius):
+    """Refuse a temperature (degC) at or below absolute zero (it would divide by 0 K)."""
+    if not celsius + KELVIN > 0:
+        raise CircuitError(f"{owner}: {key}={celsius!r} degC is at or below absolute zero"
+                           f" (-{KELVIN} degC)")
 
 
 @register_device
@@ -81,8 +108,11 @@ class Shockley:
     imax: float = 1e6
 
     def __post_init__(self):
-        _check_finite("Shockley diode model", IS=self.IS, N=self.N, EG=self.EG, XTI=self.XTI,
-                      imax=self.imax)
+        who = "Shockley diode model"
+        _set_numbers(self, who, ("IS", "N", "EG", "XTI", "imax")
+                     + (("tnom",) if self.tnom is not None else ()))
+        if self.tnom is not None:
+            _absolute_zero(who, "tnom", self.tnom)
         if not self.imax > self.IS:
             raise CircuitError(f"Shockley diode model: imax={self.imax!r} must exceed IS")
         if not self.IS > 0:
@@ -94,17 +124,61 @@ class Shockley:
     name = "shockley"
     spice_letter = "d"
 
+    def _describe(self):
+        tnom = "" if self.tnom is None else f", TNOM={self.tnom!r}"
+        return (f"Shockley diode model (IS={self.IS!r}, N={self.N!r}, EG={self.EG!r},"
+                f" XTI={self.XTI!r}{tnom})")
+
     def params(self, temp: float = 27.0, tnom: float = 27.0, gmin: float = 1e-12) -> np.ndarray:
-        """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), vmax (V), 0]`` at ``temp`` (degC)."""
-        tnom = self.tnom if self.tnom is not None else tnom
+        """Kernel parameter row ``[IS_T (A), N vt (V), gmin (S), vmax (V), 0]`` at ``temp`` (degC).
+
+        Raises :class:`CircuitError` (and nothing else, for any finite inputs) for a temperature
+        at or below absolute zero, a negative ``gmin``, or a temperature dependence that leaves
+        the float range: IS(T) overflowing or underflowing to 0, or ``vmax`` or the diode's
+        largest conductance ``(imax + IS(T)) / (N vt)`` not finite.
+        """
+        who = "Shockley diode model"
+        temp = _as_number(who, "temp", temp)
+        gmin = _as_number(who, "gmin", gmin)
+        if gmin < 0:
+            raise CircuitError(f"{who}: gmin={gmin!r} S must be >= 0")
+        if self.tnom is not None:
+            tnom = self.tnom
+        else:
+            tnom = _as_number(who, "tnom", tnom)
+        _absolute_zero(who, "temp", temp)
+        _absolute_zero(who, "tnom", tnom)
         T = temp + KELVIN
         Tn = tnom + KELVIN
         vte = self.N * K_OVER_Q * T
+
+        def refuse(what):
+            return CircuitError(f"{self._describe()} at temp={temp!r} degC, tnom={tnom!r} degC:"
+                                f" {what}; the parameters are outside the range fastres can"
+                                " represent (float64)")
+
+        if not (vte > 0 and math.isfinite(vte)):
+            raise refuse(f"N vt = {vte!r} V is not a positive finite voltage")
         # ngspice diotemp.c: IS(T) = IS * exp((T/Tnom - 1) EG / vte + XTI/N ln(T/Tnom))
+        # (Python float * and / give inf instead of raising; T, Tn, vte > 0 here)
         arg1 = (T / Tn - 1.0) * self.EG / vte
         arg2 = self.XTI / self.N * math.log(T / Tn)
-        is_t = self.IS * math.exp(arg1 + arg2)
+        if not math.isfinite(arg1 + arg2):
+            raise refuse(f"the exponent of IS(T), {arg1!r} + {arg2!r}, is not finite")
+        try:
+            is_t = self.IS * math.exp(arg1 + arg2)
+        except OverflowError:
+            raise refuse(f"IS(T) = IS exp({arg1 + arg2!r}) overflows") from None
+        if not (is_t > 0 and math.isfinite(is_t)):
+            raise refuse(f"IS(T) = IS exp({arg1 + arg2!r}) = {is_t!r} A"
+                         f" ({'underflows to 0' if is_t == 0 else 'overflows'})")
         vmax = vte * math.log(self.imax / is_t + 1.0)
+        if not math.isfinite(vmax):
+            raise refuse(f"vmax = N vt ln(imax / IS(T) + 1) = {vte!r} ln({self.imax!r} /"
+                         f" {is_t!r} + 1) V (where the current reaches imax) is not finite")
+        if not math.isfinite((self.imax + is_t) / vte):
+            raise refuse(f"the largest conductance (imax + IS(T)) / (N vt) ="
+                         f" ({self.imax!r} + {is_t!r}) / {vte!r} S is not finite")
         return np.array([is_t, vte, gmin, vmax, 0.0])
 
     def turn_on_volts(self, gmin: float = 1e-12) -> float:
@@ -142,12 +216,16 @@ class PiecewiseLinear:
     spice_letter = "a"
 
     def __post_init__(self):
+        who = "piecewise-linear diode model"
         if self.rrev is None:
             object.__setattr__(self, "rrev", self.ron)
-        _check_finite("piecewise-linear diode model", ron=self.ron, roff=self.roff,
-                      vfwd=self.vfwd, rrev=self.rrev)
+        _set_numbers(self, who, ("ron", "roff", "vfwd", "vrev", "rrev"), allow_inf=("vrev",))
         if not self.ron > 0 or not self.roff > 0 or not self.rrev > 0:
             raise CircuitError("piecewise-linear diode model: ron, roff and rrev must be > 0 ohm")
+        for key in ("ron", "roff", "rrev"):
+            if math.isinf(1.0 / getattr(self, key)):
+                raise CircuitError(f"{who}: {key}={getattr(self, key)!r} ohm is too small:"
+                                   f" its conductance 1/{key} overflows")
         if self.ron > self.roff:
             raise CircuitError(f"piecewise-linear diode model: ron={self.ron} > roff={self.roff}"
                                " makes the device non-convex (negative incremental resistance)")

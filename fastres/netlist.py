@@ -2,10 +2,15 @@
 
 Supported input (case-insensitive):
 
-* the first line of the top file is the title; ``*`` comment lines, inline ``;`` and ``$ ``
-  comments, ``+`` continuation lines, blank lines;
+* the first line of the top file is the title; ``*`` comment lines, inline ``;`` and `` $``
+  comments, ``+`` continuation lines, blank lines. As in ngspice, only LF (or CR LF) ends a
+  line and only space, tab, form feed and vertical tab separate fields; characters that
+  Python would read as line ends or white space but ngspice does not (a stray CR, \x1c-\x1f,
+  NEL, U+2028, ...), other control characters and non-ASCII text are allowed in comments and
+  refused elsewhere (see "Line ends and white space" below);
 * numbers with SI suffixes ``f p n u m mil k meg g t`` followed by ignored unit letters
-  (``1kohm``, ``10uA``, ``1V``), exactly as ngspice reads them;
+  (``1kohm``, ``10uA``, ``1V``), exactly as ngspice reads them; values beyond the float range
+  are refused;
 * ``R name n1 n2 value`` (or ``r=value`` / ``resistance=value``);
 * ``D name anode cathode model [1 | area=1]`` with ``.model name D(IS= N= EG= XTI= TNOM=)``
   (capacitance/transit-time/noise parameters are accepted and ignored; parameters that change
@@ -18,9 +23,14 @@ Supported input (case-insensitive):
   ``n+`` through itself to ``n-``;
 * ``.model``, ``.include``/``.inc`` (relative to the including file), ``.options``/``.option``
   (gmin, temp, tnom; other solver options are ignored), ``.temp``, ``.title``, ``.op``, ``.end``,
-  ``.control ... .endc`` (skipped), ``.save/.print/.plot/.probe/.width`` (ignored).
+  ``.control ... .endc`` (skipped), ``.save/.print/.plot/.probe/.width`` (ignored). As in
+  ngspice, the last ``.temp`` sets the temperature wherever it stands, before or after an
+  ``.options temp=``; otherwise the last ``.options temp=`` does. Temperatures at or below
+  absolute zero are refused, and so is a diode model in use whose IS(T) leaves the float range
+  at the circuit's temperature.
 
-Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``.
+Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``; an argument of
+the wrong type (``parse_netlist(None)``) is a TypeError.
 
 :func:`write_netlist` writes a deck that ``ngspice -b`` runs unchanged and that
 :func:`parse_netlist` reads back to the same circuit, values bit for bit.
@@ -28,8 +38,11 @@ Anything else raises :class:`~fastres.errors.NetlistError` naming ``file:line``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal
 from fractions import Fraction
@@ -37,7 +50,7 @@ from fractions import Fraction
 import numpy as np
 
 from .circuit import Amplifier, Circuit, CurrentSource, Diode, Resistor, VoltageSource
-from .devices import PiecewiseLinear, Shockley
+from .devices import KELVIN, PiecewiseLinear, Shockley
 from .errors import CircuitError, NetlistError
 
 __all__ = ["read_netlist", "parse_netlist", "write_netlist", "parse_number", "VREV_INFINITE"]
@@ -47,9 +60,17 @@ VREV_INFINITE = 1e30
 
 _SCALE = {"t": "1e12", "g": "1e9", "meg": "1e6", "k": "1e3", "mil": "25.4e-6", "m": "1e-3",
           "u": "1e-6", "n": "1e-9", "p": "1e-12", "f": "1e-15"}
+# ASCII only: Python's \d and case folding would also read other scripts' digits and the Kelvin
+# sign as numbers and suffixes, which ngspice does not
+# An 'e' without exponent digits is an exponent of 0, as in ngspice ('3ek' is 3e3, '1e-' is 1).
 _NUMBER = re.compile(
-    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpf])?([a-z_]*)\Z", re.IGNORECASE)
+    r"([+-]?(?:\d+\.?\d*|\.\d+))(?:e([+-]?\d*))?(meg|mil|[tgkmunpf])?([a-z_]*)\Z",
+    re.IGNORECASE | re.ASCII)
+# decimal exponent of each scale's leading digit (mil = 2.54e-5)
+_SCALE_EXP = {k: Decimal(v).adjusted() for k, v in _SCALE.items()}
 _GROUND = ("0", "gnd")
+#: the characters that separate fields (ngspice: space, tab, form feed, vertical tab)
+_WS = " \t\f\v"
 
 # .model D parameters: supported, ignored (no DC effect), or only allowed at their default.
 _D_SUPPORTED = {"is": "IS", "js": "IS", "n": "N", "eg": "EG", "xti": "XTI", "tnom": "tnom",
@@ -70,6 +91,12 @@ _SIDIODE = {"ron", "roff", "vfwd", "vrev", "rrev", "epsilon", "revepsilon", "ili
 _IGNORED_DOT = {".save", ".print", ".plot", ".probe", ".width"}
 
 
+def _clip(token, limit=40):
+    """``repr`` of a token for a message: non-ASCII escaped, at most ``limit`` characters."""
+    text = ascii(token)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
 class _Err:
     """Builds NetlistErrors that name ``file:line``."""
 
@@ -81,32 +108,65 @@ class _Err:
 
 
 def parse_number(token: str, where: str = "<number>") -> float:
-    """A SPICE number: ``1.5k``, ``10uA``, ``2meg``, ``1e-3``; NaN/Inf and garbage are errors."""
+    """A SPICE number: ``1.5k``, ``10uA``, ``2meg``, ``1e-3``; NaN/Inf, values beyond the float
+    range and garbage are :class:`NetlistError`; a ``token`` that is not a str is a TypeError."""
+    if not isinstance(token, str):
+        raise TypeError(f"parse_number: token must be a str, got {type(token).__name__}")
     return float(_parse_exact(token, where))
 
 
 def _parse_exact(token, where):
-    m = _NUMBER.match(token.strip())
+    m = _NUMBER.match(token.strip(_WS))
     if not m:
-        raise NetlistError(f"{where}: bad number {token!r}")
-    mant, suffix, _units = m.groups()
-    return _Number(mant, _SCALE[suffix.lower()] if suffix else None, where, token)
+        raise NetlistError(f"{where}: bad number {_clip(token)}")
+    mant, exp, suffix, _units = m.groups()
+    if exp and exp not in "+-":  # (ngspice reads a bare 'e', 'e+' or 'e-' as no exponent)
+        mant = f"{mant}e{exp}"
+    return _Number(mant, suffix.lower() if suffix else None, where, token)
 
 
 class _Number:
     """A parsed SPICE number, kept exact so that ``1 / value`` can be rounded correctly."""
 
-    __slots__ = ("mant", "scale", "where", "token")
+    __slots__ = ("mant", "suffix", "scale", "where", "token")
 
-    def __init__(self, mant, scale, where, token):
-        self.mant, self.scale, self.where, self.token = mant, scale, where, token
+    def __init__(self, mant, suffix, where, token):
+        self.mant, self.suffix, self.where, self.token = mant, suffix, where, token
+        self.scale = _SCALE[suffix] if suffix else None
+
+    def _exact(self):
+        """The exact value as a Fraction (via Decimal: no limit on the digits of the mantissa);
+        only called once the magnitude is known to be within the float range."""
+        exact = Fraction(Decimal(self.mant))
+        return exact * Fraction(self.scale) if self.scale is not None else exact
+
+    def _magnitude(self):
+        """Decimal exponent of the leading digit of the exact value (None for zero), computed
+        without expanding the exponent (``1e999999999k`` must not build a huge integer)."""
+        d = Decimal(self.mant)
+        if not d:
+            return None
+        return d.adjusted() + (_SCALE_EXP[self.suffix] if self.suffix else 0)
 
     def __float__(self):
-        val = float(self.mant)
-        if self.scale is not None:
-            val = float(Fraction(self.mant) * Fraction(self.scale))
+        if self.scale is None:
+            val = float(self.mant)
+        else:
+            mag = self._magnitude()
+            if mag is None:
+                val = 0.0
+            elif mag > 308:  # beyond the largest double, 1.8e308
+                val = math.inf
+            elif mag < -400:  # far below the smallest subnormal, 4.9e-324: rounds to zero
+                val = -0.0 if self.mant.startswith("-") else 0.0
+            else:
+                try:
+                    val = float(self._exact())
+                except OverflowError:
+                    val = math.inf
         if not math.isfinite(val):
-            raise NetlistError(f"{self.where}: number {self.token!r} is not finite")
+            raise NetlistError(f"{self.where}: number {_clip(self.token)} is not finite (beyond the"
+                               " float range, about 1.8e308)")
         return val
 
     def reciprocal(self):
@@ -123,8 +183,10 @@ class _Number:
             raise NetlistError(f"{self.where}: resistance {self.token!r} must be > 0 ohm")
         if len(digits) <= 17 and self.scale is None:
             return 1.0 / val
-        exact = Fraction(self.mant) * (Fraction(self.scale) if self.scale else 1)
-        return float(1 / exact)
+        try:
+            return float(1 / self._exact())
+        except OverflowError:  # a subnormal resistance: the caller refuses the infinite conductance
+            return math.inf
 
 
 # -------------------------------------------------------------------------------------------
@@ -137,46 +199,156 @@ class _Stmt:
     raw: str
 
 
+# Line ends and white space, as ngspice 39 reads a deck (measured with ``ngspice -b``):
+# * only LF ends a line; a CR before it (CR LF) is dropped. ngspice deletes a CR anywhere else
+#   and joins the text around it, so such a CR (old Mac line ends) is refused.
+# * fields are separated by space, tab, form feed and vertical tab. Python's str.splitlines() and
+#   str.split() also break at \x1c-\x1e, NEL, U+2028, U+2029, no-break spaces, ...: ngspice
+#   reads those as part of a name, so outside comments they are refused, as are other control
+#   characters (NUL ends ngspice's line early) and, except in .title and .include, any non-ASCII
+#   character (ngspice reads bytes; Python's case folding and digits would read some of them
+#   differently).
+# * ngspice ignores, with the warning "Unusual leading characters", a line that starts with a
+#   form feed or with one of = [ ] ? ( ) & % " ! : , (fastres would read "(R1 a 0 1k" as R1);
+#   a vertical tab at the start is read as part of the element name. Both are refused. A form
+#   feed alone on a line (a page break) is a blank line, and "\f* ..." a comment, for both.
+_CR_MSG = ("a carriage return (CR) that does not end a line: ngspice ends lines only at LF (or"
+           " CR LF), deletes any other CR and joins the text around it; use LF or CR LF line ends")
+_IGNORED_LEAD = frozenset('=[]?()&%"!:,')
+_FREE_TEXT = (".title", ".include", ".inc")  # statements whose text may hold non-ASCII characters
+_ODD_CHAR = re.compile(r"[^\t\x0b\x0c\x20-\x7e]")  # anything but printable ASCII and field separators
+_SPLIT_WS = re.compile(r"[ \t\f\v]+")
+_DOLLAR_COMMENT = re.compile(r"(?:^|[ \t])\$(?!;)")  # (ngspice reads ' $;' as '$' then ';')
+_CONTROL_NAMES = {"\x00": "NUL", "\x1c": "FILE SEPARATOR", "\x1d": "GROUP SEPARATOR",
+                  "\x1e": "RECORD SEPARATOR", "\x1f": "UNIT SEPARATOR", "\x7f": "DELETE",
+                  "\x85": "NEXT LINE (NEL)", "\x0b": "VERTICAL TAB", "\x0c": "FORM FEED"}
+
+
+def _describe_char(ch):
+    name = unicodedata.name(ch, None) or _CONTROL_NAMES.get(ch) or "a control character"
+    return f"U+{ord(ch):04X} ({name})"
+
+
+def _char_problem(code, where, ascii_only):
+    """None, or the message for the first character of ``code`` (a statement's text outside
+    comments) that ngspice does not read as fastres would."""
+    for m in _ODD_CHAR.finditer(code):
+        ch = m.group()
+        if ch.isprintable():  # non-ASCII letters, symbols, ...
+            if not ascii_only:
+                continue
+            return (f"{where}: non-ASCII character {_describe_char(ch)} outside a comment: names,"
+                    " numbers and keywords must be ASCII (ngspice reads bytes, and would not read"
+                    " it as fastres does)")
+        return (f"{where}: character {_describe_char(ch)} outside a comment: ngspice reads it"
+                " neither as a line end (only LF and CR LF) nor as white space (space, tab, form"
+                " feed, vertical tab); remove it or move it into a comment")
+    return None
+
+
+_SOURCE_FUNCTIONS = frozenset(("dc", "ac", "sin", "pulse", "pwl", "exp", "sffm", "am",
+                               "trnoise", "trrandom", "distof1", "distof2"))
+_GLUED_PAREN = re.compile(r"([^ \t\f\v,(]+)\(")
+
+
+def _check_parentheses(line, head, err):
+    """In an element line ngspice skips a '(' that starts a field and ends a field at ')' or
+    ',', as fastres does, but reads a '(' after other characters as part of the name or value
+    (``R1 a( 0 1k`` connects node ``a(``): refused. XSPICE port types (``%gd(a c)``) are fine."""
+    for m in _GLUED_PAREN.finditer(line):
+        word = m.group(1).lower()
+        if head.startswith("a") and word in ("%gd", "%d", "%g"):
+            continue
+        if head.startswith(("v", "i")) and word in _SOURCE_FUNCTIONS:
+            continue  # DC(1) reads as DC 1 in both; SIN(...) etc. are refused as unsupported
+        raise err(f"'(' right after {_clip(m.group(1))}: ngspice reads such a '(' as part of the"
+                  " name or value (only a '(' that starts a field is skipped); remove it or put"
+                  " a space before it")
+
+
+def _split(text):
+    """Fields separated by ngspice's white space (not Python's: see above)."""
+    return [t for t in _SPLIT_WS.split(text) if t]
+
+
 def _strip_comment(line):
+    """``line`` (no leading space or tab) without its ``;`` or `` $`` comment."""
     cut = line.find(";")
+    m = _DOLLAR_COMMENT.search(line)  # ngspice: '$' after a space or tab (or first) starts one
+    if m and (cut < 0 or m.start() < cut):
+        cut = m.start()
     if cut >= 0:
         line = line[:cut]
-    m = re.search(r"(?:^|\s)\$(?:\s|$)", line)
-    if m:
-        line = line[:m.start()]
-    return line.rstrip()
+    return line.rstrip(_WS)
 
 
 def _tokenize(text):
     # parentheses, commas and '=' are separators; '=' is kept as its own token
     if not any(ch in text for ch in "(),="):
-        return text.split()
+        return _split(text)
     text = re.sub(r"[(),]", " ", text)
-    text = re.sub(r"\s*=\s*", " = ", text)
-    return text.split()
+    text = re.sub(r"[ \t\f\v]*=[ \t\f\v]*", " = ", text)
+    return _split(text)
 
 
 def _logical_lines(text, source, has_title):
-    """(where, text) of each logical line, continuations joined; the title first if any."""
-    lines = text.splitlines()
+    """The title (or None) and a list of ``[where, text, problem, head]``, one per statement
+    (continuations joined) and one (with empty text) per comment or blank line that holds a
+    problem. ``problem`` is None or ``(kind, message)``: kind "cr" for a CR that does not end
+    a line, "char" for a character or line start that ngspice reads differently. Problems are
+    raised when the statement is reached, so that nothing after ``.end`` is checked."""
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]  # LF and CR LF end a line, nothing else
     out = []
+    last = None  # index in out of the statement that a '+' line continues
     title = None
     start = 0
     if has_title:
-        title = lines[0].strip() if lines else ""
+        if "\r" in lines[0]:
+            raise NetlistError(f"{source}:1: {_CR_MSG} (a file with CR-only line ends?)")
+        title = lines[0].strip()
         start = 1
     for i in range(start, len(lines)):
-        raw = lines[i].replace("\t", " ")
-        s = raw.strip()
-        if not s or s.startswith("*"):
+        where = f"{source}:{i + 1}"
+        raw = lines[i]
+        problem = ("cr", f"{where}: {_CR_MSG}") if "\r" in raw else None
+        s = raw.lstrip(" \t")
+        code = "" if s.lstrip(_WS).startswith("*") else _strip_comment(s)
+        if not code.strip(" \t\f"):  # comment or blank line (a lone form feed: a page break)
+            if problem is None and "\v" in s and not s.strip(_WS):
+                problem = ("char", f"{where}: a vertical tab on an otherwise blank line (ngspice 39"
+                                   " crashes on it); remove it")
+            if problem:
+                out.append([where, "", problem, ""])
             continue
-        if s.startswith("+"):
-            body = _strip_comment(s[1:])
-            if not out:
-                raise NetlistError(f"{source}:{i + 1}: continuation line '+' with nothing to continue")
-            out[-1][1] += " " + body
+        lead = code[0]
+        if lead == "+":
+            if last is None:
+                raise NetlistError(f"{where}: continuation line '+' with nothing to continue")
+            stmt = out[last]
+            body = code[1:]
+            stmt[1] += " " + body
+            if problem is None:
+                msg = _char_problem(body, where, stmt[3] not in _FREE_TEXT)
+                problem = ("char", msg) if msg else None
+            if problem and not stmt[2]:
+                stmt[2] = problem
             continue
-        out.append([f"{source}:{i + 1}", _strip_comment(s)])
+        head = _split(code)[0].lower() if code.strip(_WS) else ""
+        if problem is None:
+            if lead in "\f\v":
+                problem = (f"{where}: a {_describe_char(lead)} at the start of a line: ngspice"
+                           " ignores such a line, or reads the character as part of the element"
+                           " name; remove it")
+            elif lead in _IGNORED_LEAD:
+                problem = (f"{where}: line starts with {lead!r}: ngspice ignores such a line"
+                           " (warning 'Unusual leading characters'); remove the character, or"
+                           " make the line a '*' comment")
+            else:
+                problem = _char_problem(code, where, head not in _FREE_TEXT)
+            if problem:
+                problem = ("char", problem)
+        out.append([where, code, problem, head])
+        last = len(out) - 1
     return title, out
 
 
@@ -185,11 +357,13 @@ def _read_statements(text, source, path, stack, has_title):
     title, lines = _logical_lines(text, source, has_title)
     stmts = []
     in_control = False
-    for where, line in lines:
-        err = _Err(where)
-        if not line.strip():
+    for where, line, problem, head in lines:
+        # inside .control (ngspice's own commands, skipped) only a stray CR matters
+        if problem and (problem[0] == "cr" or not in_control):
+            raise NetlistError(problem[1])
+        if not line:
             continue
-        head = line.split()[0].lower()
+        err = _Err(where)
         if in_control:
             if head == ".endc":
                 in_control = False
@@ -202,23 +376,25 @@ def _read_statements(text, source, path, stack, has_title):
         if head == ".end":
             break
         if head in (".include", ".inc"):
-            rest = line.split(None, 1)
-            if len(rest) < 2:
+            rest = _SPLIT_WS.split(line.strip(_WS), maxsplit=1)
+            if len(rest) < 2 or not rest[1].strip(_WS):
                 raise err(".include needs a file name")
-            fname = rest[1].strip().strip("\"'")
+            fname = rest[1].strip(_WS).strip("\"'")
             base = os.path.dirname(path) if path else os.getcwd()
             inc = os.path.join(base, os.path.expanduser(fname))
             real = os.path.realpath(inc)
             if real in stack:
                 raise err(f"recursive .include of {fname!r}")
             try:
-                with open(inc, encoding="utf-8", errors="replace") as f:
+                with open(inc, encoding="utf-8", errors="replace", newline="") as f:
                     sub = f.read()
             except OSError as exc:
                 raise err(f"cannot read .include file {fname!r}: {exc.strerror or exc}") from None
             _, sub_stmts = _read_statements(sub, inc, inc, stack | {real}, has_title=False)
             stmts.extend(sub_stmts)
             continue
+        if not head.startswith("."):
+            _check_parentheses(line, head, err)
         stmts.append(_Stmt(where, [t.lower() for t in _tokenize(line)], line))
     if in_control:
         raise NetlistError(f"{source}: .control block without .endc")
@@ -316,6 +492,9 @@ def _source_value(tokens, err, what):
 
 def _build(title, stmts, source):
     options = {}
+    option_where = {}
+    temp_line = None  # (value, where) of the last .temp: it wins over .options temp (ngspice)
+    used_models = set()
     models = {}
     model_where = {}
     elements = []
@@ -332,6 +511,7 @@ def _build(title, stmts, source):
                 model_where[name] = st.where
             elif head in (".options", ".option", ".opt", ".opts"):
                 i = 1
+                seen = set()
                 while i < len(t):
                     key = t[i]
                     if i + 1 < len(t) and t[i + 1] == "=":
@@ -345,7 +525,11 @@ def _build(title, stmts, source):
                     if key in ("gmin", "temp", "tnom"):
                         if val is None:
                             raise err(f".options: {key} needs a value")
-                        options[key] = float(_parse_exact(val, st.where))
+                        if key in seen:  # ngspice takes the first, and a later line's value
+                            raise err(f".options: {key} given twice on one line")
+                        seen.add(key)
+                        options[key] = _option_value(key, val, st.where)
+                        option_where[key] = st.where
                     elif key == "rshunt":
                         raise err(".options rshunt (a resistor from every node to ground) is"
                                   " not supported")
@@ -354,11 +538,12 @@ def _build(title, stmts, source):
             elif head == ".temp":
                 if len(t) != 2:
                     raise err(".temp needs exactly one temperature")
-                options["temp"] = float(_parse_exact(t[1], st.where))
+                temp_line = (_option_value("temp", t[1], st.where, ".temp"), st.where)
             elif head == ".title":
-                title = st.raw.strip()[len(".title"):].strip()
+                title = st.raw.strip(_WS)[len(".title"):].strip(_WS)
             elif head == ".op":
-                pass
+                if len(t) > 1:
+                    raise err(f".op takes no arguments, got {_clip(' '.join(t[1:]))}")
             elif head in _IGNORED_DOT:
                 pass
             else:
@@ -366,6 +551,10 @@ def _build(title, stmts, source):
             continue
         elements.append(st)
 
+    if temp_line is not None:
+        # ngspice 39 (measured): '.temp' sets the temperature wherever it stands, before or
+        # after '.options temp=' (the last '.temp' if several)
+        options["temp"], option_where["temp"] = temp_line
     try:
         circ = Circuit(title=title if title is not None else "", **options)
     except CircuitError as exc:
@@ -429,6 +618,7 @@ def _build(title, stmts, source):
                 if letter == "a" and not isinstance(model, PiecewiseLinear):
                     raise err(f"XSPICE device {name}: model {mname!r} is not a sidiode model")
                 circ.add_diode(name, anode, cathode, model, mname)
+                used_models.add(mname)
             elif letter in ("v", "i"):
                 kind = "voltage source" if letter == "v" else "current source"
                 if len(t) < 3:
@@ -454,7 +644,32 @@ def _build(title, stmts, source):
                           " (only R, D, A (sidiode), V and I)")
         except CircuitError as exc:
             raise err(str(exc)) from None
+    # the temperature dependence of every diode model in use, at this circuit's temperatures:
+    # a model whose IS(T) leaves the float range is refused here, naming its line
+    for mname in sorted(used_models, key=lambda n: model_where[n]):
+        model = models[mname]
+        if not isinstance(model, Shockley):
+            continue
+        try:
+            model.params(circ.temp, circ.tnom, circ.gmin)
+        except CircuitError as exc:
+            set_at = [f"{key} set at {option_where[key]}" for key in ("temp", "tnom")
+                      if key in option_where]
+            note = f" ({', '.join(set_at)})" if set_at else ""
+            raise NetlistError(f"{model_where[mname]}: model {mname}: {exc}{note}") from None
     return circ
+
+
+def _option_value(key, token, where, what=".options"):
+    """A gmin (S, >= 0) or temp / tnom (degC, above absolute zero) value."""
+    val = float(_parse_exact(token, where))
+    if key == "gmin" and val < 0:
+        raise NetlistError(f"{where}: {what}: gmin={token} must be >= 0 S")
+    if key in ("temp", "tnom") and not val + KELVIN > 0:
+        name = "temperature" if what == ".temp" else key
+        raise NetlistError(f"{where}: {what}: {name} {token} degC is at or below absolute zero"
+                           f" (-{KELVIN} degC)")
+    return val
 
 
 def _amplifiers(elements):
@@ -493,7 +708,17 @@ def _amplifiers(elements):
 def parse_netlist(text: str, source: str = "<string>", *, path: str | None = None) -> Circuit:
     """Parse netlist ``text`` (first line: title). ``source`` names it in error messages;
     ``path`` (the file it came from) anchors relative ``.include`` paths (default: the current
-    directory)."""
+    directory). A ``text`` that is not a str (None, bytes, ...) is a TypeError."""
+    if not isinstance(text, str):
+        hint = (": decode the bytes first, or use read_netlist(path)"
+                if isinstance(text, (bytes, bytearray)) else "")
+        raise TypeError(f"parse_netlist: text must be a str (the netlist itself), got"
+                        f" {type(text).__name__}{hint}")
+    if not isinstance(source, str):
+        raise TypeError(f"parse_netlist: source must be a str (a name for messages), got"
+                        f" {type(source).__name__}")
+    if path is not None:
+        path = _path_arg("parse_netlist", path)
     if path is None and source != "<string>" and os.path.exists(source):
         path = source
     stack = frozenset({os.path.realpath(path)}) if path else frozenset()
@@ -502,14 +727,30 @@ def parse_netlist(text: str, source: str = "<string>", *, path: str | None = Non
 
 
 def read_netlist(path) -> Circuit:
-    """Read a SPICE deck from ``path`` (``.include`` files relative to its directory)."""
-    path = os.fspath(path)
+    """Read a SPICE deck from ``path`` (``.include`` files relative to its directory).
+
+    The file is decoded as UTF-8 (undecodable bytes become U+FFFD) with its line ends kept as
+    they are (see "Line ends and white space" above). A ``path`` that is not a str or
+    os.PathLike is a TypeError; a file that cannot be read is a :class:`NetlistError`."""
+    path = _path_arg("read_netlist", path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
             text = f.read()
     except OSError as exc:
         raise NetlistError(f"{path}: cannot read netlist: {exc.strerror or exc}") from None
     return parse_netlist(text, source=path, path=path)
+
+
+def _path_arg(func, path):
+    """A file system path argument as a str (TypeError for None, numbers, ...)."""
+    try:
+        out = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{func}: path must be a str or os.PathLike, got"
+                        f" {type(path).__name__}") from None
+    if "\0" in out:
+        raise NetlistError(f"{out!r}: cannot read netlist: the path contains a NUL character")
+    return out
 
 
 # -------------------------------------------------------------------------------------------
@@ -536,8 +777,10 @@ def _resistance(g) -> str:
             if 1.0 / cand == g:
                 return repr(cand)
             cand = math.nextafter(cand, direction)
-    # otherwise 25 significant digits of the exact 1/g: its reciprocal rounds back to g
-    return format(Context(prec=25).divide(Decimal(1), Decimal(g)), "e").lower()
+    # otherwise 25 significant digits of the exact 1/g: its reciprocal rounds back to g. All 25
+    # are written, trailing zeros too: the reader takes the exact reciprocal only for literals
+    # of more than 17 digits ('1e-5' for g = 1e5 would read back as 1 / 1e-05 = 99999.99999999999)
+    return format(Context(prec=25).divide(Decimal(1), Decimal(g)), ".24e").lower()
 
 
 def _check_name(kind, name):
@@ -571,6 +814,14 @@ def write_netlist(circuit: Circuit, path=None, *, sample: int = 0, analysis: str
     by ``Diode.model_name``; distinct models that share a name get ``_2``, ``_3``, ... suffixes.
     Shockley ``imax`` (a numerical guard with no SPICE equivalent) is not written.
     """
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"write_netlist: circuit must be a fastres Circuit, got"
+                        f" {type(circuit).__name__}")
+    if isinstance(sample, (bool, np.bool_)) or not isinstance(sample, numbers.Integral):
+        raise TypeError(f"write_netlist: sample must be an integer, got {type(sample).__name__}")
+    if sources is not None and not isinstance(sources, Mapping):
+        raise TypeError(f"write_netlist: sources must be a dict of name -> value, got"
+                        f" {type(sources).__name__}")
     sources = {str(k).lower(): v for k, v in (sources or {}).items()}
     for key in sources:
         if not isinstance(circuit.elements.get(key), (VoltageSource, CurrentSource)):

@@ -22,14 +22,35 @@ def deck(body, title="test deck"):
     ("1m", 1e-3), ("1mA", 1e-3), ("10uA", 1e-5), ("1V", 1.0), ("3n", 3e-9), ("4p", 4e-12),
     ("5f", 5e-15), ("1g", 1e9), ("1t", 1e12), ("1mil", 25.4e-6), ("1.5e3k", 1.5e6),
     ("1ohm", 1.0), ("1a", 1.0),  # ngspice 39 has no atto suffix: 'a' is an ignored unit
+    # an 'e' without exponent digits is no exponent (ngspice 39, measured): '3ek' is 3 k
+    ("3ek", 3e3), ("3e", 3.0), ("3e+k", 3e3), ("3e-", 3.0), ("1e-k", 1e3), ("1.e-k", 1e3),
+    ("1E", 1.0), ("1e+05k", 1e8),
 ])
 def test_numbers(tok, val):
     assert parse_number(tok) == pytest.approx(val, rel=1e-15)
 
 
-@pytest.mark.parametrize("tok", ["nan", "NaN", "inf", "abc", "1..2", "", "k1", "1e999", "1k2"])
+@pytest.mark.parametrize("tok", ["nan", "NaN", "inf", "abc", "1..2", "", "k1", "1e999", "1k2",
+                                 "1e308k", "-2e303meg", "1.8e305k", "1e999999999k", "1" * 5000 + "k",
+                                 "\u0661", "1\u212a", "\uff11"])
 def test_bad_numbers(tok):
-    with pytest.raises(NetlistError):
+    # issue 13: '1e308k' raised OverflowError from inside the parser; a huge exponent must not
+    # build a huge integer; other scripts' digits and the Kelvin sign are not SPICE numbers
+    with pytest.raises(NetlistError) as info:
+        parse_number(tok)
+    assert len(str(info.value)) < 120
+
+
+@pytest.mark.parametrize("tok,val", [("1e-999999999k", 0.0), ("1e-400", 0.0), ("1e-330f", 0.0),
+                                     ("1.7976931348623157e305k", 1.7976931348623157e308),
+                                     ("0.5e-320", 5e-321), ("1" * 5000 + "e-4999f", 1.1111111111111112e-15)])
+def test_extreme_numbers(tok, val):
+    assert parse_number(tok) == val
+
+
+@pytest.mark.parametrize("tok", [None, 1.0, b"1k", ["1"]])
+def test_parse_number_wrong_type(tok):
+    with pytest.raises(TypeError, match="token must be a str"):
         parse_number(tok)
 
 
@@ -175,6 +196,9 @@ BAD = [
     ("V1 0 gnd 1", "both terminals are ground"),
     ("V1 a 0 SIN(0 1 1k)", "unsupported source specification"),
     ("V1 a 0 DC 1e999", "not finite"),
+    ("R1 a 0 1e308k", "number '1e308k' is not finite"),
+    ("R1 a 0 1e-310", "conductance inf S must be finite"),
+    ("R1 a 0 4.9406564584124654e-327k", "conductance inf S must be finite"),
     (".options gmin=-1", "gmin"),
     (".options rshunt=1e9", "rshunt"),
     (".options temp", "needs a value"),
@@ -198,6 +222,226 @@ def test_errors_name_file_and_line(tmp_path, line, msg):
         assert any(f"deck.cir:{n}:" in err for n in (4, 5)), err
     with pytest.raises(NetlistError, match="<string>"):
         parse_netlist(text)
+
+
+# ------------------------------------------------------------------------------- line ends
+# issue 13, item 3: Python's str.splitlines() also ends lines at FF, VT, \x1c-\x1e, NEL, U+2028
+# and U+2029, so '* note<FF>R9 b 0 1k' added a resistor. ngspice ends lines only at LF.
+ODD_BREAKS = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.parametrize("ch", ODD_BREAKS)
+@pytest.mark.parametrize("comment", ["* note", "R8 b 0 1meg ; note", "R8 b 0 1meg $ note"])
+def test_no_line_break_inside_comments(ch, comment):
+    text = deck(f"V1 a 0 1\nR1 a b 1k\n{comment}{ch}R9 b 0 1k\nR2 b 0 1k\n")
+    if ch == "\r":  # a CR that does not end a line is refused (ngspice deletes it)
+        with pytest.raises(NetlistError, match=r"<string>:4: a carriage return \(CR\)"):
+            parse_netlist(text)
+        return
+    c = parse_netlist(text)
+    assert "r9" not in c.elements
+    assert set(c.elements) == {"v1", "r1", "r2"} | ({"r8"} if "R8" in comment else set())
+
+
+@pytest.mark.parametrize("ch", ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u2028", "\u2029",
+                                "\xa0", "\u3000", "\x00", "\x01", "\x7f", "\ufeff"])
+def test_odd_characters_outside_comments_refused(tmp_path, ch):
+    # ngspice reads these as part of a name ('R3 b<FS>0 1k' connects node 'b\x1c0'): refused
+    p = tmp_path / "deck.cir"
+    p.write_text(deck(f"V1 a 0 1\nR1 a b 1k\nR3 b{ch}0 1k\n"), encoding="utf-8")
+    with pytest.raises(NetlistError, match=rf"deck\.cir:4: character U\+{ord(ch):04X} \("):
+        read_netlist(p)
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("R3 b 0 1kΩ", r"non-ASCII character U\+03A9 \(GREEK CAPITAL LETTER OMEGA\)"),
+    ("R3 b ä 1k", r"non-ASCII character U\+00E4"),
+    ("\fR3 b 0 1k", r"a U\+000C \(FORM FEED\) at the start of a line"),
+    ("\vR3 b 0 1k", r"a U\+000B \(VERTICAL TAB\) at the start of a line"),
+    (" \vR3 b 0 1k", r"a U\+000B \(VERTICAL TAB\) at the start of a line"),
+    ("\v", r"a vertical tab on an otherwise blank line"),  # (ngspice 39 crashes on it)
+    ("(R3 b 0 1k", r"line starts with '\(': ngspice ignores such a line"),
+    (",R3 b 0 1k", r"line starts with ','"),
+    ("=R3 b 0 1k", r"line starts with '='"),
+    ("R3 b( 0 1k", r"'\(' right after 'b': ngspice reads such a '\(' as part of the name"),
+    ("D1 b 0 dm(\n.model dm D", r"'\(' right after 'dm'"),
+    ("R3 b 0 1k $;x", r"unsupported extra fields '\$'"),  # ngspice: "unknown parameter"
+    ("R3 b 0 1k\n\f+ 5", r"FORM FEED\) at the start"),
+    (".op=", r"\.op takes no arguments"),
+])
+def test_misread_lines_refused(line, msg):
+    with pytest.raises(NetlistError, match=r"<string>:\d+: .*" + msg):
+        parse_netlist(deck("V1 a 0 1\nR1 a b 1k\nR2 b 0 1k\n" + line + "\n"))
+
+
+def test_line_ends_and_white_space_as_ngspice():
+    body = ("V1 a 0 1\r\n"  # CR LF
+            "R1 a b 1k\r\r\n"  # CRs at the end of a line are dropped
+            "R2\fb\v0\t1k\f\n"  # FF, VT, tab separate fields
+            "\f\n"  # a page break alone on a line: blank
+            " \f \n"
+            "\f* a comment after a form feed\n"
+            " \v* and after a vertical tab\n"
+            "R3 b 0 1k $comment without a space after the '$'\n"
+            "R4 b 0 1k\t$\tcomment\n"
+            "R5 (b) (0) 1k\n"  # a '(' that starts a field is skipped, ')' ends one
+            "R6 b,0 1k\n"
+            "V2 c 0 DC(2)\nR7 c 0 1\n"
+            "A1 %gd(b 0) sd\n"
+            ".model sd sidiode(ron=1 roff=1e6 vfwd=0.3)\n"
+            "* comment with odd characters: \x00 \x1c \x85 \u2028 ä Ω\n"
+            "R8 b 0 1k ; and \x1e\u2029 here\n"
+            ".end\n"
+            "after .end anything goes: \x00\r\x85\n")
+    c = parse_netlist("title \u2028 with ä\r\n" + body)
+    assert c.title == "title \u2028 with ä"
+    assert set(c.elements) == {"v1", "r1", "r2", "r3", "r4", "r5", "r6", "v2", "r7", "a1", "r8"}
+    assert all((e.a, e.b) == ("b", "0") for n, e in c.elements.items() if n in ("r2", "r3", "r5"))
+    assert c.elements["v2"].value == 2.0
+    assert (c.elements["a1"].anode, c.elements["a1"].cathode) == ("b", "0")
+
+
+def test_cr_only_line_ends_refused(tmp_path):
+    p = tmp_path / "mac.cir"
+    p.write_bytes(b"old mac deck\rV1 a 0 1\rR1 a 0 1k\r.end\r")
+    with pytest.raises(NetlistError, match=r"mac\.cir:1: a carriage return .*CR-only line ends"):
+        read_netlist(p)
+    inc = tmp_path / "mac.inc"
+    inc.write_bytes(b"R2 a 0 1k\rR3 a 0 1k\r")
+    top = tmp_path / "top.cir"
+    top.write_text(deck("V1 a 0 1\n.include mac.inc\n"))
+    with pytest.raises(NetlistError, match=r"mac\.inc:1: a carriage return"):
+        read_netlist(top)
+
+
+def test_odd_characters_inside_control_blocks_ignored():
+    c = parse_netlist(deck("V1 a 0 1\nR1 a 0 1k\n.control\necho \"ä\x1c\"\n(print all\n.endc\n"))
+    assert set(c.elements) == {"v1", "r1"}
+    with pytest.raises(NetlistError, match="carriage return"):
+        parse_netlist(deck("V1 a 0 1\nR1 a 0 1k\n.control\necho x\rrun\n.endc\n"))
+
+
+# The decks fastres now accepts with odd characters, compared with ngspice itself: ngspice on the
+# original text and ngspice on what fastres read (written back) give the same node voltages.
+NGSPICE_LINES = [
+    "* note\fR9 b 0 1k", "* note\vR9 b 0 1k", "* note\x1cR9 b 0 1k", "* note\x85R9 b 0 1k",
+    "* note\u2028R9 b 0 1k", "* note\u2029R9 b 0 1k", "R8 b 0 1meg ; c\fR9 b 0 1k",
+    "R8 b 0 1meg $ c\x1eR9 b 0 1k", "R3 b\f0 1k", "R3 b\v0\t1k\f", "\f", "\f* R9 b 0 1k",
+    " \v* R9 b 0 1k", "R3 b 0 1k $comment", "R3 b 0 1k\r", "R3 (b) (0) 1k", "R3 b,0 1k",
+    "R3 b 0 3ek", "R3 b 0 1e-k", "R3 b 0 2e+", "I1 0 b (1m)", "V2 c 0 DC(1)\nR3 c b 1k",
+    "A1 %gd(b 0) sd", "R3 b 0\n\f\n+ 1k", "R3 b\n* c\x85\n+ 0 1k",
+]
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("line", NGSPICE_LINES)
+def test_odd_characters_read_as_ngspice_reads_them(line):
+    from fastres import ngspice
+    text = deck("V1 a 0 1\nR1 a b 1k\nR2 b 0 1k\n" + line + "\n"
+                ".model sd sidiode(ron=1 roff=1e6 vfwd=0.3)\n.op\n.end\n")
+    theirs = ngspice.run_op(text)  # (no extra options: the text goes to ngspice byte for byte)
+    ours = ngspice.run_op(write_netlist(parse_netlist(text)))
+    assert set(ours) == set(theirs)
+    for node, volts in theirs.items():
+        assert ours[node] == pytest.approx(volts, abs=1e-12), node
+
+
+# ------------------------------------------------------------------------------- temperature
+TEMP_DECK = "t\nI1 0 a 1m\nD1 a 0 dm\n.model dm D(IS=1e-14)\n{}\n.op\n.end\n"
+TEMP_ORDERS = [  # (lines, the temperature ngspice 39 uses: measured)
+    (".temp 100\n.options temp=27", 100.0),  # issue 13: fastres used 27
+    (".options temp=27\n.temp 100", 100.0),
+    (".temp 100\n.temp 50", 50.0),
+    (".options temp=100\n.options temp=50", 50.0),
+    (".temp 100\n.options temp=27\n.temp 50", 50.0),
+    (".options temp=100\n.temp 27", 27.0),
+    (".option temp=80 tnom=30\n.options tnom=20", 80.0),
+]
+
+
+@pytest.mark.parametrize("lines,temp", TEMP_ORDERS)
+def test_temp_line_wins_over_options(lines, temp):
+    assert parse_netlist(TEMP_DECK.format(lines)).temp == temp
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("lines,temp", TEMP_ORDERS)
+def test_temperature_as_ngspice(lines, temp):
+    """ngspice on the deck, and on the deck fastres read (written with an explicit
+    '.options temp= tnom='), give the same diode voltage: the same temperatures apply."""
+    from fastres import ngspice
+    text = TEMP_DECK.format(lines)
+    theirs = ngspice.run_op(text)["a"]
+    ours = ngspice.run_op(write_netlist(parse_netlist(text)))["a"]
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    at27 = ngspice.run_op(TEMP_DECK.format(""))["a"]
+    assert (theirs == pytest.approx(at27, abs=1e-9)) == (temp == 27.0)  # the deck does depend on it
+
+
+@pytest.mark.ngspice
+def test_temp_reproducer_solved_as_ngspice():
+    from fastres import DCProblem, ngspice, solve
+    text = TEMP_DECK.format(".temp 100\n.options temp=27")
+    c = parse_netlist(text)
+    sol = solve(DCProblem(c))
+    theirs = ngspice.run_op(text, extra_options={"reltol": 1e-12, "vntol": 1e-15, "abstol": 1e-18})
+    assert abs(sol.voltage("a")[0] - theirs["a"]) <= 1e-9
+    assert abs(sol.voltage("a")[0] - 0.52348) <= 1e-5  # 100 degC (at 27 degC: 0.65512 V)
+
+
+@pytest.mark.parametrize("line,msg", [
+    (".temp -273.15", r":5: \.temp: temperature -273\.15 degC is at or below absolute zero"),
+    (".temp -300", r":5: \.temp: temperature -300 degC is at or below absolute zero"),
+    (".options tnom=-273.15", r":5: \.options: tnom -273\.15 degC is at or below absolute zero"),
+    (".options temp=-1e3", r":5: \.options: temp -1e3 degC"),
+    (".options gmin=-1", r":5: \.options: gmin=-1 must be >= 0 S"),
+    (".options temp=30 temp=40", r":5: \.options: temp given twice on one line"),
+    (".temp -270", r":4: model dm: Shockley diode model .* IS\(T\) = .* \(underflows to 0\).*"
+                   r"\(temp set at .*:5\)"),
+    (".temp 150\n.model dn D(N=0.01)\nD2 a 0 dn", r":6: model dn: .*N=0\.01.* overflows"),
+    (".temp 50\n.model de D(EG=1e10)\nD2 a 0 de", r":6: model de: .*EG=10000000000\.0"),
+    (".temp 50\n.model dx D(XTI=1e10)\nD2 a 0 dx", r":6: model dx: .*XTI=10000000000\.0"),
+    (".model dt D(TNOM=-273.15)\nD2 a 0 dt", r":5: model dt: .*tnom=-273\.15 degC is at or below"),
+])
+def test_extreme_temperatures_and_parameters_name_the_line(line, msg):
+    # issue 13, item 4: these raised ZeroDivisionError, OverflowError or 'math domain error'
+    with pytest.raises(NetlistError, match=r"<string>" + msg):
+        parse_netlist(TEMP_DECK.format(line).replace(".op\n", ""))
+
+
+def test_unused_model_not_checked_at_temperature():
+    c = parse_netlist(TEMP_DECK.format(".temp 150\n.model dn D(N=0.01)"))  # dn: no instance
+    assert c.temp == 150.0
+
+
+# ------------------------------------------------------------------------------- API types
+@pytest.mark.parametrize("call,msg", [
+    (lambda: parse_netlist(None), "parse_netlist: text must be a str .* got NoneType"),
+    (lambda: parse_netlist(5), "got int"),
+    (lambda: parse_netlist(b"t\nR1 a 0 1\n"), "got bytes: decode the bytes first"),
+    (lambda: parse_netlist(["t", "R1 a 0 1"]), "got list"),
+    (lambda: parse_netlist("t\n", source=None), "source must be a str"),
+    (lambda: parse_netlist("t\n", path=3), "path must be a str or os.PathLike, got int"),
+    (lambda: read_netlist(None), "read_netlist: path must be a str or os.PathLike, got NoneType"),
+    (lambda: write_netlist(None), "write_netlist: circuit must be a fastres Circuit"),
+    (lambda: write_netlist(Circuit(), sample="0"), "sample must be an integer"),
+    (lambda: write_netlist(Circuit(), sources=[1.0]), "sources must be a dict"),
+])
+def test_wrong_types_are_clear_type_errors(call, msg):
+    # issue 13, item 7: parse_netlist(None) was an AttributeError from deep inside
+    with pytest.raises(TypeError, match=msg):
+        call()
+
+
+def test_unreadable_paths_are_netlist_errors(tmp_path):
+    with pytest.raises(NetlistError, match="cannot read netlist: No such file"):
+        read_netlist(tmp_path / "missing.cir")
+    with pytest.raises(NetlistError, match="cannot read netlist: Is a directory"):
+        read_netlist(tmp_path)
+    with pytest.raises(NetlistError, match="contains a NUL"):
+        read_netlist("deck\0.cir")
+    (tmp_path / "b.cir").write_bytes(b"t\nV1 a 0 1\nR1 a 0 1k\n")
+    assert set(read_netlist(os.fsencode(tmp_path / "b.cir")).elements) == {"v1", "r1"}
 
 
 def test_error_line_of_continued_statement(tmp_path):
@@ -283,7 +527,9 @@ def test_round_trip_exact_resistances():
     # conductances whose reciprocal has no double that maps back: written with 25 digits
     rng = np.random.default_rng(1)
     c = Circuit()
-    gs = np.concatenate([rng.lognormal(0, 10, 3000), [1e-300, 1e300, 5e-324 * 2**60, 0.1, 3.0]])
+    # (1e5, 1e10: 1/g is a short exact decimal, '1e-5', which must still be read exactly)
+    gs = np.concatenate([rng.lognormal(0, 10, 3000), [1e-300, 1e300, 5e-324 * 2**60, 0.1, 3.0,
+                                                        1e5, 1e10, 2.0**40, 1e5 * 3]])
     for k, g in enumerate(gs):
         c.add_resistor(f"{k}", "a", "0", g=float(g))
     back = parse_netlist(write_netlist(c))
@@ -400,3 +646,143 @@ def test_written_decks_run_in_ngspice(seed):
     for n in c.nodes:
         if n not in held:
             assert abs(net[n]) <= 1e-9 * scale[n] + 1e-15, (n, net[n], scale[n])
+
+
+# ------------------------------------------------------------------------------- bit identity
+# Kernel parameter rows of ordinary models, recorded (as exact hex floats) before the netlist and
+# device-validation hardening of issue 13: those changes must not move a single bit of them.
+PINNED_ROWS = [
+    (Shockley(), (27.0, 27.0, 1e-12),
+     ["0x1.6849b86a12b9bp-47", "0x1.a7c5532a352cap-6", "0x1.19799812dea11p-40",
+      "0x1.30ed7758d5e69p+0", "0x0.0p+0"]),
+    (Shockley(IS=2e-14, N=1.5, EG=1.2, XTI=2.0, tnom=30.0), (50.0, 25.0, 1e-11),
+     ["0x1.465a6a720c4b2p-43", "0x1.562ec84d7bdb2p-5", "0x1.5fd7fe1796495p-37",
+      "0x1.cfd9b981e53f7p+0", "0x0.0p+0"]),
+    (Shockley(IS=1e-12, N=0.01), (27.0, 27.0, 1e-12),
+     ["0x1.19799812dea11p-40", "0x1.0f369ba022081p-12", "0x1.19799812dea11p-40",
+      "0x1.5f46cf1ea896ep-7", "0x0.0p+0"]),
+    (Shockley(IS=3.3e-9, N=2.7, EG=0.69, XTI=4.0), (-40.0, 27.0, 0.0),
+     ["0x1.23d31b0b81609p-33", "0x1.bc63358820284p-5", "0x0.0p+0",
+      "0x1.fbb0bfdfbe5e1p+0", "0x0.0p+0"]),
+    (Shockley(IS=1e-16, N=1.02, EG=1.11, XTI=3.0), (125.0, 27.0, 1e-12),
+     ["0x1.fbf606ca4a13ap-38", "0x1.1eb023742159cp-5", "0x1.19799812dea11p-40",
+      "0x1.619c54e8c8deap+0", "0x0.0p+0"]),
+    (Shockley(IS=5e-15, imax=10.0), (85.5, 10.0, 3.3e-13),
+     ["0x1.4243aaa30f3bbp-33", "0x1.fa5d64243bb33p-6", "0x1.738c062d634f8p-42",
+      "0x1.8abf36e950b5fp-1", "0x0.0p+0"]),
+    (PiecewiseLinear(), (27.0, 27.0, 0.0),
+     ["0x1.0000000000000p+0", "0x1.12e0be826d695p-30", "0x0.0p+0", "inf",
+      "0x1.0000000000000p+0"]),
+    (PiecewiseLinear(ron=2, roff=1e6, vfwd=0.3, vrev=5, rrev=10), (27.0, 27.0, 0.0),
+     ["0x1.0000000000000p-1", "0x1.0c6f7a0b5ed8dp-20", "0x1.3333333333333p-2",
+      "0x1.4000000000000p+2", "0x1.999999999999ap-4"]),
+]
+
+
+@pytest.mark.parametrize("model,args,row", PINNED_ROWS)
+def test_params_rows_bit_identical(model, args, row):
+    got = model.params(*args)
+    assert got.dtype == np.float64 and got.shape == (5,)
+    assert [float(x).hex() for x in got] == row
+
+
+CLIPPER_WRITTEN = """\
+Diode clipper and a piecewise-linear clamp (fastres example deck)
+.options gmin=1e-12 temp=27.0 tnom=27.0
+.model dsil D(IS=1e-14 N=1.0 EG=1.11 XTI=3.0)
+.model ideal sidiode(ron=1.0 roff=1000000.0 vfwd=0.3 vrev=1e+30 rrev=1.0 epsilon=0 revepsilon=0)
+vin in 0 DC 2.5
+vhi rhi 0 DC 0.5
+vlo rlo 0 DC -0.5
+r1 in a 1000.0
+d1 a rhi dsil
+d2 rlo a dsil
+r2 a b 2200.0
+r3 b 0 4700.0
+r4 in c 10000.0
+a1 c 0 ideal
+iin 0 c DC 1e-05
+.op
+.end
+"""
+
+
+def test_example_deck_reads_as_before():
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "examples", "clipper.cir")
+    c = read_netlist(path)
+    assert write_netlist(c) == CLIPPER_WRITTEN
+    d = c.elements["d1"].model
+    assert [float(x).hex() for x in d.params(c.temp, c.tnom, c.gmin)] == PINNED_ROWS[0][2]
+
+
+# ------------------------------------------------------------------------------- device values
+# issue 13, item 4: extreme numbers never raise a Python arithmetic error, only CircuitError
+@pytest.mark.parametrize("model,temp,tnom,msg", [
+    (Shockley(), -273.15, 27.0, r"temp=-273\.15 degC is at or below absolute zero"),
+    (Shockley(), 27.0, -273.15, r"tnom=-273\.15 degC is at or below absolute zero"),
+    (Shockley(), -300.0, 27.0, r"temp=-300\.0 degC is at or below absolute zero"),
+    (Shockley(), -270.0, 27.0, r"IS\(T\) = .* = 0\.0 A \(underflows to 0\)"),
+    (Shockley(N=0.01), 150.0, 27.0, r"IS\(T\) = IS exp\(.*\) overflows"),
+    (Shockley(EG=1e10), 50.0, 27.0, r"EG=10000000000\.0.*overflows"),
+    (Shockley(XTI=1e10), 50.0, 27.0, r"XTI=10000000000\.0.*overflows"),
+    (Shockley(IS=1e-300), 27.0, 27.0 - 1e-9, None),  # fine: a tiny IS is representable
+    (Shockley(IS=1e-300, imax=1e300), 27.0, 27.0, r"vmax .* is not finite"),
+    (Shockley(N=1e-310, XTI=0.0), 27.0, 27.0, r"largest conductance .* is not finite"),
+    (Shockley(N=5e-324), 27.0, 27.0, r"N vt = 0\.0 V is not a positive finite voltage"),
+    (Shockley(N=1e-310), 27.0, 27.0, r"the exponent of IS\(T\), 0\.0 \+ nan, is not finite"),
+    (Shockley(N=1e300), 1e300, 27.0, r"is not"),
+])
+def test_shockley_params_extremes(model, temp, tnom, msg):
+    if msg is None:
+        row = model.params(temp, tnom)
+        assert np.all(np.isfinite(row)) and row[0] > 0
+        return
+    with pytest.raises(CircuitError, match=msg) as info:
+        model.params(temp, tnom)
+    assert "Shockley diode model" in str(info.value)
+
+
+def test_shockley_tnom_parameter_below_absolute_zero():
+    with pytest.raises(CircuitError, match=r"tnom=-273\.15 degC is at or below absolute zero"):
+        Shockley(tnom=-273.15)
+    with pytest.raises(CircuitError, match=r"tnom=-1000\.0 degC"):
+        Shockley(tnom=-1000.0)
+
+
+@pytest.mark.parametrize("kw", [dict(temp="27"), dict(gmin=None), dict(gmin=-1e-12),
+                                dict(tnom=float("nan")), dict(temp=float("inf"))])
+def test_shockley_params_bad_arguments(kw):
+    with pytest.raises(CircuitError):
+        Shockley().params(**kw)
+
+
+def test_numpy_scalars_are_numbers():
+    a = Shockley(IS=np.float64(1e-14), N=np.int64(1), EG=np.float32(1.5), XTI=np.int32(3),
+                 tnom=np.float32(25.0), imax=np.int64(10**6))
+    assert a == Shockley(IS=1e-14, N=1.0, EG=1.5, XTI=3.0, tnom=25.0)
+    assert all(type(getattr(a, k)) is float for k in ("IS", "N", "EG", "XTI", "tnom", "imax"))
+    # the row is computed in float64 (not float32 arithmetic)
+    assert [float(x).hex() for x in Shockley(N=np.float32(1.0)).params()] == PINNED_ROWS[0][2]
+    assert [float(x).hex() for x in Shockley().params(np.float32(27), np.int64(27),
+                                                      np.float64(1e-12))] == PINNED_ROWS[0][2]
+    p = PiecewiseLinear(ron=np.int64(2), roff=np.float32(1e6), vfwd=np.float64(0.3),
+                        vrev=np.int64(5), rrev=np.int16(10))
+    assert p == PiecewiseLinear(ron=2.0, roff=1e6, vfwd=0.3, vrev=5.0, rrev=10.0)
+    assert [float(x).hex() for x in p.params()] == PINNED_ROWS[-1][2]
+
+
+@pytest.mark.parametrize("cls,kw,msg", [
+    (Shockley, dict(IS="1e-14"), "must be a real number, not str"),
+    (Shockley, dict(N=None), "must be a real number, not NoneType"),
+    (Shockley, dict(XTI=True), "must be a real number, not bool"),
+    (Shockley, dict(EG=np.array([1.1])), "must be a real number, not ndarray"),
+    (Shockley, dict(IS=10**400), "not a finite number"),
+    (Shockley, dict(N=float("nan")), "not a finite number"),
+    (PiecewiseLinear, dict(ron="1"), "must be a real number"),
+    (PiecewiseLinear, dict(vrev=-math.inf), "not a finite number"),
+    (PiecewiseLinear, dict(ron=5e-324), r"ron=5e-324 ohm is too small"),
+    (PiecewiseLinear, dict(ron=1e-320, roff=1e-310, rrev=1.0), r"too small"),
+])
+def test_device_parameters_refused(cls, kw, msg):
+    with pytest.raises(CircuitError, match=msg):
+        cls(**kw)
