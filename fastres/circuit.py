@@ -11,6 +11,7 @@ Units: volts (V), amperes (A), siemens (S), ohms, degrees Celsius.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,8 +68,9 @@ class Circuit:
     def __post_init__(self):
         for key in ("gmin", "temp", "tnom"):
             val = getattr(self, key)
-            if not isinstance(val, (int, float)) or not math.isfinite(val):
+            if isinstance(val, bool) or not isinstance(val, numbers.Real) or not math.isfinite(val):
                 raise CircuitError(f"circuit option {key}={val!r} must be a finite number")
+            setattr(self, key, float(val))  # numpy scalars welcome, stored as floats
         if self.gmin < 0:
             raise CircuitError(f"circuit option gmin={self.gmin} must be >= 0 S")
 
