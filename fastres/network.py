@@ -38,6 +38,7 @@ from .circuit import Circuit
 from .config import ConfigError, NetworkConfig
 from .devices import PWL_CLIP, Shockley, make_diode, turn_on_volts  # noqa: F401 (re-exported)
 from .errors import CircuitError, FastresError
+from .kernels import layered as _layered
 from .kernels.status import Status
 from .solver import _Result, factor_cache, source_currents
 from .system import KernelSystem
@@ -270,6 +271,16 @@ class LayeredNetwork:
         system; ``U`` the input source voltages if already built (:meth:`input_voltages`)."""
         return NetworkProblem(self, params, X, system=system, x0=x0, cache=cache, U=U)
 
+    def linear_path(self, linear: str = "auto") -> str:
+        """The Newton direction's linear solver, ``"schur"`` or ``"cg"``, for the choice
+        ``linear`` (``"auto"``: ``cg`` once the dense Schur complement has at least
+        :data:`CG_FROM_NODES` nodes, measured on the 2-core machine, see README "Speed")."""
+        if linear == "auto":
+            return "cg" if self.nK >= CG_FROM_NODES else "schur"
+        if linear not in ("schur", "cg"):
+            raise ConfigError(f"linear={linear!r}: use 'auto', 'schur' or 'cg'")
+        return linear
+
     def factor_cache(self, B):
         """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solver.factor_cache`)."""
         return factor_cache(B, self.nK, self.da.shape[0])
@@ -406,6 +417,67 @@ class LayeredNetwork:
         return out
 
 
+#: auto picks the CG path when the dense Schur complement has at least this many nodes
+CG_FROM_NODES = 256
+
+
+class LayeredSystem:
+    """A layered network's :class:`~fastres.system.KernelSystem` with its layer blocks, solved
+    without a dense matrix by :mod:`fastres.kernels.layered` (conjugate gradients on the
+    layer-parity Schur complement, products with the shared conductances over the minibatch).
+
+    ``kernel`` the KernelSystem (its ``GKK``, ``GKE`` are not used), ``Ws`` the ``W_l``
+    (n_{l-1}, n_l) S for l = 2..L, ``gains`` (L + 1,), ``off``, ``nl`` (L + 1,) layer offsets
+    and sizes in kernel order, ``d`` (nF,) S the conductance sums. ``last_cg_iterations`` (B,)
+    holds the CG iterations of the last solve, summed over its Newton steps.
+    """
+
+    #: first forcing term and CG iterations per direction at most (see kernels/layered.py)
+    ETA0 = 1e-2
+    MAXCG = 1000
+    #: the adjoint's CG stops at this scaled residual relative to its right-hand side's
+    ADJOINT_RTOL = 1e-14
+
+    def __init__(self, net: "LayeredNetwork", params, kernel: KernelSystem):
+        self.kernel = kernel
+        L = net.L
+        Ws = tuple(np.ascontiguousarray(params[f"W{l}"], dtype=np.float64) for l in range(2, L + 1))
+        self.Ws = Ws if Ws else (np.zeros((0, 0)),)
+        self.gains = np.array(net.gains[:L + 1], dtype=np.float64)
+        self.off = np.array([0] + [net.offset[l] for l in range(1, L + 1)], dtype=np.int64)
+        self.nl = np.array(net.nodes_per_layer, dtype=np.int64)
+        self.nK = net.nK
+        self.d = np.concatenate([np.diag(kernel.GKK), kernel.gEE])
+        self.last_cg_iterations = None
+
+    def solve_batch(self, b, vdfix, x, alg):
+        """The :func:`fastres.solver.solve_system` contract: solve in place on ``x`` (B, nF) V,
+        return ``(iterations, residual (A), status)`` (B,)."""
+        k = self.kernel
+        B = x.shape[0]
+        it = np.zeros(B, dtype=np.int64)
+        res = np.zeros(B)
+        st = np.zeros(B, dtype=np.int64)
+        cg = np.zeros(B, dtype=np.int64)
+        _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, self.nK, self.d,
+                               np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db,
+                               k.dkind, k.dpar, x, float(alg.reltol), float(alg.vntol),
+                               float(alg.abstol), int(alg.maxiter), self.ETA0, self.MAXCG,
+                               it, res, st, cg)
+        self.last_cg_iterations = cg
+        return it, res, st
+
+    def adjoint(self, vdfix, x, rhs):
+        """``lam`` (B, nF) with ``J(x) lam = rhs`` per sample (rows NaN where J is singular)."""
+        k = self.kernel
+        lam = np.zeros_like(x)
+        _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, self.nK, self.d,
+                                 np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar,
+                                 np.ascontiguousarray(x), np.ascontiguousarray(rhs), lam,
+                                 self.ADJOINT_RTOL, self.MAXCG)
+        return lam
+
+
 @dataclass
 class NetworkSolution(_Result):
     """Result of solving a :class:`NetworkProblem`: ``x`` (B, nF) free-node voltages (V) in
@@ -449,16 +521,25 @@ class NetworkProblem:
         self.x0 = x0
         self.cache = cache
         self.inj = inj
+        self._layered = None
 
     def nudged(self, inj, x0) -> "NetworkProblem":
         """The same problem with currents ``inj`` (B, nF) in A injected (EqProp's nudged
         phase), started from ``x0`` (B, nF) V and sharing the factor cache."""
-        return NetworkProblem(self.net, self.params, self.X, system=self.system_, x0=x0,
-                              cache=self.cache, inj=inj, U=self.U, b=self.b)
+        p = NetworkProblem(self.net, self.params, self.X, system=self.system_, x0=x0,
+                           cache=self.cache, inj=inj, U=self.U, b=self.b)
+        p._layered = self._layered
+        return p
 
     # -- the solve protocol (see fastres.solver.solve) ---------------------------------------
-    def system(self, alg) -> KernelSystem:
-        return self.system_
+    def system(self, alg):
+        """The :class:`KernelSystem` (Schur path) or, when ``alg.linear`` picks the CG path
+        (:meth:`LayeredNetwork.linear_path`), a :class:`LayeredSystem` around it."""
+        if self.net.linear_path(getattr(alg, "linear", "auto")) == "schur":
+            return self.system_
+        if self._layered is None or self._layered.kernel is not self.system_:
+            self._layered = LayeredSystem(self.net, self.params, self.system_)
+        return self._layered
 
     def batch(self, alg):
         b = self.b if self.inj is None else self.b + self.inj
