@@ -433,7 +433,8 @@ class LayeredSystem:
     """
 
     #: first forcing term and CG iterations per direction at most (see kernels/layered.py)
-    ETA0 = 1e-2
+    ETA0 = 0.0
+    ETA_MAX = 0.0
     MAXCG = 1000
     #: the adjoint's CG stops at this scaled residual relative to its right-hand side's
     ADJOINT_RTOL = 1e-14
@@ -459,11 +460,17 @@ class LayeredSystem:
         res = np.zeros(B)
         st = np.zeros(B, dtype=np.int64)
         cg = np.zeros(B, dtype=np.int64)
-        _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, self.nK, self.d,
-                               np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db,
-                               k.dkind, k.dpar, x, float(alg.reltol), float(alg.vntol),
-                               float(alg.abstol), int(alg.maxiter), self.ETA0, self.MAXCG,
-                               it, res, st, cg)
+        t = numba.get_num_threads()
+        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar, x,
+                float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), self.ETA0,
+                self.ETA_MAX, self.MAXCG)
+        n = min(B, t)
+        if n <= 1:  # one thread or one sample: products split over the threads instead
+            _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
+                                   it, res, st, cg)
+        else:
+            _layered.solve_layered_b(self.Ws, self.gains, self.off, self.nl, self.nK, self.d, *args,
+                                     n, it, res, st, cg)
         self.last_cg_iterations = cg
         return it, res, st
 
@@ -471,7 +478,8 @@ class LayeredSystem:
         """``lam`` (B, nF) with ``J(x) lam = rhs`` per sample (rows NaN where J is singular)."""
         k = self.kernel
         lam = np.zeros_like(x)
-        _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, self.nK, self.d,
+        _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, numba.get_num_threads(),
+                                 self.nK, self.d,
                                  np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar,
                                  np.ascontiguousarray(x), np.ascontiguousarray(rhs), lam,
                                  self.ADJOINT_RTOL, self.MAXCG)

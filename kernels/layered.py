@@ -64,8 +64,67 @@ def rows(v, o, n):
     return v.ravel()[o * m:(o + n) * m].reshape(n, m)
 
 
+@njit(cache=True, parallel=True)
+def _dot_rows(W, v, out, nchunks):
+    """``out = W v`` (n0, m) for ``W`` (n0, n1), ``v`` (n1, m): row blocks of ``W`` in parallel."""
+    n0 = W.shape[0]
+    per = (n0 + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n0, lo + per)
+        if lo < hi:
+            p = np.dot(rows(W, lo, hi - lo), v)
+            for i in range(hi - lo):
+                for j in range(v.shape[1]):
+                    out[lo + i, j] = p[i, j]
+
+
+@njit(cache=True, parallel=True)
+def _dot_trans(W, v, out, nchunks):
+    """``out = W^T v`` (n1, m) for ``W`` (n0, n1), ``v`` (n0, m): row blocks of ``W`` (the
+    contraction) in parallel, partial products summed."""
+    n0 = W.shape[0]
+    n1 = W.shape[1]
+    m = v.shape[1]
+    per = (n0 + nchunks - 1) // nchunks
+    part = np.zeros((nchunks, n1, m))
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n0, lo + per)
+        if lo < hi:
+            part[c] = np.dot(rows(W, lo, hi - lo).T, rows(v, lo, hi - lo))
+    for i in range(n1):
+        for j in range(m):
+            s = 0.0
+            for c in range(nchunks):
+                s += part[c, i, j]
+            out[i, j] = s
+
+
+#: products of at least this many multiply-adds are split over the threads
+PARALLEL_FROM = 200_000
+
+
 @njit(cache=True)
-def offdiag(v, Ws, gains, off, nl, src, out):
+def product(W, v, trans, t):
+    """``W v`` or (``trans``) ``W^T v`` in BLAS, split over ``t`` threads when large."""
+    n0, n1 = W.shape
+    m = v.shape[1]
+    out = np.empty((n0 if not trans else n1, m))
+    if t > 1 and n0 * n1 * m >= PARALLEL_FROM and n0 >= 2 * t:
+        if trans:
+            _dot_trans(W, v, out, t)
+        else:
+            _dot_rows(W, v, out, t)
+    elif trans:
+        out[:, :] = np.dot(W.T, v)
+    else:
+        out[:, :] = np.dot(W, v)
+    return out
+
+
+@njit(cache=True)
+def offdiag(v, Ws, gains, off, nl, nt, src, out):
     """``out = (J - diag J) v`` (A) restricted to the layers that layers with ``src[l]`` feed:
     rows of layers next to a source layer are overwritten, other rows are left alone.
 
@@ -85,13 +144,13 @@ def offdiag(v, Ws, gains, off, nl, src, out):
         o1 = off[l]
         n1 = nl[l]
         if src[l - 1]:
-            p = np.dot(W.T, rows(v, o0, n0))
+            p = product(W, rows(v, o0, n0), True, nt)
             q = out[o1:o1 + n1, :]
             for i in range(n1):
                 for j in range(p.shape[1]):
                     q[i, j] -= A * p[i, j]
         if src[l]:
-            p = np.dot(W, rows(v, o1, n1))
+            p = product(W, rows(v, o1, n1), False, nt)
             q = out[o0:o0 + n0, :]
             for i in range(n0):
                 for j in range(p.shape[1]):
@@ -108,7 +167,7 @@ def gather_t(a, cols, out):
 
 
 @njit(cache=True)
-def gff_cols(x, cols, Ws, gains, off, nl, d, out):
+def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
     """``out[s] = G_FF x[s]`` (A) for the samples ``cols``; ``x``, ``out`` (B, nF), V and A."""
     nF = x.shape[1]
     m = cols.shape[0]
@@ -117,7 +176,7 @@ def gff_cols(x, cols, Ws, gains, off, nl, d, out):
     gather_t(x, cols, xt)
     y = np.zeros((nF, m))
     src = np.ones(L + 1, dtype=np.bool_)
-    offdiag(xt, Ws, gains, off, nl, src, y)
+    offdiag(xt, Ws, gains, off, nl, nt, src, y)
     for j in range(m):
         s = cols[j]
         for i in range(nF):
@@ -125,18 +184,15 @@ def gff_cols(x, cols, Ws, gains, off, nl, d, out):
 
 
 @njit(cache=True)
-def assemble_cols(x, cols, b, Ws, gains, off, nl, d, da, db, di, dg, rlin, r, Jd):
-    """Residual ``r`` (A), its linear part ``rlin = G_FF x - b`` (A) and the Jacobian diagonal
-    ``Jd`` (S) of the samples ``cols`` at ``x``, from their diode currents ``di`` (A) and
-    conductances ``dg`` (S), (B, nD). Diodes join a free node to a fixed one."""
-    nF = x.shape[1]
-    gff_cols(x, cols, Ws, gains, off, nl, d, rlin)
+def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+    """Residual ``r = rlin + i_diodes`` (A) and Jacobian diagonal ``Jd = d + g_diodes`` (S) of
+    the samples ``cols``, from their diode currents ``di`` (A) and conductances ``dg`` (S)
+    (B, nD). Diodes join a free node to a fixed one."""
+    nF = rlin.shape[1]
     for j in range(cols.shape[0]):
         s = cols[j]
         for i in range(nF):
-            rl = rlin[s, i] - b[s, i]
-            rlin[s, i] = rl
-            r[s, i] = rl
+            r[s, i] = rlin[s, i]
             Jd[s, i] = d[i]
         for k in range(da.shape[0]):
             a = da[k]
@@ -149,15 +205,32 @@ def assemble_cols(x, cols, b, Ws, gains, off, nl, d, da, db, di, dg, rlin, r, Jd
                 Jd[s, c] += dg[s, k]
 
 
+@njit(cache=True)
+def assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd):
+    """Residual ``r`` (A), its linear part ``rlin = G_FF x - b`` (A) and the Jacobian diagonal
+    ``Jd`` (S) of the samples ``cols`` at ``x``, evaluated from scratch (see :func:`stamp_cols`)."""
+    nF = x.shape[1]
+    gff_cols(x, cols, Ws, gains, off, nl, nt, d, rlin)
+    for j in range(cols.shape[0]):
+        s = cols[j]
+        for i in range(nF):
+            rlin[s, i] -= b[s, i]
+    stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd)
+
+
 # -- the linear solve ------------------------------------------------------------------------
 @njit(cache=True)
-def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx, ok, cgit, lres):
+def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+             ok, cgit, lres):
     """Solve ``J dx = -r`` for the samples ``cols`` (see the module docstring).
 
     ``r``, ``Jd`` (B, nF) residual (A) and Jacobian diagonal (S); ``target`` (m,) V: stop a
     sample when ``max_i |r_i + (J dx)_i| / J_ii`` is at most this; ``maxcg`` iterations at most.
-    Writes ``dx`` (B, nF) V, ``ok`` (m,) False where the Jacobian is not positive definite or
-    not finite, ``cgit`` (m,) iterations and ``lres`` (m,) the final scaled linear residual (V).
+    Writes ``dx`` (B, nF) V, ``Gdx = G_FF dx`` (B, nF) A (from ``J dx = -r - e``, ``e`` the
+    CG residual, minus the diode part ``(Jd - d) dx``: no product needed), ``ok`` (m,) False
+    where the Jacobian is not positive definite or not finite, ``cgit`` (m,) iterations and
+    ``lres`` (m,) the final scaled linear residual (V). One product with every ``W_l`` each way
+    per iteration, and one more for the right-hand side (``C^T z`` is accumulated).
     """
     nF = r.shape[1]
     nE = nF - nK
@@ -177,7 +250,7 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx,
         for j in range(m):
             w[i, j] = rt[i, j] / D[i, j]
     u = np.zeros((nF, m))
-    offdiag(w, Ws, gains, off, nl, srcE, u)  # u[:nK] = C D_E^-1 r_E
+    offdiag(w, Ws, gains, off, nl, nt, srcE, u)  # u[:nK] = C D_E^-1 r_E
     res = np.empty((nK, m))
     for i in range(nK):
         for j in range(m):
@@ -199,6 +272,7 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx,
         if e <= target[j] or not ok[j] or not (e == e):
             done[j] = True
     Sp = np.empty((nK, m))
+    ctz = np.zeros((nE, m))  # C^T z, accumulated
     it = 0
     while it < maxcg:
         alldone = True
@@ -209,11 +283,11 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx,
             break
         it += 1
         # Sp = D_K p - C D_E^-1 C^T p
-        offdiag(p, Ws, gains, off, nl, srcK, u)  # u[nK:] = C^T p
+        offdiag(p, Ws, gains, off, nl, nt, srcK, u)  # u[nK:] = C^T p
         for i in range(nK, nF):
             for j in range(m):
                 w[i, j] = u[i, j] / D[i, j]
-        offdiag(w, Ws, gains, off, nl, srcE, u)  # u[:nK] = C D_E^-1 C^T p
+        offdiag(w, Ws, gains, off, nl, nt, srcE, u)  # u[:nK] = C D_E^-1 C^T p
         for j in range(m):
             if done[j]:
                 continue
@@ -230,6 +304,8 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx,
                 done[j] = True
                 continue
             alpha = rz[j] / pSp
+            for i in range(nE):
+                ctz[i, j] += alpha * u[nK + i, j]
             s = 0.0
             e = 0.0
             for i in range(nK):
@@ -246,17 +322,17 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx,
                 p[i, j] = res[i, j] / D[i, j] + beta * p[i, j]
             if e <= target[j]:
                 done[j] = True
-    # back-substitute E: dx_E = D_E^-1 (-r_E - C^T z)
-    for i in range(nK):
-        for j in range(m):
-            p[i, j] = z[i, j]
-    offdiag(p, Ws, gains, off, nl, srcK, u)
+    # back-substitute E: dx_E = D_E^-1 (-r_E - C^T z); G dx = J dx - (Jd - d) dx
     for j in range(m):
         s = cols[j]
         for i in range(nK):
-            dx[s, i] = z[i, j]
+            v = z[i, j]
+            dx[s, i] = v
+            Gdx[s, i] = -rt[i, j] - res[i, j] - (D[i, j] - d[i]) * v
         for i in range(nK, nF):
-            dx[s, i] = (-rt[i, j] - u[i, j]) / D[i, j]
+            v = (-rt[i, j] - ctz[i - nK, j]) / D[i, j]
+            dx[s, i] = v
+            Gdx[s, i] = -rt[i, j] - (D[i, j] - d[i]) * v
 
 
 # -- the per-sample line search (as in kernels/newton.py) -------------------------------------
@@ -437,8 +513,8 @@ def _scaled_max(r, Jd, s):
 
 
 @njit(cache=True)
-def solve_layered(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                  reltol, vntol, abstol, maxiter, eta0, maxcg, iterations, residual, status,
+def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, x,
+                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, iterations, residual, status,
                   cg_iterations):
     """Solve every sample of a batch in place in ``x`` (B, nF) V (see the module docstring).
 
@@ -472,7 +548,7 @@ def solve_layered(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
     lres_prev = np.full(B, -1.0)   # scaled linear residual predicted by the last full step
     diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
     cols = np.arange(B)
-    assemble_cols(x, cols, b, Ws, gains, off, nl, d, da, db, di, dg, rlin, r, Jd)
+    assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
     for s in range(B):
         iterations[s] = 0
         cg_iterations[s] = 0
@@ -534,9 +610,9 @@ def solve_layered(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
             if lres_prev[s] >= 0.0 and rs_prev[s] > 0.0:
                 # Eisenstat-Walker choice 1: | |r_k| - |r_{k-1} + J dx_{k-1}| | / |r_{k-1}|
                 e = abs(rs - lres_prev[s]) / rs_prev[s]
-                eta_k = min(ETA_MAX, e)
+                eta_k = min(eta_max, e)
             else:
-                eta_k = min(ETA_MAX, eta0)
+                eta_k = min(eta_max, eta0)
             xabs = 0.0
             for i in range(nF):
                 xabs = max(xabs, abs(x[s, i]))
@@ -545,8 +621,8 @@ def solve_layered(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
         ok = np.empty(nact, dtype=np.bool_)
         cgit = np.empty(nact, dtype=np.int64)
         lres = np.empty(nact)
-        schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, dx, ok, cgit, lres)
-        gff_cols(dx, cols, Ws, gains, off, nl, d, Gdx)
+        schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+                 ok, cgit, lres)
         flag = np.empty(nact, dtype=np.int64)
         tstep = np.empty(nact)
         step = np.empty(nact)
@@ -562,30 +638,49 @@ def solve_layered(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
                 status[s] = flag[j]
             else:
                 nmove += 1
-        moved = np.empty(nmove, dtype=np.int64)
-        i = 0
+        # the linear part of the residual moves by t G dx; samples whose step was small (about
+        # to be tested for convergence) get it evaluated from scratch instead
+        nexact = 0
         for j in range(nact):
             s = cols[j]
             if status[s] < 0:
-                moved[i] = s
-                i += 1
                 xabs = 0.0
                 for q in range(nF):
                     xabs = max(xabs, abs(x[s, q]))
                 step_small[s] = step[j] <= vntol + reltol * xabs
+                if step_small[s]:
+                    nexact += 1
                 iterations[s] += 1
                 # the last linear model's predicted residual, for the next forcing term
                 # (only meaningful for a full step along it)
                 lres_prev[s] = lres[j] if tstep[j] == 1.0 else -1.0
-        if nmove > 0:
-            assemble_cols(x, moved, b, Ws, gains, off, nl, d, da, db, di, dg, rlin, r, Jd)
+        moved = np.empty(nmove - nexact, dtype=np.int64)
+        exact = np.empty(nexact, dtype=np.int64)
+        i = 0
+        q = 0
+        for j in range(nact):
+            s = cols[j]
+            if status[s] < 0:
+                if step_small[s]:
+                    exact[q] = s
+                    q += 1
+                else:
+                    moved[i] = s
+                    i += 1
+                    t = tstep[j]
+                    for k in range(nF):
+                        rlin[s, k] += t * Gdx[s, k]
+        if moved.shape[0] > 0:
+            stamp_cols(moved, rlin, d, da, db, di, dg, r, Jd)
+        if nexact > 0:
+            assemble_cols(x, exact, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
     for s in range(B):
         if status[s] < 0:
             status[s] = MAXITER
 
 
 @njit(cache=True)
-def adjoint_layered(Ws, gains, off, nl, nK, d, vdfix, da, db, dkind, dpar, x, rhs, out, rtol, maxcg):
+def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x, rhs, out, rtol, maxcg):
     """``out[s] = J(x[s])^-1 rhs[s]`` (B, nF) by the same reduced CG, to a scaled residual of
     ``rtol`` times the right-hand side's (or until ``maxcg`` iterations); rows NaN where the
     Jacobian is not positive definite. Returns the CG iterations (B,)."""
@@ -621,9 +716,30 @@ def adjoint_layered(Ws, gains, off, nl, nK, d, vdfix, da, db, dkind, dpar, x, rh
     ok = np.empty(B, dtype=np.bool_)
     cgit = np.empty(B, dtype=np.int64)
     lres = np.empty(B)
-    schur_cg(r, Jd, cols, Ws, gains, off, nl, nK, srcK, srcE, target, maxcg, out, ok, cgit, lres)
+    Gdx = np.empty((B, nF))
+    schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, out, Gdx,
+             ok, cgit, lres)
     for s in range(B):
         if not ok[s]:
             for i in range(nF):
                 out[s, i] = np.nan
     return cgit
+
+
+@njit(cache=True, parallel=True)
+def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
+                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, nchunks, iterations,
+                    residual, status, cg_iterations):
+    """:func:`solve_layered` on ``nchunks`` contiguous chunks of samples in parallel (one long
+    parallel region; each chunk's products are minibatch products of its own samples)."""
+    B = x.shape[0]
+    per = (B + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(B, lo + per)
+        if lo < hi:
+            n = hi - lo
+            vd = rows(vdfix, lo, n) if vdfix.shape[0] > 1 else vdfix
+            solve_layered(Ws, gains, off, nl, 1, nK, d, rows(b, lo, n), vd, da, db, dkind, dpar,
+                          rows(x, lo, n), reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg,
+                          iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])
