@@ -29,6 +29,7 @@ layers of the same parity), one of which is eliminated exactly in every Newton s
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import numba
@@ -180,6 +181,7 @@ class LayeredNetwork:
             self._rails[l] = (lo, hi)
             self._clip[l] = (lo - von, hi + von)
         self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
+        self._diagonal_only = weakref.WeakValueDictionary()  # id -> GKE of dense=False systems
 
     @classmethod
     def from_config(cls, cfg: NetworkConfig) -> "LayeredNetwork":
@@ -207,12 +209,18 @@ class LayeredNetwork:
                 raise CircuitError(f"parameter {k}: conductances must be finite and > 0 S")
 
     # -- kernel arrays -----------------------------------------------------------------------
-    def system(self, params, w1_colsum=None) -> KernelSystem:
+    def system(self, params, w1_colsum=None, dense=None) -> KernelSystem:
         """The :class:`~fastres.system.KernelSystem` of conductances ``params`` (S): Jacobian
         blocks, the bias sources' constant currents ``b0`` (A) and the clipping diodes.
 
         ``w1_colsum`` (n_1,) S: ``params["W1"].sum(axis=0)`` when the caller already has it
-        (the training step gets it from the fused update; W1 is by far the largest matrix)."""
+        (the training step gets it from the fused update; W1 is by far the largest matrix).
+        ``dense``: fill the off-diagonal block ``GKE``; None: only where the automatic choice
+        is the Schur path (:meth:`linear_path`). Without it ``GKE`` is left zero (untouched
+        memory) and the system is only for the CG path, which reads the diagonal alone;
+        :meth:`NetworkProblem.system` rebuilds it in full if the Schur path is asked for."""
+        if dense is None:
+            dense = self.linear_path("auto") == "schur"
         n = self.nodes_per_layer
         L = self.L
         d = {}
@@ -235,7 +243,7 @@ class LayeredNetwork:
             else:
                 gEE[o - self.nK:o - self.nK + n[l]] = d[l]
             b0[o:o + n[l]] = params[f"B{l}"] * self.spec.bias_volts
-        for l in range(2, L + 1):
+        for l in range(2, L + 1 if dense else 2):
             A = self.gains[l]
             W = params[f"W{l}"]  # (n[l-1], n[l])
             if l - 1 in self.K_layers:
@@ -244,7 +252,14 @@ class LayeredNetwork:
             else:
                 ok, oe = self.offset[l], self.offset[l - 1] - self.nK
                 GKE[ok:ok + n[l], oe:oe + n[l - 1]] = -A * W.T
-        return KernelSystem(GKK, GKE, gEE, b0, self.da, self.db, self.dkind, self.dpar)
+        ks = KernelSystem(GKK, GKE, gEE, b0, self.da, self.db, self.dkind, self.dpar)
+        if not dense:
+            self._diagonal_only[id(GKE)] = GKE
+        return ks
+
+    def is_diagonal_only(self, system: KernelSystem) -> bool:
+        """True for a system built with ``dense=False`` (see :meth:`system`)."""
+        return self._diagonal_only.get(id(system.GKE)) is system.GKE
 
     def input_voltages(self, X) -> np.ndarray:
         """Mirrored input source voltages (B, 2 n_in) in V for pixels ``X`` (B, n_in) in [0, 1]."""
@@ -544,6 +559,8 @@ class NetworkProblem:
         """The :class:`KernelSystem` (Schur path) or, when ``alg.linear`` picks the CG path
         (:meth:`LayeredNetwork.linear_path`), a :class:`LayeredSystem` around it."""
         if self.net.linear_path(getattr(alg, "linear", "auto")) == "schur":
+            if self.net.is_diagonal_only(self.system_):
+                self.system_ = self.net.system(self.params, dense=True)
             return self.system_
         if self._layered is None or self._layered.kernel is not self.system_:
             self._layered = LayeredSystem(self.net, self.params, self.system_)

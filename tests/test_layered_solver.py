@@ -178,3 +178,16 @@ def test_deep_deck_against_ngspice(diode):
                                                   "gmin": 1e-12})
         theirs = np.array([ref[n] for n in net.node_names()])
         assert np.abs(theirs - x[s]).max() <= TOL
+
+
+def test_diagonal_only_system_is_rebuilt_for_the_schur_path():
+    """Where auto picks CG, net.system() leaves the off-diagonal block unfilled; asking for the
+    Schur path on such a system rebuilds it in full (same solution)."""
+    net, p, X = deep_net((30, 260, 260, 4), "pwl", True, B=3)
+    assert net.linear_path("auto") == "cg"
+    k = net.system(p)
+    assert net.is_diagonal_only(k) and not np.any(k.GKE)
+    a = solve(net.problem(p, X, system=k), SCHUR)
+    b = solve(net.problem(p, X, system=k), CG)
+    assert np.abs(a.x - b.x).max() <= TOL
+    assert not net.is_diagonal_only(net.system(p, dense=True))
