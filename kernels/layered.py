@@ -514,16 +514,20 @@ def _scaled_max(r, Jd, s):
 
 @njit(cache=True)
 def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, iterations, residual, status,
-                  cg_iterations):
+                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, iterations,
+                  residual, status, cg_iterations):
     """Solve every sample of a batch in place in ``x`` (B, nF) V (see the module docstring).
 
     ``Ws`` tuple of ``W_l`` (n_{l-1}, n_l) S for l = 2..L (one (0, 0) dummy if L = 1);
     ``gains`` (L + 1,) ``A_l``; ``off``, ``nl`` (L + 1,) int64 layer offsets and sizes in kernel
     order; ``nK`` nodes of the CG class; ``d`` (nF,) S the conductance sums; ``b`` (B, nF) A,
     ``vdfix`` (B or 1, nXd) V, diodes as in :class:`~fastres.system.KernelSystem`. ``eta0`` the
-    first forcing term, ``maxcg`` CG iterations per direction at most. Outputs (B,):
-    ``iterations``, ``residual`` (A), ``status``, ``cg_iterations`` (summed over directions).
+    first forcing term, ``maxcg`` CG iterations per direction at most. ``gx`` (B, nF) A with
+    ``gx_ok`` (B,) bool: ``G_FF x`` of the starting point where known (evaluated from scratch
+    at exactly this ``x``, e.g. the free phase's solution for a nudged phase), else evaluated
+    here; on return ``G_FF x`` of the solution, ``gx_ok`` where it was evaluated from scratch
+    (the converged samples). Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
+    ``cg_iterations`` (summed over directions).
     """
     B, nF = x.shape
     nD = da.shape[0]
@@ -547,8 +551,27 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     rs_prev = np.zeros(B)          # scaled residual max_i |r_i| / J_ii (V) of the last iterate
     lres_prev = np.full(B, -1.0)   # scaled linear residual predicted by the last full step
     diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
-    cols = np.arange(B)
-    assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
+    nknown = 0
+    for s in range(B):
+        if gx_ok[s]:
+            nknown += 1
+    known = np.empty(nknown, dtype=np.int64)
+    fresh = np.empty(B - nknown, dtype=np.int64)
+    i = 0
+    q = 0
+    for s in range(B):
+        if gx_ok[s]:
+            known[i] = s
+            i += 1
+            for k in range(nF):
+                rlin[s, k] = gx[s, k] - b[s, k]
+        else:
+            fresh[q] = s
+            q += 1
+    if nknown > 0:
+        stamp_cols(known, rlin, d, da, db, di, dg, r, Jd)
+    if nknown < B:
+        assemble_cols(x, fresh, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
     for s in range(B):
         iterations[s] = 0
         cg_iterations[s] = 0
@@ -677,6 +700,9 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     for s in range(B):
         if status[s] < 0:
             status[s] = MAXITER
+        gx_ok[s] = status[s] == CONVERGED or status[s] == BEYOND_IMAX
+        for k in range(nF):
+            gx[s, k] = rlin[s, k] + b[s, k]
 
 
 @njit(cache=True)
@@ -728,8 +754,8 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
 
 @njit(cache=True, parallel=True)
 def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, nchunks, iterations,
-                    residual, status, cg_iterations):
+                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, nchunks,
+                    iterations, residual, status, cg_iterations):
     """:func:`solve_layered` on ``nchunks`` contiguous chunks of samples in parallel (one long
     parallel region; each chunk's products are minibatch products of its own samples)."""
     B = x.shape[0]
@@ -742,4 +768,4 @@ def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
             vd = rows(vdfix, lo, n) if vdfix.shape[0] > 1 else vdfix
             solve_layered(Ws, gains, off, nl, 1, nK, d, rows(b, lo, n), vd, da, db, dkind, dpar,
                           rows(x, lo, n), reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg,
-                          iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])
+                          rows(gx, lo, n), gx_ok[lo:hi], iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])

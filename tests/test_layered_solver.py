@@ -88,6 +88,15 @@ def test_cg_with_amplifiers_and_warm_start(diode):
     assert np.abs(d.x - b.x).max() <= TOL
     one = solve(net.problem(p, X[:1]), CG)  # one sample: no chunks
     assert np.abs(one.x - b.x[:1]).max() <= TOL
+    # a nudged phase (sharing the system) reuses G x of the free state it starts from
+    prob = net.problem(p, X)
+    free = solve(prob, CG)
+    ls = prob.system(CG)
+    assert ls._last[2].all()
+    inj = net.output_injection(1e-7 * np.ones((X.shape[0], net.spec.sizes[-1])))
+    nud = solve(prob.nudged(inj, free.x), CG)
+    ref = solve(net.problem(p, X, x0=free.x).nudged(inj, free.x), SCHUR)
+    assert np.abs(nud.x - ref.x).max() <= TOL
 
 
 @pytest.mark.parametrize("diode", ["pwl", "shockley"])
