@@ -97,9 +97,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--schur-limit", type=float, default=2.0)
     ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--parallel", choices=["samples", "products"], default=None,
+                    help="LayeredSystem.PARALLEL: how the CG path shares a solve among threads")
     ap.add_argument("--widths", nargs="+", type=int, default=[64, 128, 192, 256, 384, 512])
     args = ap.parse_args()
     import numba
+    if args.parallel:
+        from fastres.network import LayeredSystem
+        LayeredSystem.PARALLEL = args.parallel
     print(f"{numba.get_num_threads()} Numba threads, OPENBLAS_NUM_THREADS=1, batch {BATCH}, "
           f"median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps")
     if args.crossover:

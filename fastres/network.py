@@ -289,7 +289,7 @@ class LayeredNetwork:
     def linear_path(self, linear: str = "auto") -> str:
         """The Newton direction's linear solver, ``"schur"`` or ``"cg"``, for the choice
         ``linear`` (``"auto"``: ``cg`` once the dense Schur complement has at least
-        :data:`CG_FROM_NODES` nodes, measured on the 2-core machine, see README "Speed")."""
+        :data:`CG_FROM_NODES` nodes; see there and README "Speed" for the measured crossover)."""
         if linear == "auto":
             return "cg" if self.nK >= CG_FROM_NODES else "schur"
         if linear not in ("schur", "cg"):
@@ -432,8 +432,12 @@ class LayeredNetwork:
         return out
 
 
-#: auto picks the CG path when the dense Schur complement has at least this many nodes
-CG_FROM_NODES = 160
+#: auto picks the CG path when the dense Schur complement has at least this many nodes. Measured
+#: on the 2-core machine (benchmarks/deep_speed.py --crossover, README "Speed"), CG is already
+#: faster from about 64 nodes (784-64-64-10); the threshold stays above 100 so that the default
+#: networks (784-100-10, 784-100-100-10, 784-1024-10: 20, 100 and 20 nodes) keep the dense path
+#: and their bit-identical results (CG agrees to 1e-9 V, not bit for bit): linear = "cg" opts in.
+CG_FROM_NODES = 128
 
 
 class LayeredSystem:
@@ -451,6 +455,10 @@ class LayeredSystem:
     ETA0 = 0.0
     ETA_MAX = 0.0
     MAXCG = 1000
+    #: how two or more threads share a solve: "samples" (each thread solves a chunk of the
+    #: minibatch, one parallel region) or "products" (every product split over the threads,
+    #: per-sample work over samples)
+    PARALLEL = "products"
     #: the adjoint's CG stops at this scaled residual relative to its right-hand side's
     ADJOINT_RTOL = 1e-14
 
@@ -488,7 +496,7 @@ class LayeredSystem:
             x0, gx0, ok0 = self._last
             ok = ok0 & np.all(x0 == x, axis=1)
             gx[ok] = gx0[ok]
-        n = min(B, t)
+        n = min(B, t) if self.PARALLEL == "samples" else 1
         if n <= 1:  # one thread or one sample: products split over the threads instead
             _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
                                    gx, ok, it, res, st, cg)
