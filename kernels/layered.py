@@ -24,12 +24,15 @@ The Newton iteration around it is :mod:`fastres.kernels.newton`'s: the same ener
 search (Armijo and strong Wolfe on the co-content, ``t > 1`` allowed, cancellation-free energy
 differences and their round-off floor), the same termination (the last step
 ``max|dx| <= tol_v = vntol + reltol max|x|`` V and, node by node, ``|r_i| <= max(abstol,
-J_ii tol_v) + 16 eps J_ii max|x|`` A) and the same statuses. The direction is inexact: CG stops
-when the linear residual, scaled node by node to volts (``|r_i + (J dx)_i| / J_ii``), is below
-``max(eta_k * max_i |r_i| / J_ii, 0.01 tol_v)``, with the forcing term ``eta_k <= 0.1``
-(Eisenstat-Walker choice 1: how well the last linear model predicted the new residual, so a
-piecewise-linear diode network whose regions have settled gets an exact solve). Any truncated
-CG iterate is a descent direction, and the termination test is on the true residual.
+J_ii tol_v) + 16 eps J_ii max|x|`` A) and the same statuses. CG stops when the linear
+residual, scaled node by node to volts (``|r_i + (J dx)_i| / J_ii``), is below
+``max(eta_k * max_i |r_i| / J_ii, 0.01 tol_v)``. The forcing term ``eta_k`` (Eisenstat-Walker
+choice 1, capped at ``eta_max``) is 0 by default (:class:`fastres.network.LayeredSystem`):
+CG converges in a few iterations per direction, so exact directions, which keep the dense
+path's Newton iteration counts, measured faster than inexact ones (README "Speed"). Any
+truncated CG iterate is still a descent direction, and the termination test is on the true
+residual, evaluated from scratch (the residual is otherwise updated by ``t G dx``, with
+``G dx`` from the CG residual).
 
 Arrays: per-sample arrays are sample-major (B, nF); the matrix products work on node-major
 compact copies (nF, m) of the ``m`` samples still iterating, so each layer is a contiguous
