@@ -55,8 +55,7 @@ EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
-ETA_MAX = 0.1     # forcing term cap: a direction is at least this accurate (relative)
-CG_FLOOR = 0.01   # CG never stops above this fraction of the volt tolerance unless eta allows
+CG_FLOOR = 0.01   # CG is done once its scaled residual is below this fraction of tol_v (V)
 
 
 # -- products with the shared conductances --------------------------------------------------
