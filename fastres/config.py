@@ -272,19 +272,29 @@ class DataConfig:
                 _at_least_one("data", **{key: v})
 
 
+#: the linear solvers of a layered network's Newton direction (SolverConfig.linear)
+LINEAR_SOLVERS = ("auto", "schur", "cg")
+
+
 @dataclass(frozen=True)
 class SolverConfig:
     """Newton's SPICE-style tolerances (see :class:`fastres.solver.Newton`): ``reltol``,
-    ``vntol`` (V), ``abstol`` (A), ``maxiter``; ``eval_batch`` samples per evaluation solve."""
+    ``vntol`` (V), ``abstol`` (A), ``maxiter``; ``eval_batch`` samples per evaluation solve;
+    ``linear`` the Newton direction's linear solver for a layered network: ``schur`` (dense
+    Schur complement per sample), ``cg`` (conjugate gradients on the layer structure, products
+    with the shared conductances over the minibatch) or ``auto`` (by layer sizes)."""
 
     reltol: float = 1e-12
     vntol: float = 1e-12
     abstol: float = 1e-15
     maxiter: int = 100
     eval_batch: int = 10000
+    linear: str = "auto"
 
     def __post_init__(self):
         _plain(self)
+        if self.linear not in LINEAR_SOLVERS:
+            raise ConfigError(f"solver.linear={self.linear!r}: use one of {', '.join(LINEAR_SOLVERS)}")
         _finite("solver", reltol=self.reltol, vntol=self.vntol, abstol=self.abstol)
         if min(self.reltol, self.vntol, self.abstol) < 0:
             raise ConfigError("solver tolerances must be >= 0")

@@ -186,7 +186,7 @@ def exact_states(prob: NetworkProblem, y, target_volts, alg: Newton) -> States:
     t0 = time.perf_counter()
     free = solve(prob, alg, check=False)
     t1 = time.perf_counter()
-    lam = adjoint(prob.net, prob.system_, free.x, y, target_volts)
+    lam = adjoint(prob.net, prob.system(alg), free.x, y, target_volts)
     ok = free.converged & np.all(np.isfinite(lam), axis=1)
     lam[~ok] = 0.0
     h = max(float(np.max(np.abs(free.x), initial=0.0)), 1e-300) / max(float(np.max(np.abs(lam), initial=0.0)), 1e-300)
@@ -237,9 +237,15 @@ def eqprop_gradient(net: LayeredNetwork, params, X, y, eq: EqProp, target_volts,
 
 
 def adjoint(net: LayeredNetwork, system, x, y, target_volts) -> np.ndarray:
-    """``lam`` (B, nF) with ``J(x) lam = dC/dx`` per sample (rows NaN where J is singular)."""
+    """``lam`` (B, nF) with ``J(x) lam = dC/dx`` per sample (rows NaN where J is singular).
+
+    ``system``: a :class:`~fastres.system.KernelSystem` (dense Schur solve per sample) or a
+    :class:`~fastres.network.LayeredSystem` (the same CG as its Newton directions), as
+    ``problem.system(alg)`` returns it."""
     C, dC = loss_and_grad(net.outputs(x), y, target_volts)
     rhs = -net.output_injection(dC)  # dC/dx
+    if hasattr(system, "adjoint"):
+        return system.adjoint(net.vdfix, x, rhs)
     lam = np.empty_like(x)
     B = x.shape[0]
     n = chunks(B)
@@ -263,7 +269,7 @@ def exact_gradient(net: LayeredNetwork, params, X, y, target_volts, alg: Newton 
     prob = net.problem(params, X)
     x = solve(prob, alg).x
     C, _ = loss_and_grad(net.outputs(x), y, target_volts)
-    lam = adjoint(net, prob.system_, x, y, target_volts)
+    lam = adjoint(net, prob.system(alg), x, y, target_volts)
     if not np.all(np.isfinite(lam)):
         raise FastresError("adjoint solve failed: singular Jacobian at the operating point")
     U = prob.U

@@ -29,6 +29,7 @@ layers of the same parity), one of which is eliminated exactly in every Newton s
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import numba
@@ -38,6 +39,7 @@ from .circuit import Circuit
 from .config import ConfigError, NetworkConfig
 from .devices import PWL_CLIP, Shockley, make_diode, turn_on_volts  # noqa: F401 (re-exported)
 from .errors import CircuitError, FastresError
+from .kernels import layered as _layered
 from .kernels.status import Status
 from .solver import _Result, factor_cache, source_currents
 from .system import KernelSystem
@@ -179,6 +181,7 @@ class LayeredNetwork:
             self._rails[l] = (lo, hi)
             self._clip[l] = (lo - von, hi + von)
         self.gains = [1.0] + [1.0] + [spec.gain] * (L - 1)  # gains[l]: into layer l (l >= 2)
+        self._diagonal_only = weakref.WeakValueDictionary()  # id -> GKE of dense=False systems
 
     @classmethod
     def from_config(cls, cfg: NetworkConfig) -> "LayeredNetwork":
@@ -206,12 +209,18 @@ class LayeredNetwork:
                 raise CircuitError(f"parameter {k}: conductances must be finite and > 0 S")
 
     # -- kernel arrays -----------------------------------------------------------------------
-    def system(self, params, w1_colsum=None) -> KernelSystem:
+    def system(self, params, w1_colsum=None, dense=None) -> KernelSystem:
         """The :class:`~fastres.system.KernelSystem` of conductances ``params`` (S): Jacobian
         blocks, the bias sources' constant currents ``b0`` (A) and the clipping diodes.
 
         ``w1_colsum`` (n_1,) S: ``params["W1"].sum(axis=0)`` when the caller already has it
-        (the training step gets it from the fused update; W1 is by far the largest matrix)."""
+        (the training step gets it from the fused update; W1 is by far the largest matrix).
+        ``dense``: fill the off-diagonal block ``GKE``; None: only where the automatic choice
+        is the Schur path (:meth:`linear_path`). Without it ``GKE`` is left zero (untouched
+        memory) and the system is only for the CG path, which reads the diagonal alone;
+        :meth:`NetworkProblem.system` rebuilds it in full if the Schur path is asked for."""
+        if dense is None:
+            dense = self.linear_path("auto") == "schur"
         n = self.nodes_per_layer
         L = self.L
         d = {}
@@ -234,7 +243,7 @@ class LayeredNetwork:
             else:
                 gEE[o - self.nK:o - self.nK + n[l]] = d[l]
             b0[o:o + n[l]] = params[f"B{l}"] * self.spec.bias_volts
-        for l in range(2, L + 1):
+        for l in range(2, L + 1 if dense else 2):
             A = self.gains[l]
             W = params[f"W{l}"]  # (n[l-1], n[l])
             if l - 1 in self.K_layers:
@@ -243,7 +252,14 @@ class LayeredNetwork:
             else:
                 ok, oe = self.offset[l], self.offset[l - 1] - self.nK
                 GKE[ok:ok + n[l], oe:oe + n[l - 1]] = -A * W.T
-        return KernelSystem(GKK, GKE, gEE, b0, self.da, self.db, self.dkind, self.dpar)
+        ks = KernelSystem(GKK, GKE, gEE, b0, self.da, self.db, self.dkind, self.dpar)
+        if not dense:
+            self._diagonal_only[id(GKE)] = GKE
+        return ks
+
+    def is_diagonal_only(self, system: KernelSystem) -> bool:
+        """True for a system built with ``dense=False`` (see :meth:`system`)."""
+        return self._diagonal_only.get(id(system.GKE)) is system.GKE
 
     def input_voltages(self, X) -> np.ndarray:
         """Mirrored input source voltages (B, 2 n_in) in V for pixels ``X`` (B, n_in) in [0, 1]."""
@@ -269,6 +285,16 @@ class LayeredNetwork:
         :meth:`initial_guess`), ``cache`` a :meth:`factor_cache` shared by solves of the same
         system; ``U`` the input source voltages if already built (:meth:`input_voltages`)."""
         return NetworkProblem(self, params, X, system=system, x0=x0, cache=cache, U=U)
+
+    def linear_path(self, linear: str = "auto") -> str:
+        """The Newton direction's linear solver, ``"schur"`` or ``"cg"``, for the choice
+        ``linear`` (``"auto"``: ``cg`` once the dense Schur complement has at least
+        :data:`CG_FROM_NODES` nodes; see there and README "Speed" for the measured crossover)."""
+        if linear == "auto":
+            return "cg" if self.nK >= CG_FROM_NODES else "schur"
+        if linear not in ("schur", "cg"):
+            raise ConfigError(f"linear={linear!r}: use 'auto', 'schur' or 'cg'")
+        return linear
 
     def factor_cache(self, B):
         """An empty Jacobian-factor cache for ``B`` samples (see :func:`fastres.solver.factor_cache`)."""
@@ -406,6 +432,93 @@ class LayeredNetwork:
         return out
 
 
+#: auto picks the CG path when the dense Schur complement has at least this many nodes. Measured
+#: on the 2-core machine (benchmarks/deep_speed.py --crossover, README "Speed"), CG is already
+#: faster from about 64 nodes (784-64-64-10); the threshold stays above 100 so that the default
+#: networks (784-100-10, 784-100-100-10, 784-1024-10: 20, 100 and 20 nodes) keep the dense path
+#: and their bit-identical results (CG agrees to 1e-9 V, not bit for bit): linear = "cg" opts in.
+CG_FROM_NODES = 128
+
+
+class LayeredSystem:
+    """A layered network's :class:`~fastres.system.KernelSystem` with its layer blocks, solved
+    without a dense matrix by :mod:`fastres.kernels.layered` (conjugate gradients on the
+    layer-parity Schur complement, products with the shared conductances over the minibatch).
+
+    ``kernel`` the KernelSystem (its ``GKK``, ``GKE`` are not used), ``Ws`` the ``W_l``
+    (n_{l-1}, n_l) S for l = 2..L, ``gains`` (L + 1,), ``off``, ``nl`` (L + 1,) layer offsets
+    and sizes in kernel order, ``d`` (nF,) S the conductance sums. ``last_cg_iterations`` (B,)
+    holds the CG iterations of the last solve, summed over its Newton steps.
+    """
+
+    #: first forcing term and CG iterations per direction at most (see kernels/layered.py)
+    ETA0 = 0.0
+    ETA_MAX = 0.0
+    MAXCG = 1000
+    #: how two or more threads share a solve: "samples" (each thread solves a chunk of the
+    #: minibatch, one parallel region) or "products" (every product split over the threads,
+    #: per-sample work over samples)
+    PARALLEL = "products"
+    #: the adjoint's CG stops at this scaled residual relative to its right-hand side's
+    ADJOINT_RTOL = 1e-14
+
+    def __init__(self, net: "LayeredNetwork", params, kernel: KernelSystem):
+        self.kernel = kernel
+        L = net.L
+        Ws = tuple(np.ascontiguousarray(params[f"W{l}"], dtype=np.float64) for l in range(2, L + 1))
+        self.Ws = Ws if Ws else (np.zeros((0, 0)),)
+        self.gains = np.array(net.gains[:L + 1], dtype=np.float64)
+        self.off = np.array([0] + [net.offset[l] for l in range(1, L + 1)], dtype=np.int64)
+        self.nl = np.array(net.nodes_per_layer, dtype=np.int64)
+        self.nK = net.nK
+        self.d = np.concatenate([np.diag(kernel.GKK), kernel.gEE])
+        self.last_cg_iterations = None
+        self._last = None  # (x, G_FF x, valid) of the last solve: a nudged phase starts there
+
+    def solve_batch(self, b, vdfix, x, alg):
+        """The :func:`fastres.solver.solve_system` contract: solve in place on ``x`` (B, nF) V,
+        return ``(iterations, residual (A), status)`` (B,)."""
+        k = self.kernel
+        B = x.shape[0]
+        it = np.zeros(B, dtype=np.int64)
+        res = np.zeros(B)
+        st = np.zeros(B, dtype=np.int64)
+        cg = np.zeros(B, dtype=np.int64)
+        t = numba.get_num_threads()
+        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar, x,
+                float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), self.ETA0,
+                self.ETA_MAX, self.MAXCG)
+        # G_FF x of a start that is the last solve's solution (EqProp's nudged phases start
+        # from the free state) is known exactly: reuse it rather than recompute it
+        gx = np.empty_like(x)
+        ok = np.zeros(B, dtype=np.bool_)
+        if self._last is not None and self._last[0].shape == x.shape:
+            x0, gx0, ok0 = self._last
+            ok = ok0 & np.all(x0 == x, axis=1)
+            gx[ok] = gx0[ok]
+        n = min(B, t) if self.PARALLEL == "samples" else 1
+        if n <= 1:  # one thread or one sample: products split over the threads instead
+            _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
+                                   gx, ok, it, res, st, cg)
+        else:
+            _layered.solve_layered_b(self.Ws, self.gains, self.off, self.nl, self.nK, self.d, *args,
+                                     gx, ok, n, it, res, st, cg)
+        self._last = (x.copy(), gx, ok)
+        self.last_cg_iterations = cg
+        return it, res, st
+
+    def adjoint(self, vdfix, x, rhs):
+        """``lam`` (B, nF) with ``J(x) lam = rhs`` per sample (rows NaN where J is singular)."""
+        k = self.kernel
+        lam = np.zeros_like(x)
+        _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, numba.get_num_threads(),
+                                 self.nK, self.d,
+                                 np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar,
+                                 np.ascontiguousarray(x), np.ascontiguousarray(rhs), lam,
+                                 self.ADJOINT_RTOL, self.MAXCG)
+        return lam
+
+
 @dataclass
 class NetworkSolution(_Result):
     """Result of solving a :class:`NetworkProblem`: ``x`` (B, nF) free-node voltages (V) in
@@ -449,16 +562,27 @@ class NetworkProblem:
         self.x0 = x0
         self.cache = cache
         self.inj = inj
+        self._layered = None
 
     def nudged(self, inj, x0) -> "NetworkProblem":
         """The same problem with currents ``inj`` (B, nF) in A injected (EqProp's nudged
         phase), started from ``x0`` (B, nF) V and sharing the factor cache."""
-        return NetworkProblem(self.net, self.params, self.X, system=self.system_, x0=x0,
-                              cache=self.cache, inj=inj, U=self.U, b=self.b)
+        p = NetworkProblem(self.net, self.params, self.X, system=self.system_, x0=x0,
+                           cache=self.cache, inj=inj, U=self.U, b=self.b)
+        p._layered = self._layered
+        return p
 
     # -- the solve protocol (see fastres.solver.solve) ---------------------------------------
-    def system(self, alg) -> KernelSystem:
-        return self.system_
+    def system(self, alg):
+        """The :class:`KernelSystem` (Schur path) or, when ``alg.linear`` picks the CG path
+        (:meth:`LayeredNetwork.linear_path`), a :class:`LayeredSystem` around it."""
+        if self.net.linear_path(getattr(alg, "linear", "auto")) == "schur":
+            if self.net.is_diagonal_only(self.system_):
+                self.system_ = self.net.system(self.params, dense=True)
+            return self.system_
+        if self._layered is None or self._layered.kernel is not self.system_:
+            self._layered = LayeredSystem(self.net, self.params, self.system_)
+        return self._layered
 
     def batch(self, alg):
         b = self.b if self.inj is None else self.b + self.inj

@@ -60,6 +60,7 @@ class Newton:
     maxiter: int = 100
     structure: str = "auto"
     threads: int | None = None
+    linear: str = "auto"
 
     def __post_init__(self):
         for key in ("reltol", "vntol", "abstol"):
@@ -70,11 +71,14 @@ class Newton:
             raise ConfigError(f"Newton.maxiter={self.maxiter!r} must be >= 1")
         if self.structure not in ("auto", "dense"):
             raise ConfigError(f"Newton.structure={self.structure!r}: use 'auto' or 'dense'")
+        if self.linear not in ("auto", "schur", "cg"):
+            raise ConfigError(f"Newton.linear={self.linear!r}: use 'auto', 'schur' or 'cg'")
 
     @classmethod
     def from_config(cls, cfg) -> "Newton":
         """From a run's ``solver`` config section (:class:`fastres.config.SolverConfig`)."""
-        return cls(reltol=cfg.reltol, vntol=cfg.vntol, abstol=cfg.abstol, maxiter=cfg.maxiter)
+        return cls(reltol=cfg.reltol, vntol=cfg.vntol, abstol=cfg.abstol, maxiter=cfg.maxiter,
+                   linear=cfg.linear)
 
 
 class _Result:
@@ -244,7 +248,11 @@ def solve_system(system: KernelSystem, b, vdfix, x, alg: Newton, cache=None):
     ``b`` (B, nF) source currents (A), ``vdfix`` (B or 1, nXd) fixed voltages (V), see
     :class:`KernelSystem`. ``cache``: a :func:`factor_cache` to start from and update, or None.
     Solutions are bit-identical with and without it; it saves refactoring a Jacobian that did
-    not change (EqProp's free and nudged phases share one)."""
+    not change (EqProp's free and nudged phases share one). A system with its own batched solver
+    (``solve_batch``, e.g. :class:`fastres.network.LayeredSystem`) solves itself, same contract."""
+    own = getattr(system, "solve_batch", None)
+    if own is not None:
+        return own(b, vdfix, x, alg)
     GKK, GKE, gEE, _, da, db, dkind, dpar = system
     B = x.shape[0]
     it = np.zeros(B, dtype=np.int64)

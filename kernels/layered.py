@@ -1,0 +1,773 @@
+"""Newton on a layered network without forming a matrix: the Jacobian's layer structure.
+
+Free nodes are in kernel order ``[K | E]`` (see :class:`fastres.system.KernelSystem`): the
+layers of one parity class (``K``, nodes ``0..nK-1``), then the other (``E``). Layer ``l``
+(1..L) occupies nodes ``off[l] : off[l] + nl[l]``. The Jacobian is block tridiagonal by layer:
+
+    J = diag(d + diode conductances) - sum_l A_l (W_l between layers l-1 and l, both ways)
+
+where ``d`` (nF,) S are the layer's conductance sums (shared by every sample), the diode
+conductances (S) differ per sample, ``W_l`` (n_{l-1}, n_l) S are the conductance matrices
+(``Ws[l - 2]``, l = 2..L; layer 0 is the fixed inputs) and ``A_l`` the amplifier gains. No two
+nodes of one parity class are joined, so ``J = [[D_K, C], [C^T, D_E]]`` with diagonal ``D_K``,
+``D_E`` and ``C`` made of the ``-A_l W_l`` blocks.
+
+Each Newton direction solves ``J dx = -r`` by eliminating ``E`` exactly (it is diagonal) and
+running conjugate gradients on the Schur complement ``S = D_K - C D_E^-1 C^T`` (SPD), Jacobi
+preconditioned (by ``D_K``). That is CG with a red-black (layer-parity) Gauss-Seidel
+preconditioner on the full system, and converges in half the iterations of Jacobi-PCG on it
+for the same cost per iteration: one product with every ``W_l`` each way. Every product is a
+minibatch matrix-matrix product (BLAS 3) against the shared ``W_l``; nothing per sample is
+larger than a vector.
+
+The Newton iteration around it is :mod:`fastres.kernels.newton`'s: the same energy line
+search (Armijo and strong Wolfe on the co-content, ``t > 1`` allowed, cancellation-free energy
+differences and their round-off floor), the same termination (the last step
+``max|dx| <= tol_v = vntol + reltol max|x|`` V and, node by node, ``|r_i| <= max(abstol,
+J_ii tol_v) + 16 eps J_ii max|x|`` A) and the same statuses. CG stops when the linear
+residual, scaled node by node to volts (``|r_i + (J dx)_i| / J_ii``), is below
+``max(eta_k * max_i |r_i| / J_ii, 0.01 tol_v)``. The forcing term ``eta_k`` (Eisenstat-Walker
+choice 1, capped at ``eta_max``) is 0 by default (:class:`fastres.network.LayeredSystem`):
+CG converges in a few iterations per direction, so exact directions, which keep the dense
+path's Newton iteration counts, measured faster than inexact ones (README "Speed"). Any
+truncated CG iterate is still a descent direction, and the termination test is on the true
+residual, evaluated from scratch (the residual is otherwise updated by ``t G dx``, with
+``G dx`` from the CG residual).
+
+Arrays: per-sample arrays are sample-major (B, nF); the matrix products work on node-major
+compact copies (nF, m) of the ``m`` samples still iterating, so each layer is a contiguous
+block of rows.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
+
+CONVERGED = 0
+MAXITER = 1
+LINESEARCH = 2
+SINGULAR = 3
+BEYOND_IMAX = 4
+
+EPS = 2.220446049250313e-16
+ARMIJO = 1e-4
+C2 = 0.1
+MAX_LINESEARCH = 60
+CG_FLOOR = 0.01   # CG is done once its scaled residual is below this fraction of tol_v (V)
+
+
+# -- products with the shared conductances --------------------------------------------------
+@njit(cache=True)
+def rows(v, o, n):
+    """Rows ``o : o + n`` of a C-contiguous (nF, m) array, typed as C-contiguous for BLAS."""
+    m = v.shape[1]
+    return v.ravel()[o * m:(o + n) * m].reshape(n, m)
+
+
+@njit(cache=True, parallel=True)
+def _dot_rows(W, v, out, nchunks):
+    """``out = W v`` (n0, m) for ``W`` (n0, n1), ``v`` (n1, m): row blocks of ``W`` in parallel."""
+    n0 = W.shape[0]
+    per = (n0 + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n0, lo + per)
+        if lo < hi:
+            p = np.dot(rows(W, lo, hi - lo), v)
+            for i in range(hi - lo):
+                for j in range(v.shape[1]):
+                    out[lo + i, j] = p[i, j]
+
+
+@njit(cache=True, parallel=True)
+def _dot_trans(W, v, out, nchunks):
+    """``out = W^T v`` (n1, m) for ``W`` (n0, n1), ``v`` (n0, m): row blocks of ``W`` (the
+    contraction) in parallel, partial products summed."""
+    n0 = W.shape[0]
+    n1 = W.shape[1]
+    m = v.shape[1]
+    per = (n0 + nchunks - 1) // nchunks
+    part = np.zeros((nchunks, n1, m))
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n0, lo + per)
+        if lo < hi:
+            part[c] = np.dot(rows(W, lo, hi - lo).T, rows(v, lo, hi - lo))
+    for i in range(n1):
+        for j in range(m):
+            s = 0.0
+            for c in range(nchunks):
+                s += part[c, i, j]
+            out[i, j] = s
+
+
+#: products of at least this many multiply-adds are split over the threads
+PARALLEL_FROM = 200_000
+
+
+@njit(cache=True)
+def product(W, v, trans, t):
+    """``W v`` or (``trans``) ``W^T v`` in BLAS, split over ``t`` threads when large."""
+    n0, n1 = W.shape
+    m = v.shape[1]
+    out = np.empty((n0 if not trans else n1, m))
+    if t > 1 and n0 * n1 * m >= PARALLEL_FROM and n0 >= 2 * t:
+        if trans:
+            _dot_trans(W, v, out, t)
+        else:
+            _dot_rows(W, v, out, t)
+    elif trans:
+        out[:, :] = np.dot(W.T, v)
+    else:
+        out[:, :] = np.dot(W, v)
+    return out
+
+
+@njit(cache=True)
+def offdiag(v, Ws, gains, off, nl, nt, src, out):
+    """``out = (J - diag J) v`` (A) restricted to the layers that layers with ``src[l]`` feed:
+    rows of layers next to a source layer are overwritten, other rows are left alone.
+
+    ``v``, ``out`` (nF, m) node-major, V and A. ``src`` (L + 1,) bool. Layers adjacent to two
+    source layers get both contributions.
+    """
+    L = nl.shape[0] - 1
+    for l in range(1, L + 1):  # clear the rows that will be written
+        if (l >= 2 and src[l - 1]) or (l < L and src[l + 1]):
+            o = off[l]
+            out[o:o + nl[l], :] = 0.0
+    for l in range(2, L + 1):
+        W = Ws[l - 2]
+        A = gains[l]
+        o0 = off[l - 1]
+        n0 = nl[l - 1]
+        o1 = off[l]
+        n1 = nl[l]
+        if src[l - 1]:
+            p = product(W, rows(v, o0, n0), True, nt)
+            q = out[o1:o1 + n1, :]
+            for i in range(n1):
+                for j in range(p.shape[1]):
+                    q[i, j] -= A * p[i, j]
+        if src[l]:
+            p = product(W, rows(v, o1, n1), False, nt)
+            q = out[o0:o0 + n0, :]
+            for i in range(n0):
+                for j in range(p.shape[1]):
+                    q[i, j] -= A * p[i, j]
+
+
+@njit(cache=True)
+def gather_t(a, cols, out):
+    """``out[:, j] = a[cols[j], :]``: (B, n) sample-major rows to (n, m) node-major columns."""
+    for j in range(cols.shape[0]):
+        s = cols[j]
+        for i in range(a.shape[1]):
+            out[i, j] = a[s, i]
+
+
+@njit(cache=True)
+def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
+    """``out[s] = G_FF x[s]`` (A) for the samples ``cols``; ``x``, ``out`` (B, nF), V and A."""
+    nF = x.shape[1]
+    m = cols.shape[0]
+    L = nl.shape[0] - 1
+    xt = np.empty((nF, m))
+    gather_t(x, cols, xt)
+    y = np.zeros((nF, m))
+    src = np.ones(L + 1, dtype=np.bool_)
+    offdiag(xt, Ws, gains, off, nl, nt, src, y)
+    for j in range(m):
+        s = cols[j]
+        for i in range(nF):
+            out[s, i] = d[i] * x[s, i] + y[i, j]
+
+
+@njit(cache=True)
+def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+    """Residual ``r = rlin + i_diodes`` (A) and Jacobian diagonal ``Jd = d + g_diodes`` (S) of
+    the samples ``cols``, from their diode currents ``di`` (A) and conductances ``dg`` (S)
+    (B, nD). Diodes join a free node to a fixed one."""
+    nF = rlin.shape[1]
+    for j in range(cols.shape[0]):
+        s = cols[j]
+        for i in range(nF):
+            r[s, i] = rlin[s, i]
+            Jd[s, i] = d[i]
+        for k in range(da.shape[0]):
+            a = da[k]
+            c = db[k]
+            if a < nF:
+                r[s, a] += di[s, k]
+                Jd[s, a] += dg[s, k]
+            if c < nF:
+                r[s, c] -= di[s, k]
+                Jd[s, c] += dg[s, k]
+
+
+@njit(cache=True)
+def assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd):
+    """Residual ``r`` (A), its linear part ``rlin = G_FF x - b`` (A) and the Jacobian diagonal
+    ``Jd`` (S) of the samples ``cols`` at ``x``, evaluated from scratch (see :func:`stamp_cols`)."""
+    nF = x.shape[1]
+    gff_cols(x, cols, Ws, gains, off, nl, nt, d, rlin)
+    for j in range(cols.shape[0]):
+        s = cols[j]
+        for i in range(nF):
+            rlin[s, i] -= b[s, i]
+    stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd)
+
+
+# -- the linear solve ------------------------------------------------------------------------
+@njit(cache=True)
+def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+             ok, cgit, lres):
+    """Solve ``J dx = -r`` for the samples ``cols`` (see the module docstring).
+
+    ``r``, ``Jd`` (B, nF) residual (A) and Jacobian diagonal (S); ``target`` (m,) V: stop a
+    sample when ``max_i |r_i + (J dx)_i| / J_ii`` is at most this; ``maxcg`` iterations at most.
+    Writes ``dx`` (B, nF) V, ``Gdx = G_FF dx`` (B, nF) A (from ``J dx = -r - e``, ``e`` the
+    CG residual, minus the diode part ``(Jd - d) dx``: no product needed), ``ok`` (m,) False
+    where the Jacobian is not positive definite or not finite, ``cgit`` (m,) iterations and
+    ``lres`` (m,) the final scaled linear residual (V). One product with every ``W_l`` each way
+    per iteration, and one more for the right-hand side (``C^T z`` is accumulated).
+    """
+    nF = r.shape[1]
+    nE = nF - nK
+    m = cols.shape[0]
+    rt = np.empty((nF, m))
+    gather_t(r, cols, rt)
+    D = np.empty((nF, m))
+    gather_t(Jd, cols, D)
+    for j in range(m):
+        ok[j] = True
+        cgit[j] = 0
+        for i in range(nF):
+            if not (D[i, j] > 0.0 and math.isfinite(D[i, j])):
+                ok[j] = False
+    w = np.zeros((nF, m))  # E part: D_E^-1 r_E
+    for i in range(nK, nF):
+        for j in range(m):
+            w[i, j] = rt[i, j] / D[i, j]
+    u = np.zeros((nF, m))
+    offdiag(w, Ws, gains, off, nl, nt, srcE, u)  # u[:nK] = C D_E^-1 r_E
+    res = np.empty((nK, m))
+    for i in range(nK):
+        for j in range(m):
+            res[i, j] = -rt[i, j] + u[i, j]
+    z = np.zeros((nK, m))
+    p = np.zeros((nF, m))  # K part used; E part stays zero
+    rz = np.zeros(m)
+    done = np.zeros(m, dtype=np.bool_)
+    for j in range(m):
+        s = 0.0
+        e = 0.0
+        for i in range(nK):
+            q = res[i, j] / D[i, j]
+            p[i, j] = q
+            s += res[i, j] * q
+            e = max(e, abs(q))
+        rz[j] = s
+        lres[j] = e
+        if e <= target[j] or not ok[j] or not (e == e):
+            done[j] = True
+    Sp = np.empty((nK, m))
+    ctz = np.zeros((nE, m))  # C^T z, accumulated
+    it = 0
+    while it < maxcg:
+        alldone = True
+        for j in range(m):
+            if not done[j]:
+                alldone = False
+        if alldone:
+            break
+        it += 1
+        # Sp = D_K p - C D_E^-1 C^T p
+        offdiag(p, Ws, gains, off, nl, nt, srcK, u)  # u[nK:] = C^T p
+        for i in range(nK, nF):
+            for j in range(m):
+                w[i, j] = u[i, j] / D[i, j]
+        offdiag(w, Ws, gains, off, nl, nt, srcE, u)  # u[:nK] = C D_E^-1 C^T p
+        for j in range(m):
+            if done[j]:
+                continue
+            pSp = 0.0
+            for i in range(nK):
+                v = D[i, j] * p[i, j] - u[i, j]
+                Sp[i, j] = v
+                pSp += p[i, j] * v
+            if not (pSp > 0.0) or not math.isfinite(pSp):
+                if pSp == 0.0 and rz[j] == 0.0:
+                    done[j] = True
+                    continue
+                ok[j] = False
+                done[j] = True
+                continue
+            alpha = rz[j] / pSp
+            for i in range(nE):
+                ctz[i, j] += alpha * u[nK + i, j]
+            s = 0.0
+            e = 0.0
+            for i in range(nK):
+                z[i, j] += alpha * p[i, j]
+                res[i, j] -= alpha * Sp[i, j]
+                q = res[i, j] / D[i, j]
+                s += res[i, j] * q
+                e = max(e, abs(q))
+            beta = s / rz[j]
+            rz[j] = s
+            lres[j] = e
+            cgit[j] = it
+            for i in range(nK):
+                p[i, j] = res[i, j] / D[i, j] + beta * p[i, j]
+            if e <= target[j]:
+                done[j] = True
+    # back-substitute E: dx_E = D_E^-1 (-r_E - C^T z); G dx = J dx - (Jd - d) dx
+    for j in range(m):
+        s = cols[j]
+        for i in range(nK):
+            v = z[i, j]
+            dx[s, i] = v
+            Gdx[s, i] = -rt[i, j] - res[i, j] - (D[i, j] - d[i]) * v
+        for i in range(nK, nF):
+            v = (-rt[i, j] - ctz[i - nK, j]) / D[i, j]
+            dx[s, i] = v
+            Gdx[s, i] = -rt[i, j] - (D[i, j] - d[i]) * v
+
+
+# -- the per-sample line search (as in kernels/newton.py) -------------------------------------
+@njit(cache=True)
+def _first_trial(vext, dxe, da, db, dkind, dpar):
+    """First step length: 1, or less where a Shockley diode would be driven far up its
+    exponential (beyond ``vcrit + 10 N vt``); see :mod:`fastres.kernels.newton`."""
+    t = 1.0
+    for k in range(da.shape[0]):
+        if dkind[k] != KIND_SHOCKLEY:
+            continue
+        a = da[k]
+        c = db[k]
+        h = dxe[a] - dxe[c]
+        if h <= 0.0:
+            continue
+        v = vext[a] - vext[c]
+        IS = dpar[k, 0]
+        vte = dpar[k, 1]
+        vlim = max(v, vte * math.log(vte / (1.4142135623730951 * IS))) + 10.0 * vte
+        if v + h > vlim:
+            t = min(t, (vlim - v) / h)
+    return t
+
+
+@njit(cache=True)
+def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
+    """Energy change (W), phi'(t), phi''(t) and the energy's round-off scale (W) at
+    ``x + t dx``; fills the trial caches (see :mod:`fastres.kernels.newton`)."""
+    dEn = t * g1 + 0.5 * t * t * g2
+    d1 = g1 + t * g2
+    d2 = g2
+    scale = 0.0
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        h = dxe[a] - dxe[c]
+        wa = vext[a] + t * dxe[a]
+        wc = vext[c] + t * dxe[c]
+        w = wa - wc
+        dphi, i, g, evn = diode_move(dkind[k], dpar[k], vext[a] - vext[c], ev[k], w)
+        scale += abs(i) * (abs(wa) + abs(wc))
+        di_t[k] = i
+        dg_t[k] = g
+        ev_t[k] = evn
+        dEn += dphi
+        d1 += i * h
+        d2 += g * h * h
+    return dEn, d1, d2, scale
+
+
+@njit(cache=True)
+def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
+                       reltol, vntol):
+    """Line search along ``dx[s]`` and the update of sample ``s`` (x, di, dg, ev in place).
+
+    Returns ``(status, t, step)``: ``status`` -1 for a step taken (length ``t``, ``step`` =
+    t max|dx| in V), else SINGULAR (non-finite direction) or LINESEARCH."""
+    nF = x.shape[1]
+    nXd = vdfix.shape[1]
+    nD = da.shape[0]
+    vext = np.empty(nF + nXd)
+    dxe = np.zeros(nF + nXd)
+    row = s if vdfix.shape[0] > 1 else 0
+    for i in range(nF):
+        vext[i] = x[s, i]
+        dxe[i] = dx[s, i]
+    for j in range(nXd):
+        vext[nF + j] = vdfix[row, j]
+    g1 = 0.0
+    g2 = 0.0
+    slope = 0.0
+    xmax = 0.0
+    dxmax = 0.0
+    lin_scale = 0.0
+    for i in range(nF):
+        xi = x[s, i]
+        lin_scale += abs(rlin[s, i] + b[s, i]) * abs(xi) + abs(b[s, i]) * abs(xi)
+        g1 += rlin[s, i] * dxe[i]
+        g2 += dxe[i] * Gdx[s, i]
+        slope += r[s, i] * dxe[i]
+        xmax = max(xmax, abs(xi))
+        a = abs(dxe[i])
+        if a > dxmax or a != a:
+            dxmax = a
+    if not math.isfinite(dxmax):
+        return SINGULAR, 0.0, 0.0
+    tol_step = vntol + reltol * xmax
+    tiny = dxmax <= tol_step
+    t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
+    lo = 0.0
+    hi = math.inf
+    accepted = False
+    di_t = np.empty(nD)
+    dg_t = np.empty(nD)
+    ev_t = np.empty(nD)
+    evs = ev[s]
+    for _ in range(MAX_LINESEARCH):
+        dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, evs, di_t, dg_t, ev_t)
+        if tiny:
+            accepted = True
+            break
+        decrease = dEn <= ARMIJO * t * slope + 8.0 * EPS * (lin_scale + dscale)
+        if not (math.isfinite(dEn) and math.isfinite(d1)) or not decrease or d1 > 0.0:
+            if math.isfinite(dEn) and math.isfinite(d1) and decrease \
+                    and abs(d1) <= C2 * abs(slope):
+                accepted = True
+                break
+            hi = t
+        else:
+            if abs(d1) <= C2 * abs(slope):
+                accepted = True
+                break
+            lo = t
+        tn = t - d1 / d2 if (math.isfinite(d1) and math.isfinite(d2) and d2 > 0.0) else -1.0
+        if hi == math.inf:
+            t = tn if tn > 2.0 * lo else 2.0 * lo
+        elif tn > lo + 0.01 * (hi - lo) and tn < hi - 0.25 * (hi - lo):
+            t = tn
+        else:
+            t = 0.5 * (lo + hi)
+        if hi < math.inf and hi - lo <= 1e-14 * hi:
+            break
+    if not accepted:
+        if lo > 0.0:
+            t = lo
+            _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, evs, di_t, dg_t, ev_t)
+        else:
+            return LINESEARCH, 0.0, 0.0
+    for i in range(nF):
+        x[s, i] += t * dxe[i]
+    for k in range(nD):
+        di[s, k] = di_t[k]
+        dg[s, k] = dg_t[k]
+        ev[s, k] = ev_t[k]
+    return -1, t, t * dxmax
+
+
+@njit(cache=True, parallel=True)
+def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
+                     reltol, vntol, flag, tstep, step):
+    """:func:`line_search_sample` for every sample of ``cols``, in parallel; ``flag``, ``tstep``,
+    ``step`` (m,) its results."""
+    for j in prange(cols.shape[0]):
+        f, t, st = line_search_sample(cols[j], x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar,
+                                      di, dg, ev, reltol, vntol)
+        flag[j] = f
+        tstep[j] = t
+        step[j] = st
+
+
+@njit(cache=True, parallel=True)
+def diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev):
+    """Diode currents ``di`` (A), conductances ``dg`` (S) and exponential caches ``ev`` (B, nD)
+    at ``x`` (B, nF) V."""
+    nF = x.shape[1]
+    for j in prange(x.shape[0]):
+        s = np.int64(j)
+        row = s if vdfix.shape[0] > 1 else np.int64(0)
+        for k in range(da.shape[0]):
+            a = da[k]
+            c = db[k]
+            va = x[s, a] if a < nF else vdfix[row, a - nF]
+            vc = x[s, c] if c < nF else vdfix[row, c - nF]
+            di[s, k], dg[s, k] = diode_ig(dkind[k], dpar[k], va - vc)
+            ev[s, k] = diode_exp(dkind[k], dpar[k], va - vc)
+
+
+# -- Newton ---------------------------------------------------------------------------------
+@njit(cache=True)
+def _scaled_max(r, Jd, s):
+    e = 0.0
+    for i in range(r.shape[1]):
+        q = abs(r[s, i]) / Jd[s, i]
+        if q > e or q != q:
+            e = q
+    return e
+
+
+@njit(cache=True)
+def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, x,
+                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, iterations,
+                  residual, status, cg_iterations):
+    """Solve every sample of a batch in place in ``x`` (B, nF) V (see the module docstring).
+
+    ``Ws`` tuple of ``W_l`` (n_{l-1}, n_l) S for l = 2..L (one (0, 0) dummy if L = 1);
+    ``gains`` (L + 1,) ``A_l``; ``off``, ``nl`` (L + 1,) int64 layer offsets and sizes in kernel
+    order; ``nK`` nodes of the CG class; ``d`` (nF,) S the conductance sums; ``b`` (B, nF) A,
+    ``vdfix`` (B or 1, nXd) V, diodes as in :class:`~fastres.system.KernelSystem`. ``eta0`` the
+    first forcing term, ``maxcg`` CG iterations per direction at most. ``gx`` (B, nF) A with
+    ``gx_ok`` (B,) bool: ``G_FF x`` of the starting point where known (evaluated from scratch
+    at exactly this ``x``, e.g. the free phase's solution for a nudged phase), else evaluated
+    here; on return ``G_FF x`` of the solution, ``gx_ok`` where it was evaluated from scratch
+    (the converged samples). Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
+    ``cg_iterations`` (summed over directions).
+    """
+    B, nF = x.shape
+    nD = da.shape[0]
+    L = nl.shape[0] - 1
+    srcK = np.zeros(L + 1, dtype=np.bool_)
+    srcE = np.zeros(L + 1, dtype=np.bool_)
+    for l in range(1, L + 1):
+        if off[l] < nK:
+            srcK[l] = True
+        else:
+            srcE[l] = True
+    di = np.empty((B, nD))
+    dg = np.empty((B, nD))
+    ev = np.empty((B, nD))
+    rlin = np.empty((B, nF))
+    r = np.empty((B, nF))
+    Jd = np.empty((B, nF))
+    dx = np.zeros((B, nF))
+    Gdx = np.empty((B, nF))
+    step_small = np.zeros(B, dtype=np.bool_)
+    rs_prev = np.zeros(B)          # scaled residual max_i |r_i| / J_ii (V) of the last iterate
+    lres_prev = np.full(B, -1.0)   # scaled linear residual predicted by the last full step
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    nknown = 0
+    for s in range(B):
+        if gx_ok[s]:
+            nknown += 1
+    known = np.empty(nknown, dtype=np.int64)
+    fresh = np.empty(B - nknown, dtype=np.int64)
+    i = 0
+    q = 0
+    for s in range(B):
+        if gx_ok[s]:
+            known[i] = s
+            i += 1
+            for k in range(nF):
+                rlin[s, k] = gx[s, k] - b[s, k]
+        else:
+            fresh[q] = s
+            q += 1
+    if nknown > 0:
+        stamp_cols(known, rlin, d, da, db, di, dg, r, Jd)
+    if nknown < B:
+        assemble_cols(x, fresh, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
+    for s in range(B):
+        iterations[s] = 0
+        cg_iterations[s] = 0
+        status[s] = -1
+    while True:
+        # per-sample termination tests, on the true residual
+        nact = 0
+        for s in range(B):
+            if status[s] >= 0:
+                continue
+            rmax = 0.0
+            xabs = 0.0
+            for i in range(nF):
+                a = abs(r[s, i])
+                if a > rmax or a != a:
+                    rmax = a
+                xabs = max(xabs, abs(x[s, i]))
+            residual[s] = rmax
+            if not math.isfinite(rmax):
+                status[s] = SINGULAR
+                continue
+            if step_small[s]:
+                tol_v = vntol + reltol * xabs
+                small = True
+                for i in range(nF):
+                    jii = Jd[s, i]
+                    if not (abs(r[s, i]) <= max(abstol, jii * tol_v) + 16.0 * EPS * jii * xabs):
+                        small = False
+                        break
+                if small:
+                    status[s] = CONVERGED
+                    row = s if vdfix.shape[0] > 1 else 0
+                    for k in range(nD):
+                        a = da[k]
+                        c = db[k]
+                        va = x[s, a] if a < nF else vdfix[row, a - nF]
+                        vc = x[s, c] if c < nF else vdfix[row, c - nF]
+                        if beyond_imax(dkind[k], dpar[k], va - vc):
+                            status[s] = BEYOND_IMAX
+                            break
+                    continue
+            if iterations[s] >= maxiter:
+                status[s] = MAXITER
+                continue
+            nact += 1
+        if nact == 0:
+            break
+        cols = np.empty(nact, dtype=np.int64)
+        j = 0
+        for s in range(B):
+            if status[s] < 0:
+                cols[j] = s
+                j += 1
+        # forcing terms and CG targets (V)
+        target = np.empty(nact)
+        for j in range(nact):
+            s = cols[j]
+            rs = _scaled_max(r, Jd, s)
+            if lres_prev[s] >= 0.0 and rs_prev[s] > 0.0:
+                # Eisenstat-Walker choice 1: | |r_k| - |r_{k-1} + J dx_{k-1}| | / |r_{k-1}|
+                e = abs(rs - lres_prev[s]) / rs_prev[s]
+                eta_k = min(eta_max, e)
+            else:
+                eta_k = min(eta_max, eta0)
+            xabs = 0.0
+            for i in range(nF):
+                xabs = max(xabs, abs(x[s, i]))
+            target[j] = max(eta_k * rs, CG_FLOOR * (vntol + reltol * xabs))
+            rs_prev[s] = rs
+        ok = np.empty(nact, dtype=np.bool_)
+        cgit = np.empty(nact, dtype=np.int64)
+        lres = np.empty(nact)
+        schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+                 ok, cgit, lres)
+        flag = np.empty(nact, dtype=np.int64)
+        tstep = np.empty(nact)
+        step = np.empty(nact)
+        line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
+                         reltol, vntol, flag, tstep, step)
+        nmove = 0
+        for j in range(nact):
+            s = cols[j]
+            cg_iterations[s] += cgit[j]
+            if not ok[j]:
+                status[s] = SINGULAR
+            elif flag[j] >= 0:
+                status[s] = flag[j]
+            else:
+                nmove += 1
+        # the linear part of the residual moves by t G dx; samples whose step was small (about
+        # to be tested for convergence) get it evaluated from scratch instead
+        nexact = 0
+        for j in range(nact):
+            s = cols[j]
+            if status[s] < 0:
+                xabs = 0.0
+                for q in range(nF):
+                    xabs = max(xabs, abs(x[s, q]))
+                step_small[s] = step[j] <= vntol + reltol * xabs
+                if step_small[s]:
+                    nexact += 1
+                iterations[s] += 1
+                # the last linear model's predicted residual, for the next forcing term
+                # (only meaningful for a full step along it)
+                lres_prev[s] = lres[j] if tstep[j] == 1.0 else -1.0
+        moved = np.empty(nmove - nexact, dtype=np.int64)
+        exact = np.empty(nexact, dtype=np.int64)
+        i = 0
+        q = 0
+        for j in range(nact):
+            s = cols[j]
+            if status[s] < 0:
+                if step_small[s]:
+                    exact[q] = s
+                    q += 1
+                else:
+                    moved[i] = s
+                    i += 1
+                    t = tstep[j]
+                    for k in range(nF):
+                        rlin[s, k] += t * Gdx[s, k]
+        if moved.shape[0] > 0:
+            stamp_cols(moved, rlin, d, da, db, di, dg, r, Jd)
+        if nexact > 0:
+            assemble_cols(x, exact, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
+    for s in range(B):
+        if status[s] < 0:
+            status[s] = MAXITER
+        gx_ok[s] = status[s] == CONVERGED or status[s] == BEYOND_IMAX
+        for k in range(nF):
+            gx[s, k] = rlin[s, k] + b[s, k]
+
+
+@njit(cache=True)
+def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x, rhs, out, rtol, maxcg):
+    """``out[s] = J(x[s])^-1 rhs[s]`` (B, nF) by the same reduced CG, to a scaled residual of
+    ``rtol`` times the right-hand side's (or until ``maxcg`` iterations); rows NaN where the
+    Jacobian is not positive definite. Returns the CG iterations (B,)."""
+    B, nF = x.shape
+    nD = da.shape[0]
+    L = nl.shape[0] - 1
+    srcK = np.zeros(L + 1, dtype=np.bool_)
+    srcE = np.zeros(L + 1, dtype=np.bool_)
+    for l in range(1, L + 1):
+        if off[l] < nK:
+            srcK[l] = True
+        else:
+            srcE[l] = True
+    di = np.empty((B, nD))
+    dg = np.empty((B, nD))
+    ev = np.empty((B, nD))
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    Jd = np.empty((B, nF))
+    r = np.empty((B, nF))
+    for s in range(B):
+        for i in range(nF):
+            Jd[s, i] = d[i]
+            r[s, i] = -rhs[s, i]
+        for k in range(nD):
+            if da[k] < nF:
+                Jd[s, da[k]] += dg[s, k]
+            if db[k] < nF:
+                Jd[s, db[k]] += dg[s, k]
+    cols = np.arange(B)
+    target = np.empty(B)
+    for s in range(B):
+        target[s] = rtol * _scaled_max(r, Jd, s)
+    ok = np.empty(B, dtype=np.bool_)
+    cgit = np.empty(B, dtype=np.int64)
+    lres = np.empty(B)
+    Gdx = np.empty((B, nF))
+    schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, out, Gdx,
+             ok, cgit, lres)
+    for s in range(B):
+        if not ok[s]:
+            for i in range(nF):
+                out[s, i] = np.nan
+    return cgit
+
+
+@njit(cache=True, parallel=True)
+def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
+                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, nchunks,
+                    iterations, residual, status, cg_iterations):
+    """:func:`solve_layered` on ``nchunks`` contiguous chunks of samples in parallel (one long
+    parallel region; each chunk's products are minibatch products of its own samples)."""
+    B = x.shape[0]
+    per = (B + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(B, lo + per)
+        if lo < hi:
+            n = hi - lo
+            vd = rows(vdfix, lo, n) if vdfix.shape[0] > 1 else vdfix
+            solve_layered(Ws, gains, off, nl, 1, nK, d, rows(b, lo, n), vd, da, db, dkind, dpar,
+                          rows(x, lo, n), reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg,
+                          rows(gx, lo, n), gx_ok[lo:hi], iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])

@@ -1,0 +1,202 @@
+"""The layered CG solver path (``linear = "cg"``, kernels/layered.py) against the dense-Schur
+path, the plain-numpy reference (tests/naive.py) and ngspice, on random deep networks; its
+adjoint gradient; the automatic choice and the config option."""
+import zlib
+
+import numpy as np
+import pytest
+
+from fastres import Newton, solve
+from fastres.config import ConfigError, SolverConfig
+from fastres.errors import ConvergenceError
+from fastres.eqprop import exact_gradient, gradcheck, relative_error
+from fastres.kernels.status import Status
+from fastres.network import CG_FROM_NODES, LayeredNetwork, LayeredSystem, NetworkSpec
+from fastres.train import TrainConfig, Trainer
+
+from naive import kcl, reference_solve
+
+TOL = 1e-9  # V
+CG = Newton(linear="cg")
+SCHUR = Newton(linear="schur")
+
+# (sizes, paired): 2, 3 and 4 hidden layers; paired layers need even sizes
+NETS = [((24, 12, 10, 4), False), ((24, 12, 10, 4), True), ((30, 10, 14, 8, 3), False),
+        ((30, 10, 14, 8, 3), True), ((20, 8, 12, 6, 10, 3), False), ((20, 8, 12, 6, 10, 3), True)]
+
+
+def deep_net(sizes, diode, paired, gain=1.0, seed=0, B=6):
+    """A random deep network of the training defaults (inputs at +-100 V, rails 0 / 100 V,
+    mirrored rails for paired layers) with conductances U[g_min, g_max / 2] and pixels with
+    dark zeros."""
+    cfg = TrainConfig(arch="-".join(map(str, sizes)), diode=diode, paired=paired, gain=gain)
+    net = LayeredNetwork.from_config(cfg.network)
+    rng = np.random.default_rng(zlib.crc32(f"{sizes}{diode}{paired}{gain}{seed}".encode()))
+    p = net.init_params(rng)
+    X = rng.uniform(0, 1, (B, sizes[0]))
+    X[rng.random(X.shape) < 0.5] = 0.0
+    return net, p, X
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+@pytest.mark.parametrize("sizes,paired", NETS)
+def test_cg_matches_dense_path(sizes, paired, diode):
+    net, p, X = deep_net(sizes, diode, paired)
+    a = solve(net.problem(p, X), SCHUR)
+    prob = net.problem(p, X)
+    b = solve(prob, CG)
+    assert isinstance(prob.system(CG), LayeredSystem)
+    assert np.all(b.status == Status.CONVERGED)
+    assert np.abs(a.x - b.x).max() <= TOL
+    assert np.all(prob.system(CG).last_cg_iterations > 0)
+    # the termination test (kernels/newton.py) holds at the returned state, evaluated in numpy
+    # (with a factor 2 for the round-off of a different evaluation order)
+    k = net.system(p)
+    r, J = kcl(k.GKK, k.GKE, k.gEE, prob.b, b.x, net.vdfix, k.da, k.db, k.dkind, k.dpar)
+    jii = np.einsum("bii->bi", J)
+    xmax = np.abs(b.x).max(axis=1, keepdims=True)
+    tol_v = CG.vntol + CG.reltol * xmax
+    bound = np.maximum(CG.abstol, jii * tol_v) + 16 * np.finfo(float).eps * jii * xmax
+    assert np.all(np.abs(r) <= 2 * bound)
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+@pytest.mark.parametrize("sizes,paired", [NETS[1], NETS[2], NETS[5]])
+def test_cg_matches_numpy_reference(sizes, paired, diode):
+    """naive.reference_solve (plain numpy, dense Newton on the exported circuit) per sample."""
+    net, p, X = deep_net(sizes, diode, paired, B=2)
+    x = solve(net.problem(p, X), CG).x
+    names = net.node_names()
+    for s in range(X.shape[0]):
+        nodes, V = reference_solve(net.to_circuit(p, X[s]))
+        col = {n: j for j, n in enumerate(nodes)}
+        ref = V[0, [col[n] for n in names]]
+        assert np.abs(ref - x[s]).max() <= TOL
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_cg_with_amplifiers_and_warm_start(diode):
+    """Gain 4 between layers; a nudged-phase-like warm start from the solution converges at
+    once to the same point; a threads=1 solve (serial kernel, split products) agrees."""
+    net, p, X = deep_net((24, 12, 10, 6, 4), diode, False, gain=4.0)
+    a = solve(net.problem(p, X), SCHUR)
+    b = solve(net.problem(p, X), CG)
+    assert np.abs(a.x - b.x).max() <= TOL
+    c = solve(net.problem(p, X, x0=b.x), CG)
+    assert np.abs(c.x - b.x).max() <= TOL and c.iterations.max() <= 2
+    d = solve(net.problem(p, X), Newton(linear="cg", threads=1))
+    assert np.abs(d.x - b.x).max() <= TOL
+    one = solve(net.problem(p, X[:1]), CG)  # one sample: no chunks
+    assert np.abs(one.x - b.x[:1]).max() <= TOL
+    # a nudged phase (sharing the system) reuses G x of the free state it starts from
+    prob = net.problem(p, X)
+    free = solve(prob, CG)
+    ls = prob.system(CG)
+    assert ls._last[2].all()
+    inj = net.output_injection(1e-7 * np.ones((X.shape[0], net.spec.sizes[-1])))
+    nud = solve(prob.nudged(inj, free.x), CG)
+    ref = solve(net.problem(p, X, x0=free.x).nudged(inj, free.x), SCHUR)
+    assert np.abs(nud.x - ref.x).max() <= TOL
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+@pytest.mark.parametrize("sizes,paired", [NETS[0], NETS[3], NETS[5]])
+def test_adjoint_gradient_cg_matches_dense(sizes, paired, diode):
+    net, p, X = deep_net(sizes, diode, paired)
+    y = np.arange(X.shape[0]) % sizes[-1]
+    ga, xa, Ca = exact_gradient(net, p, X, y, 0.5, SCHUR)
+    gb, xb, Cb = exact_gradient(net, p, X, y, 0.5, CG)
+    assert np.abs(xa - xb).max() <= TOL
+    assert relative_error(gb, ga) < 1e-8
+
+
+def test_eqprop_gradcheck_on_cg_path():
+    """EqProp converges to the exact gradient as beta -> 0 and the exact gradient matches
+    finite differences of the loss, all solved on the CG path."""
+    spec = NetworkSpec(sizes=(12, 6, 4, 3), diode="shockley", gain=2.0, input_volts=20.0,
+                       rail_lo=0.0, rail_hi=0.0, paired=True)
+    net = LayeredNetwork(spec)
+    rng = np.random.default_rng(1)
+    p = net.init_params(rng, 1e-6, 5e-5)
+    X = rng.uniform(0, 1, (5, 12))
+    y = rng.integers(0, 3, 5)
+    res = gradcheck(net, p, X, y, 0.5, betas=(1e-2, 1e-3, 1e-4), n_fd=4, alg=CG)
+    one = [r["one-sided"] for r in res["eqprop"]]
+    cen = [r["centered"] for r in res["eqprop"]]
+    assert 7 < one[0] / one[1] < 13 and 7 < one[1] / one[2] < 13
+    assert all(c < 0.1 * o for c, o in zip(cen, one))
+    for r in res["finite_difference"]:
+        assert r["rel_error"] < 1e-5, r
+
+
+def test_training_steps_agree_between_paths():
+    """Three EqProp steps of a paired 3-hidden-layer network on either path: the conductances
+    agree to round-off of the gradient (the phases agree to 1e-9 V)."""
+    out = {}
+    for lin in ("schur", "cg"):
+        tr = Trainer(TrainConfig(arch="40-16-12-8-5", diode="pwl", linear=lin))
+        rng = np.random.default_rng(4)
+        tr.init_state(rng)
+        X = rng.uniform(0, 1, (10, 40))
+        y = rng.integers(0, 5, 10)
+        for _ in range(3):
+            tr.step(X, y, rng)
+        out[lin] = tr.params
+    for k in out["cg"]:
+        np.testing.assert_allclose(out["cg"][k], out["schur"][k], rtol=1e-7, err_msg=k)
+
+
+def test_statuses_and_errors():
+    net, p, X = deep_net((24, 12, 10, 4), "shockley", False)
+    r = solve(net.problem(p, X), Newton(linear="cg", maxiter=1), check=False)
+    assert np.all(r.status == Status.MAXITER)
+    with pytest.raises(ConvergenceError):
+        solve(net.problem(p, X), Newton(linear="cg", maxiter=1))
+
+
+def test_auto_choice_and_config():
+    for arch in ("784-100-10", "784-100-100-10", "784-1024-10"):  # the defaults keep the dense path
+        net = LayeredNetwork.from_config(TrainConfig(arch=arch).network)
+        assert net.linear_path("auto") == "schur", arch
+        assert net.linear_path("cg") == "cg"
+    big = LayeredNetwork.from_config(TrainConfig(arch="784-1024-1024-10").network)
+    assert big.nK >= CG_FROM_NODES and big.linear_path("auto") == "cg"
+    assert big.linear_path("schur") == "schur"
+    with pytest.raises(ConfigError):
+        Newton(linear="lu")
+    with pytest.raises(ConfigError):
+        SolverConfig(linear="lu")
+    cfg = TrainConfig(arch="784-30-30-10", linear="cg")
+    assert Newton.from_config(cfg.solver).linear == "cg"
+    assert cfg.resolved().to_dict()["solver"]["linear"] == "cg"  # what a run file stores
+    assert TrainConfig.from_dict(cfg.resolved().to_dict()).solver.linear == "cg"
+
+
+@pytest.mark.ngspice
+@pytest.mark.parametrize("diode", ["shockley", "pwl"])
+def test_deep_deck_against_ngspice(diode):
+    """A paired 784-40-30-20-10 network (training defaults: inputs at +-100 V, rails 0 / 100 V
+    and mirrored), exported as a deck: ngspice finds the CG path's operating point."""
+    from fastres import ngspice
+    from fastres.netlist import write_netlist
+    net, p, X = deep_net((784, 40, 30, 20, 10), diode, True, B=2)
+    x = solve(net.problem(p, X), CG).x
+    for s in range(2):
+        deck = write_netlist(net.to_circuit(p, X[s]))
+        ref = ngspice.run_op(deck, extra_options={"reltol": 1e-12, "vntol": 1e-15, "abstol": 1e-18,
+                                                  "gmin": 1e-12})
+        theirs = np.array([ref[n] for n in net.node_names()])
+        assert np.abs(theirs - x[s]).max() <= TOL
+
+
+def test_diagonal_only_system_is_rebuilt_for_the_schur_path():
+    """Where auto picks CG, net.system() leaves the off-diagonal block unfilled; asking for the
+    Schur path on such a system rebuilds it in full (same solution)."""
+    net, p, X = deep_net((30, 260, 260, 4), "pwl", True, B=3)
+    assert net.linear_path("auto") == "cg"
+    k = net.system(p)
+    assert net.is_diagonal_only(k) and not np.any(k.GKE)
+    a = solve(net.problem(p, X, system=k), SCHUR)
+    b = solve(net.problem(p, X, system=k), CG)
+    assert np.abs(a.x - b.x).max() <= TOL
+    assert not net.is_diagonal_only(net.system(p, dense=True))
