@@ -22,7 +22,9 @@ _yes_no.__name__ = "yes/no value"  # argparse's error: "invalid yes/no value: 'x
 
 _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (default: yes for two or "
                    "more hidden layers of even sizes)",
-         "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)"}
+         "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)",
+         "linear": "auto | schur | cg: the Newton direction's linear solver (auto: cg for wide "
+                   "multi-layer networks, see README 'Solver')"}
 
 # command-line flag -> TrainConfig option (fastres.config; values parsed by type below)
 FLAGS = {
@@ -30,7 +32,7 @@ FLAGS = {
     "momentum": float, "lr_decay": float, "beta_rel": float, "estimator": str, "target_volts": float,
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
-    "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no,
+    "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no, "linear": str,
 }
 
 
