@@ -167,7 +167,8 @@ def shockley_exp(p, v):
 @njit(cache=True, inline="always")
 def shockley_move(p, v, ev, w):
     """:func:`diode_move` of a Shockley diode: within the exponential region one ``expm1``
-    gives both the energy change and ``exp(w / vte) = ev (1 + expm1(h / vte))``."""
+    gives both the energy change and ``exp(w / vte) = ev (1 + expm1(h / vte))``; a move down
+    by more than ``vte ln 2`` (where that sum would cancel) takes ``exp(w / vte)`` afresh."""
     h = w - v
     IS = p[0]
     vte = p[1]
@@ -177,9 +178,11 @@ def shockley_move(p, v, ev, w):
     if w >= lo and w <= vmax:
         if v >= lo and v <= vmax:
             # one transcendental, and an energy change without cancellation:
-            # exp(w/vte) = ev * (1 + expm1(h/vte))
+            # exp(w/vte) = ev * (1 + expm1(h/vte)), accurate to a few eps while
+            # expm1 >= -1/2; further down the sum cancels (relative error eps exp(-h/vte)),
+            # so there the exponential is taken afresh and nothing drifts
             em1 = math.expm1(h / vte)
-            evn = ev + ev * em1
+            evn = ev + ev * em1 if em1 >= -0.5 else math.exp(w / vte)
             dphi = IS * vte * ev * em1 - IS * h + gmin * h * (v + 0.5 * h)
         else:
             evn = math.exp(w / vte)
@@ -330,9 +333,11 @@ def diode_move(kind, p, v, ev, w):
 
     ``ev = exp(v / vte)`` for a forward-biased Shockley diode (else unused); ``dphi`` (W) is
     ``phi(w) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``w``, and ``ev_new`` is
-    ``exp(w / vte)`` where defined, carried multiplicatively from ``ev`` (relative drift of
-    order eps per Newton step). One transcendental per call: the Newton line search evaluates
-    each trial point once and reuses it as the next iterate.
+    ``exp(w / vte)`` where defined, carried multiplicatively from ``ev`` (a relative error of a
+    few eps per move; a move far down the exponential, where the product would cancel, takes it
+    afresh). One transcendental per call (two for such a move): the Newton line search evaluates
+    each trial point once and reuses it as the next iterate; the convergence test recomputes
+    every device afresh (:func:`~fastres.kernels.newton.newton_sample`).
     """
     if kind == KIND_SHOCKLEY:
         return shockley_move(p, v, ev, w)

@@ -24,7 +24,9 @@ factor. Reuse is exact: the same arithmetic on the same numbers.
 Termination (SPICE-style, both required): the last step satisfies
 ``max|dx| <= tol_v = vntol + reltol * max|x|`` (V), and at every node the KCL residual satisfies
 ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
-voltage error there, and the last term is the round-off floor of evaluating ``J x``.
+voltage error there, and the last term is the round-off floor of evaluating ``J x``. The
+residual of that test is formed from every device's current and conductance computed afresh at
+the final point, never from values carried between trial points.
 
 Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
 1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
@@ -159,6 +161,22 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
+def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w):
+    """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
+    computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them."""
+    di = w.diode_i
+    dg = w.diode_g
+    ev = w.diode_ev
+    for k in range(da.shape[0]):
+        vd = vext[da[k]] - vext[db[k]]
+        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
+        ev[k] = diode_exp(dkind[k], dpar[k], vd)
+    nF = GKK.shape[0] + gEE.shape[0]
+    assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual, w.jac_kk,
+             w.jac_e)
+
+
+@njit(cache=True)
 def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                   reltol, vntol, abstol, maxiter, w, S, dgs, valid):
     """Solve one sample in place in ``vext[:nF]`` (V). Returns (iterations, max|r| (A), status,
@@ -192,14 +210,14 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    for k in range(nD):
-        vd = vext[da[k]] - vext[db[k]]
-        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
-        ev[k] = diode_exp(dkind[k], dpar[k], vd)
-    assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
+    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w)
     it = 0
     step_small = False
     while True:
+        if step_small:
+            # the convergence test never trusts carried values: every device's current and
+            # conductance, and the residual, afresh at this point
+            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w)
         rmax = 0.0
         for i in range(nF):
             a = abs(r[i])
