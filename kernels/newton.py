@@ -212,7 +212,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
     _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w)
     it = 0
-    step_small = False
+    step_small = nF == 0  # nothing free (every node held): converged as it stands
     while True:
         if step_small:
             # the convergence test never trusts carried values: every device's current and

@@ -184,3 +184,21 @@ def test_ideal_diode_limit():
     c.add_diode("a1", "out", "0", PiecewiseLinear(ron=1e-6, roff=1e12, vfwd=0.5))
     sol = solve(DCProblem(c))
     assert abs(sol.voltage("out")[0] - 0.5) < 1e-8
+
+
+@pytest.mark.parametrize("structure", ["auto", "dense"])
+def test_every_node_held_is_solved_trivially(structure):
+    """Issue 13: a circuit whose every node is held by a voltage source has nothing to iterate;
+    its answer is those voltages (0 iterations, converged), also for a batch."""
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_voltage_source("v2", "b", [2.0, -3.0, 100.0])
+    c.add_resistor("r1", "a", "b", r=1e3)
+    c.add_resistor("r2", "a", "0", r=1.0)
+    c.add_diode("d1", "a", "b", Shockley(IS=1e-6, N=0.01))
+    sol = solve(DCProblem(c.compile(structure)))
+    assert sol.converged.all() and sol.iterations.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(sol.v, [[1.0, 2.0], [1.0, -3.0], [1.0, 100.0]])
+    assert sol.residual.tolist() == [0.0, 0.0, 0.0]
+    one = solve(DCProblem(c, {"v2": 5.0}))
+    assert one.as_dict() == {"a": 1.0, "b": 5.0} and one.iterations[0] == 0
