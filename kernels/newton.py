@@ -174,19 +174,28 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
-def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w):
+def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
     """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
-    computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them."""
+    computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them -- if
+    ``always``, or if a current or conductance differs from the one held (else the residual and
+    Jacobian held are already those, bit for bit: a piecewise-linear diode's move evaluates its
+    model afresh)."""
     di = w.diode_i
     dg = w.diode_g
     ev = w.diode_ev
+    changed = always
     for k in range(da.shape[0]):
         vd = vext[da[k]] - vext[db[k]]
-        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
+        i, g = diode_ig(dkind[k], dpar[k], vd)
+        if i != di[k] or g != dg[k]:
+            changed = True
+        di[k] = i
+        dg[k] = g
         ev[k] = diode_exp(dkind[k], dpar[k], vd)
-    nF = GKK.shape[0] + gEE.shape[0]
-    assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual, w.jac_kk,
-             w.jac_e)
+    if changed:
+        nF = GKK.shape[0] + gEE.shape[0]
+        assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual,
+                 w.jac_kk, w.jac_e)
 
 
 @njit(cache=True)
@@ -223,14 +232,14 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w)
+    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True)
     it = 0
     step_small = nF == 0  # nothing free (every node held): converged as it stands
     while True:
         if step_small:
             # the convergence test never trusts carried values: every device's current and
             # conductance, and the residual, afresh at this point
-            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w)
+            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
         rmax = 0.0
         for i in range(nF):
             a = abs(r[i])
