@@ -30,7 +30,8 @@ Structure
 Each model is a set of small functions of its parameter row ``p`` (``shockley_*``,
 ``pwl_*``). The solver never looks at a model directly: it calls the dispatchers
 :func:`diode_ig`, :func:`diode_phi`, :func:`diode_dphi`, :func:`diode_move`,
-:func:`diode_exp`, :func:`beyond_imax` and :func:`diode_step_limit`, which are the only places
+:func:`diode_exp`, :func:`diode_carries`, :func:`beyond_imax` and :func:`diode_step_limit`,
+which are the only places
 that test ``kind``. A model provides :func:`diode_ig` and :func:`diode_phi`; every other
 operation has a generic default that it may replace with its own, better version:
 
@@ -40,6 +41,7 @@ dispatcher          default (a model without its own branch)                    
 diode_dphi          ``phi(v + h) - phi(v)`` (cancels for small ``h``)           shockley, pwl
 diode_move          ``(dphi(v, w - v), i(w), g(w), 0.0)``                       shockley, pwl
 diode_exp           0.0 (no cached exponential)                                 shockley
+diode_carries       False (``diode_move`` evaluates the model at ``w``)         shockley
 beyond_imax         False (no guard range)                                      shockley
 diode_step_limit    +inf (no limit on a Newton step's first trial)              shockley
 ==================  ==========================================================  ===============
@@ -353,6 +355,17 @@ def diode_exp(kind, p, v):
     if kind == KIND_SHOCKLEY:
         return shockley_exp(p, v)
     return 0.0
+
+
+@njit(cache=True, inline="always")
+def diode_carries(kind):
+    """True if :func:`diode_move` derives the current and conductance at ``w`` from a value
+    carried from ``v`` (a Shockley diode's exponential), so that they are not exactly the
+    model's at ``w``; False if it evaluates the model at ``w`` (then its values are those of a
+    fresh evaluation, bit for bit). The solver's convergence test recomputes the former."""
+    if kind == KIND_SHOCKLEY:
+        return True
+    return False
 
 
 @njit(cache=True, inline="always")

@@ -46,7 +46,8 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import beyond_imax, diode_exp, diode_ig, diode_move, diode_step_limit
+from .devices import (beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
+                      diode_step_limit)
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
 
@@ -178,13 +179,17 @@ def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
     """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
     computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them -- if
     ``always``, or if a current or conductance differs from the one held (else the residual and
-    Jacobian held are already those, bit for bit: a piecewise-linear diode's move evaluates its
-    model afresh)."""
+    Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
+    carries a value (:func:`~fastres.kernels.devices.diode_carries`) are evaluated: the others'
+    moves evaluated the model at exactly this voltage (``_trial`` forms it with the arithmetic
+    of the update), so their held values are the fresh ones."""
     di = w.diode_i
     dg = w.diode_g
     ev = w.diode_ev
     changed = always
     for k in range(da.shape[0]):
+        if not always and not diode_carries(dkind[k]):
+            continue
         vd = vext[da[k]] - vext[db[k]]
         i, g = diode_ig(dkind[k], dpar[k], vd)
         if i != di[k] or g != dg[k]:
