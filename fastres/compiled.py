@@ -207,9 +207,9 @@ def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
     if floating:
         shown = ", ".join(floating[:10]) + (" ..." if len(floating) > 10 else "")
         raise CircuitError(f"floating node(s) with no DC path to ground or a voltage source: {shown}")
+    # may be empty: every node held (or an amplifier output of a held node); the solve is then
+    # trivial, the held voltages (0 iterations, converged)
     free_all = [n for n in nodes if n not in fixed_col and n not in alias]
-    if not free_all:
-        raise CircuitError("every node is held by a voltage source: nothing to solve")
     # resistors in terms of base nodes: (pa, sa, pb, sb, g), energy g/2 (sa V(pa) - sb V(pb))^2
     rb = []
     for r in res:

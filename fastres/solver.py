@@ -51,7 +51,9 @@ class Newton:
     step is below ``vntol + reltol*max|v|`` and its KCL residual below
     ``abstol + reltol*max|source current|``. ``structure='auto'`` eliminates an independent set of
     nodes (a layer) before factoring; ``'dense'`` factors the full Jacobian. ``threads`` limits
-    Numba's threads (None: all).
+    Numba's threads (None: all). ``aids``: a sample that plain Newton does not solve is tried
+    again by gmin stepping, then by source stepping (the result's ``aid`` says which one solved
+    it); samples plain Newton solves are not affected.
     """
 
     reltol: float = 1e-12
@@ -61,6 +63,7 @@ class Newton:
     structure: str = "auto"
     threads: int | None = None
     linear: str = "auto"
+    aids: bool = True
 
     def __post_init__(self):
         for key in ("reltol", "vntol", "abstol"):
@@ -81,9 +84,23 @@ class Newton:
                    linear=cfg.linear)
 
 
+#: ``aid`` codes of a result: the continuation aid that solved a sample plain Newton did not
+AID_TEXT = {int(_newton.AID_NONE): "none", int(_newton.AID_GMIN): "gmin stepping",
+            int(_newton.AID_SOURCE): "source stepping"}
+
+
 class _Result:
     """What every solve result has: ``iterations`` (B,) Newton steps, ``residual`` (B,) the
-    final max |KCL residual| (A), ``status`` (B,) int64 codes of :class:`Status`."""
+    final max |KCL residual| (A), ``status`` (B,) int64 codes of :class:`Status`, and ``aid``
+    (B,) int64: 0 plain Newton (or nothing solved the sample), 1 gmin stepping, 2 source
+    stepping (:data:`AID_TEXT`; see :class:`Newton`)."""
+
+    _aid = None
+
+    @property
+    def aid(self) -> np.ndarray:
+        """(B,) int64 continuation aid per sample (0 none, 1 gmin stepping, 2 source stepping)."""
+        return np.zeros(self.status.shape[0], dtype=np.int64) if self._aid is None else self._aid
 
     @property
     def converged(self) -> np.ndarray:
@@ -240,10 +257,11 @@ def factor_cache(B, nK, nD):
     return np.empty((B, nK, nK)), np.empty((B, nD)), np.zeros(B, dtype=np.bool_)
 
 
-def solve_system(system: KernelSystem, b, vdfix, x, alg: Newton, cache=None):
+def solve_system(system: KernelSystem, b, vdfix, x, alg: Newton, cache=None, aid=None):
     """Run the batched Newton kernel in place on ``x`` (B, nF) V; returns ``(iterations,
     residual (A), status)`` arrays of shape (B,). The one place that picks the serial kernel
-    (one thread or one sample) or the parallel one (chunks of samples).
+    (one thread or one sample) or the parallel one (chunks of samples). ``aid``: an optional
+    (B,) int64 array that receives the continuation aid of each sample (see :class:`Newton`).
 
     ``b`` (B, nF) source currents (A), ``vdfix`` (B or 1, nXd) fixed voltages (V), see
     :class:`KernelSystem`. ``cache``: a :func:`factor_cache` to start from and update, or None.
@@ -268,11 +286,14 @@ def solve_system(system: KernelSystem, b, vdfix, x, alg: Newton, cache=None):
         raise ValueError(f"factor cache of shapes {fS.shape}, {fdg.shape}, {fvalid.shape}: expected "
                          f"({B}, {nK}, {nK}), ({B}, {nD}), ({B},) bool (see factor_cache)")
     b = np.ascontiguousarray(b)
-    args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), *cache)
+    aid = np.zeros(B, dtype=np.int64) if aid is None else aid
+    args = (float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), *cache,
+            bool(alg.aids))
     if n == 1:
-        _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st)
+        _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st,
+                            aid)
     else:
-        _newton.solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, n, it, res, st)
+        _newton.solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, n, it, res, st, aid)
     return it, res, st
 
 
@@ -308,10 +329,12 @@ def solve(problem, alg: Newton = Newton(), *, check: bool = True):
         system = problem.system(alg)
         b, vdfix = problem.batch(alg)
         x = problem.start(alg, b.shape[0])
-        it, res, st = solve_system(system, b, vdfix, x, alg, problem.cache)
+        aid = np.zeros(b.shape[0], dtype=np.int64)
+        it, res, st = solve_system(system, b, vdfix, x, alg, problem.cache, aid=aid)
     finally:
         numba.set_num_threads(old)
     result = problem.solution(alg, x, it, res, st)
+    result._aid = aid
     if check:
         check_converged(result, problem.what)
     return result

@@ -30,7 +30,8 @@ Structure
 Each model is a set of small functions of its parameter row ``p`` (``shockley_*``,
 ``pwl_*``). The solver never looks at a model directly: it calls the dispatchers
 :func:`diode_ig`, :func:`diode_phi`, :func:`diode_dphi`, :func:`diode_move`,
-:func:`diode_exp`, :func:`beyond_imax` and :func:`diode_step_limit`, which are the only places
+:func:`diode_exp`, :func:`diode_carries`, :func:`beyond_imax` and :func:`diode_step_limit`,
+which are the only places
 that test ``kind``. A model provides :func:`diode_ig` and :func:`diode_phi`; every other
 operation has a generic default that it may replace with its own, better version:
 
@@ -40,6 +41,7 @@ dispatcher          default (a model without its own branch)                    
 diode_dphi          ``phi(v + h) - phi(v)`` (cancels for small ``h``)           shockley, pwl
 diode_move          ``(dphi(v, w - v), i(w), g(w), 0.0)``                       shockley, pwl
 diode_exp           0.0 (no cached exponential)                                 shockley
+diode_carries       False (``diode_move`` evaluates the model at ``w``)         shockley
 beyond_imax         False (no guard range)                                      shockley
 diode_step_limit    +inf (no limit on a Newton step's first trial)              shockley
 ==================  ==========================================================  ===============
@@ -167,7 +169,8 @@ def shockley_exp(p, v):
 @njit(cache=True, inline="always")
 def shockley_move(p, v, ev, w):
     """:func:`diode_move` of a Shockley diode: within the exponential region one ``expm1``
-    gives both the energy change and ``exp(w / vte) = ev (1 + expm1(h / vte))``."""
+    gives both the energy change and ``exp(w / vte) = ev (1 + expm1(h / vte))``; a move down
+    by more than ``vte ln 2`` (where that sum would cancel) takes ``exp(w / vte)`` afresh."""
     h = w - v
     IS = p[0]
     vte = p[1]
@@ -177,9 +180,11 @@ def shockley_move(p, v, ev, w):
     if w >= lo and w <= vmax:
         if v >= lo and v <= vmax:
             # one transcendental, and an energy change without cancellation:
-            # exp(w/vte) = ev * (1 + expm1(h/vte))
+            # exp(w/vte) = ev * (1 + expm1(h/vte)), accurate to a few eps while
+            # expm1 >= -1/2; further down the sum cancels (relative error eps exp(-h/vte)),
+            # so there the exponential is taken afresh and nothing drifts
             em1 = math.expm1(h / vte)
-            evn = ev + ev * em1
+            evn = ev + ev * em1 if em1 >= -0.5 else math.exp(w / vte)
             dphi = IS * vte * ev * em1 - IS * h + gmin * h * (v + 0.5 * h)
         else:
             evn = math.exp(w / vte)
@@ -330,9 +335,11 @@ def diode_move(kind, p, v, ev, w):
 
     ``ev = exp(v / vte)`` for a forward-biased Shockley diode (else unused); ``dphi`` (W) is
     ``phi(w) - phi(v)``, ``i`` (A) and ``g`` (S) are taken at ``w``, and ``ev_new`` is
-    ``exp(w / vte)`` where defined, carried multiplicatively from ``ev`` (relative drift of
-    order eps per Newton step). One transcendental per call: the Newton line search evaluates
-    each trial point once and reuses it as the next iterate.
+    ``exp(w / vte)`` where defined, carried multiplicatively from ``ev`` (a relative error of a
+    few eps per move; a move far down the exponential, where the product would cancel, takes it
+    afresh). One transcendental per call (two for such a move): the Newton line search evaluates
+    each trial point once and reuses it as the next iterate; the convergence test recomputes
+    every device afresh (:func:`~fastres.kernels.newton.newton_sample`).
     """
     if kind == KIND_SHOCKLEY:
         return shockley_move(p, v, ev, w)
@@ -348,6 +355,17 @@ def diode_exp(kind, p, v):
     if kind == KIND_SHOCKLEY:
         return shockley_exp(p, v)
     return 0.0
+
+
+@njit(cache=True, inline="always")
+def diode_carries(kind):
+    """True if :func:`diode_move` derives the current and conductance at ``w`` from a value
+    carried from ``v`` (a Shockley diode's exponential), so that they are not exactly the
+    model's at ``w``; False if it evaluates the model at ``w`` (then its values are those of a
+    fresh evaluation, bit for bit). The solver's convergence test recomputes the former."""
+    if kind == KIND_SHOCKLEY:
+        return True
+    return False
 
 
 @njit(cache=True, inline="always")

@@ -24,7 +24,16 @@ factor. Reuse is exact: the same arithmetic on the same numbers.
 Termination (SPICE-style, both required): the last step satisfies
 ``max|dx| <= tol_v = vntol + reltol * max|x|`` (V), and at every node the KCL residual satisfies
 ``|r_i| <= max(abstol, J_ii tol_v) + 16 eps J_ii max|x|`` (A): ``r_i / J_ii`` estimates the
-voltage error there, and the last term is the round-off floor of evaluating ``J x``.
+voltage error there, and the last term is the round-off floor of evaluating ``J x``. The
+residual of that test is formed from every device's current and conductance computed afresh at
+the final point, never from values carried between trial points.
+
+Continuation aids (SPICE's fallbacks, only for a sample plain Newton does not solve, so that
+every other sample's result is unchanged): gmin stepping (a shunt conductance from every free
+node to ground, large at first, then divided by 10 per solve down to nothing, each solve
+starting from the last) and, if that fails, source stepping (every source scaled from 0 to 1 in
+adaptive steps). Both end with a solve of the circuit itself, judged by the same termination
+test; ``aid`` reports per sample which one succeeded (:data:`AID_GMIN`, :data:`AID_SOURCE`).
 
 Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
 1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
@@ -37,7 +46,8 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import beyond_imax, diode_exp, diode_ig, diode_move, diode_step_limit
+from .devices import (beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
+                      diode_step_limit)
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
 
@@ -47,6 +57,12 @@ MAXITER = int(Status.MAXITER)
 LINESEARCH = int(Status.LINESEARCH)
 SINGULAR = int(Status.SINGULAR)
 BEYOND_IMAX = int(Status.BEYOND_IMAX)
+
+#: per-sample continuation aid (``aid`` output of :func:`solve_b`): which one solved a sample
+#: that plain Newton did not (0: none was needed or none succeeded)
+AID_NONE = 0
+AID_GMIN = 1
+AID_SOURCE = 2
 
 EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
@@ -159,6 +175,35 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
+def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
+    """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
+    computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them -- if
+    ``always``, or if a current or conductance differs from the one held (else the residual and
+    Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
+    carries a value (:func:`~fastres.kernels.devices.diode_carries`) are evaluated: the others'
+    moves evaluated the model at exactly this voltage (``_trial`` forms it with the arithmetic
+    of the update), so their held values are the fresh ones."""
+    di = w.diode_i
+    dg = w.diode_g
+    ev = w.diode_ev
+    changed = always
+    for k in range(da.shape[0]):
+        if not always and not diode_carries(dkind[k]):
+            continue
+        vd = vext[da[k]] - vext[db[k]]
+        i, g = diode_ig(dkind[k], dpar[k], vd)
+        if i != di[k] or g != dg[k]:
+            changed = True
+        di[k] = i
+        dg[k] = g
+        ev[k] = diode_exp(dkind[k], dpar[k], vd)
+    if changed:
+        nF = GKK.shape[0] + gEE.shape[0]
+        assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual,
+                 w.jac_kk, w.jac_e)
+
+
+@njit(cache=True)
 def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                   reltol, vntol, abstol, maxiter, w, S, dgs, valid):
     """Solve one sample in place in ``vext[:nF]`` (V). Returns (iterations, max|r| (A), status,
@@ -192,14 +237,14 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    for k in range(nD):
-        vd = vext[da[k]] - vext[db[k]]
-        di[k], dg[k] = diode_ig(dkind[k], dpar[k], vd)
-        ev[k] = diode_exp(dkind[k], dpar[k], vd)
-    assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
+    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True)
     it = 0
-    step_small = False
+    step_small = nF == 0  # nothing free (every node held): converged as it stands
     while True:
+        if step_small:
+            # the convergence test never trusts carried values: every device's current and
+            # conductance, and the residual, afresh at this point
+            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
         rmax = 0.0
         for i in range(nF):
             a = abs(r[i])
@@ -309,8 +354,128 @@ def workspace(nK, nE, nD, nXd):
 
 
 @njit(cache=True)
+def _gmin_stepping(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, reltol, vntol, abstol, maxiter,
+                   w, S, dgs):
+    """Gmin stepping from the start in ``vext`` (V): solve with a shunt conductance ``gs`` (S)
+    from every free node to ground, starting at the circuit's largest node conductance and
+    divided by 10 after each solve (by less after a failure), each solve starting from the
+    last; below ``1e-15`` times the start, the circuit itself is solved from there. Returns
+    ``(iterations (all solves), max|r| (A), status, valid)`` of that final solve (``status`` is
+    MAXITER if a shunted solve could not be completed)."""
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    nF = nK + nE
+    nD = da.shape[0]
+    Gk = GKK.copy()
+    ge = gEE.copy()
+    g0 = 0.0
+    for i in range(nK):
+        g0 = max(g0, GKK[i, i])
+    for e in range(nE):
+        g0 = max(g0, gEE[e])
+    if not (g0 > 0.0 and math.isfinite(g0)):
+        g0 = 1.0
+    x = vext[:nF]
+    keep = x.copy()
+    total = 0
+    gs = g0
+    last = 0.0  # the last shunt solved (0: none yet)
+    factor = 10.0
+    for _ in range(200):
+        for i in range(nK):
+            Gk[i, i] = GKK[i, i] + gs
+        for e in range(nE):
+            ge[e] = gEE[e] + gs
+        it, rm, st, ok = newton_sample(Gk, GKE, ge, b, vext, da, db, dkind, dpar, reltol, vntol,
+                                       abstol, maxiter, w, w.schur_factor, w.factor_g, False)
+        total += it
+        if st == CONVERGED or st == BEYOND_IMAX:
+            for i in range(nF):
+                keep[i] = x[i]
+            last = gs
+            if gs < 1e-15 * g0:
+                break
+            gs = gs / factor
+            factor = min(10.0, factor * factor)
+        else:
+            for i in range(nF):
+                x[i] = keep[i]
+            if last == 0.0:
+                gs = gs * 10.0  # not even the first shunt: a larger one
+                if gs > 1e6 * g0:
+                    return total, rm, st, False
+            else:
+                factor = math.sqrt(factor)
+                if factor < 1.001:
+                    return total, rm, st, False
+                gs = last / factor
+    it, rm, st, ok = newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, reltol, vntol,
+                                   abstol, maxiter, w, S, dgs, False)
+    return total + it, rm, st, ok
+
+
+@njit(cache=True)
+def _source_stepping(GKK, GKE, gEE, b, vext, vdfix_row, da, db, dkind, dpar, reltol, vntol,
+                     abstol, maxiter, w, S, dgs):
+    """Source stepping: every source (``b`` (nF,) A, and the fixed voltages ``vdfix_row``
+    (nXd,) V that diodes touch) scaled by ``alpha`` from 0 (where 0 V everywhere is the
+    answer) up to 1; ``alpha`` grows by a step that doubles after a solve and shrinks by 4 after
+    a failure (each solve starts from the last). Returns ``(iterations, max|r| (A), status,
+    valid)`` of the solve at ``alpha = 1``, which is the circuit itself."""
+    nK = GKK.shape[0]
+    nE = gEE.shape[0]
+    nF = nK + nE
+    nXd = vdfix_row.shape[0]
+    bs = np.empty(nF)
+    x = vext[:nF]
+    for i in range(nF):
+        x[i] = 0.0
+    keep = x.copy()
+    total = 0
+    alpha = 0.0
+    da_ = 0.125
+    rm = 0.0
+    st = MAXITER
+    for _ in range(400):
+        a = min(1.0, alpha + da_)
+        for i in range(nF):
+            bs[i] = a * b[i]
+        for j in range(nXd):
+            vext[nF + j] = a * vdfix_row[j]
+        if a == 1.0:
+            for j in range(nXd):
+                vext[nF + j] = vdfix_row[j]
+            it, rm, st, ok = newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, reltol,
+                                           vntol, abstol, maxiter, w, S, dgs, False)
+        else:
+            it, rm, st, ok = newton_sample(GKK, GKE, gEE, bs, vext, da, db, dkind, dpar, reltol,
+                                           vntol, abstol, maxiter, w, w.schur_factor, w.factor_g,
+                                           False)
+        total += it
+        if st == CONVERGED or (st == BEYOND_IMAX and a < 1.0):
+            if a == 1.0:
+                return total, rm, st, ok
+            for i in range(nF):
+                keep[i] = x[i]
+            alpha = a
+            da_ = 2.0 * da_
+        else:
+            if a == 1.0 and st == BEYOND_IMAX:
+                return total, rm, st, ok
+            for i in range(nF):
+                x[i] = keep[i]
+            da_ = 0.25 * da_
+            if da_ < 1e-9:
+                break
+    for j in range(nXd):
+        vext[nF + j] = vdfix_row[j]
+    return total, rm, st if st != CONVERGED else MAXITER, False
+
+
+@njit(cache=True)
 def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
-                reltol, vntol, abstol, maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status):
+                reltol, vntol, abstol, maxiter, fS, fdg, fvalid, aids, lo, hi,
+                iterations, residual, status, aid):
     """Solve samples ``lo..hi-1`` in place in ``x`` (serially; see :func:`solve_b`)."""
     nK = GKK.shape[0]
     nE = gEE.shape[0]
@@ -324,6 +489,32 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
         S, dgs, valid = (fS[s], fdg[s], fvalid[s]) if kept else (w.schur_factor, w.factor_g, False)
         it, rm, st, ok = newton_sample(GKK, GKE, gEE, b[s], vext, da, db, dkind, dpar, reltol, vntol,
                                        abstol, maxiter, w, S, dgs, valid)
+        used = AID_NONE
+        # a sample whose reused cached factor gives a singular or non-finite direction has an
+        # inconsistent cache: reported as it is, never masked by an aid
+        if aids and st != CONVERGED and st != BEYOND_IMAX and not (st == SINGULAR and valid):
+            # plain Newton failed: continuation aids, from the same start; a sample they do not
+            # solve keeps plain Newton's result
+            plain = vext.copy()
+            row = s if vdfix.shape[0] > 1 else 0
+            for method in (AID_GMIN, AID_SOURCE):
+                load_sample(x, vdfix, s, vext)
+                if method == AID_GMIN:
+                    it2, rm2, st2, ok2 = _gmin_stepping(GKK, GKE, gEE, b[s], vext, da, db, dkind,
+                                                        dpar, reltol, vntol, abstol, maxiter, w,
+                                                        S, dgs)
+                else:
+                    it2, rm2, st2, ok2 = _source_stepping(GKK, GKE, gEE, b[s], vext, vdfix[row],
+                                                          da, db, dkind, dpar, reltol, vntol,
+                                                          abstol, maxiter, w, S, dgs)
+                if st2 == CONVERGED:
+                    it, rm, st, ok = it + it2, rm2, st2, ok2
+                    used = method
+                    break
+            if used == AID_NONE:
+                for i in range(nF + nXd):
+                    vext[i] = plain[i]
+                ok = False
         if kept:
             fvalid[s] = ok
         for i in range(nF):
@@ -331,25 +522,36 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
         iterations[s] = it
         residual[s] = rm
         status[s] = st
+        aid[s] = used
 
 
 @njit(cache=True, parallel=True)
 def solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
-            reltol, vntol, abstol, maxiter, fS, fdg, fvalid, nchunks, iterations, residual, status):
+            reltol, vntol, abstol, maxiter, fS, fdg, fvalid, aids, nchunks,
+            iterations, residual, status, aid):
     """Solve every sample of a batch in place in ``x`` (B, nF) (V); chunks of samples in parallel.
 
     ``b`` (B, nF) source currents (A, see :func:`~fastres.kernels.stamping.source_currents`);
     ``vdfix`` (B, nXd) or (1, nXd) the fixed voltages (V) that diodes touch: diode index
     ``nF + j`` is ``vdfix[:, j]``. Outputs ``iterations`` (B,) int64, ``residual`` (B,) float64 (A),
-    ``status`` (B,) int64 (see the module docstring). A factor cache kept between solves of the
-    same circuit (e.g. EqProp's free and nudged phases): ``fS`` (B, nK, nK) Schur factors,
-    ``fdg`` (B, nD) the diode conductances (S) they were formed with, ``fvalid`` (B,) bool, all
-    updated in place; ``fS`` of shape (0, nK, nK) keeps none (factors are still reused within a
-    sample's solve). Small batches should call :func:`solve_range` directly.
+    ``status`` (B,) int64 (see the module docstring), ``aid`` (B,) int64. A factor cache kept
+    between solves of the same circuit (e.g. EqProp's free and nudged phases): ``fS`` (B, nK, nK)
+    Schur factors, ``fdg`` (B, nD) the diode conductances (S) they were formed with, ``fvalid``
+    (B,) bool, all updated in place; ``fS`` of shape (0, nK, nK) keeps none (factors are still
+    reused within a sample's solve). Small batches should call :func:`solve_range` directly.
+
+    Continuation aids (``aids`` True): a sample that plain Newton does not solve (iteration
+    limit, line search or singular; not one beyond ``imax``, nor a singular one that started
+    from a valid cached factor: that cache is inconsistent) is solved again from its start by
+    gmin stepping (:func:`_gmin_stepping`) and, if that fails, by source stepping
+    (:func:`_source_stepping`). ``aid[s]`` says which one solved it (``AID_GMIN`` = 1,
+    ``AID_SOURCE`` = 2; 0 = plain Newton, or no aid succeeded and the sample keeps plain
+    Newton's status and point); ``iterations`` then counts every Newton step taken. A sample
+    that plain Newton solves is never touched by them.
     """
     B = x.shape[0]
     for c in prange(nchunks):
         lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, reltol, vntol, abstol,
-                        maxiter, fS, fdg, fvalid, lo, hi, iterations, residual, status)
+                        maxiter, fS, fdg, fvalid, aids, lo, hi, iterations, residual, status, aid)

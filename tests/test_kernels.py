@@ -162,10 +162,6 @@ def test_move_state_matches_naive(case):
     np.testing.assert_allclose(out[:, 3], ev_of(kind, p, w), rtol=1e-13, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug: diode_move carries exp(w/vte) as ev + ev*expm1(h/vte), which cancels for a move "
-    "far down the exponential (relative error ~ eps*exp(-h/vte), ev_new = 0 beyond ~36 N vt), "
-    "so the returned current and conductance are wrong although dphi is right"))
 @pytest.mark.parametrize("case", ["shockley", "shockley-N0.01"])
 def test_move_far_down_the_exponential(case):
     """A move within [-3 vte, vmax] from near the top to near the bottom: diode_move's current,

@@ -184,3 +184,78 @@ def test_ideal_diode_limit():
     c.add_diode("a1", "out", "0", PiecewiseLinear(ron=1e-6, roff=1e12, vfwd=0.5))
     sol = solve(DCProblem(c))
     assert abs(sol.voltage("out")[0] - 0.5) < 1e-8
+
+
+@pytest.mark.parametrize("structure", ["auto", "dense"])
+def test_every_node_held_is_solved_trivially(structure):
+    """Issue 13: a circuit whose every node is held by a voltage source has nothing to iterate;
+    its answer is those voltages (0 iterations, converged), also for a batch."""
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_voltage_source("v2", "b", [2.0, -3.0, 100.0])
+    c.add_resistor("r1", "a", "b", r=1e3)
+    c.add_resistor("r2", "a", "0", r=1.0)
+    c.add_diode("d1", "a", "b", Shockley(IS=1e-6, N=0.01))
+    sol = solve(DCProblem(c.compile(structure)))
+    assert sol.converged.all() and sol.iterations.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(sol.v, [[1.0, 2.0], [1.0, -3.0], [1.0, 100.0]])
+    assert sol.residual.tolist() == [0.0, 0.0, 0.0]
+    one = solve(DCProblem(c, {"v2": 5.0}))
+    assert one.as_dict() == {"a": 1.0, "b": 5.0} and one.iterations[0] == 0
+
+
+# Two random circuits (benchmarks/solver_fuzz.py, seed 0, #1482 and #62) that plain Newton does
+# not solve in 100 iterations: gmin stepping solves the first, source stepping the second.
+DECK_GMIN = """fuzz n=9
+.model dmod D(IS=8.950358245547735e-15 N=0.07750744584526655)
+.model dmod_2 D(IS=1.9579540579513072e-12 N=0.2928838338806846)
+r1 n0 0 72.2362176643846
+r2 n1 n0 131927.0445857969
+d3 n2 0 dmod
+r4 n3 n2 5.749752896601548
+r5 n4 0 37.88120977750887
+r6 n5 n0 49.3059908814194
+r7 n6 n2 494964.8417494996
+r8 n7 n6 9247.709264191775
+r9 n8 n2 4685105.045190832
+d10 n3 n6 dmod_2
+v0 n8 0 DC -4.010770570441309
+.op
+.end
+"""
+
+
+def _fuzz_circuit(index):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import solver_fuzz
+    return solver_fuzz.random_circuit(np.random.default_rng([0, index]))
+
+
+@pytest.mark.parametrize("index,aid", [(1482, 1), (62, 2)])
+def test_continuation_aids_solve_what_plain_newton_does_not(index, aid):
+    c = _fuzz_circuit(index)
+    plain = solve(DCProblem(c), Newton(aids=False), check=False)
+    assert not plain.converged[0] and plain.aid[0] == 0
+    sol = solve(DCProblem(c))
+    assert sol.converged[0] and sol.aid[0] == aid
+    net, _ = naive.element_kcl(c, sol.as_dict())
+    assert max(abs(i) for i in net.values()) < 1e-12
+
+
+def test_continuation_aids_leave_plain_newton_solves_alone():
+    """A batch where plain Newton solves some samples: those are bit-identical with and without
+    the aids, and their ``aid`` is 0; the others are solved by an aid."""
+    from fastres.netlist import parse_netlist
+    c = parse_netlist(DECK_GMIN)
+    assert [e.name for e in c.of_type(VoltageSource)] == ["v0"]
+    vals = np.array([-4.010770570441309, -1.0, 2.0, -0.3, -4.010770570441309])
+    prob = lambda: DCProblem(c, {"v0": vals})  # noqa: E731
+    plain = solve(prob(), Newton(aids=False), check=False)
+    sol = solve(prob(), check=False)
+    ok = plain.converged
+    assert ok.any() and not ok.all()
+    np.testing.assert_array_equal(sol.v[ok], plain.v[ok])
+    np.testing.assert_array_equal(sol.iterations[ok], plain.iterations[ok])
+    assert (sol.aid[ok] == 0).all() and (sol.aid[~ok] > 0).all() and sol.converged.all()
