@@ -68,10 +68,14 @@ def _finite(section, **values):
             raise ConfigError(f"{section}.{key}={v!r} must be a finite number")
 
 
-def _at_least_one(section, **values):
+def _int_at_least(section, minimum, **values):
     for key, v in values.items():
-        if not _is_int(v) or v < 1:
-            raise ConfigError(f"{section}.{key}={v!r} must be an integer >= 1")
+        if not _is_int(v) or v < minimum:
+            raise ConfigError(f"{section}.{key}={v!r} must be an integer >= {minimum}")
+
+
+def _at_least_one(section, **values):
+    _int_at_least(section, 1, **values)
 
 
 def _plain(obj):
@@ -205,8 +209,7 @@ class EstimatorConfig:
         _finite("estimator", beta_rel=self.beta_rel, target_volts=self.target_volts)
         if not self.beta_rel > 0:
             raise ConfigError(f"beta_rel={self.beta_rel!r} must be a finite number > 0 (the nudging strength)")
-        if not _is_int(self.gradcheck_every) or self.gradcheck_every < 0:
-            raise ConfigError(f"gradcheck_every={self.gradcheck_every!r} must be an integer >= 0")
+        _int_at_least("estimator", 0, gradcheck_every=self.gradcheck_every)
         _at_least_one("estimator", gradcheck_samples=self.gradcheck_samples)
 
 
@@ -315,10 +318,7 @@ class RunConfig:
     def __post_init__(self):
         _plain(self)
         _at_least_one("run", epochs=self.epochs)
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"seed={self.seed!r} must be an integer >= 0")
-        if not _is_int(self.store_samples) or self.store_samples < 0:
-            raise ConfigError(f"store_samples={self.store_samples!r} must be an integer >= 0")
+        _int_at_least("run", 0, seed=self.seed, store_samples=self.store_samples)
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
 
@@ -396,16 +396,15 @@ class DeviceConfig:
             raise ConfigError(f"unknown device model {r['model']!r}: use one of {', '.join(DEVICE_MODELS)}")
         if r["model"] == "ideal":
             return
-        if r["levels"] is not None and (not _is_int(r["levels"]) or r["levels"] < 2):
-            raise ConfigError(f"device.levels={r['levels']!r} must be an integer >= 2")
+        if r["levels"] is not None:
+            _int_at_least("device", 2, levels=r["levels"])
         if r["model"] in ("linear", "soft-bounds", "exponential") and r["levels"] is None:
             raise ConfigError(f"device model {r['model']}: give levels=N (the number of states)")
         if r["model"] == "table" and not r["table"]:
             raise ConfigError("device model table: give table=FILE (CSV: pulse, g_up, g_down in S)")
         if r["rounding"] not in ("stochastic", "deterministic"):
             raise ConfigError(f"device.rounding={r['rounding']!r}: use stochastic or deterministic")
-        if not _is_int(r["max_pulses"]) or r["max_pulses"] < 1:
-            raise ConfigError(f"device.max_pulses={r['max_pulses']!r} must be an integer >= 1")
+        _at_least_one("device", max_pulses=r["max_pulses"])
         if not isinstance(r["accumulate"], bool):
             raise ConfigError(f"device.accumulate={r['accumulate']!r} must be true or false")
         for key in ("up_down", "a_up", "a_down", "write_noise", "d2d_step", "d2d_bounds",

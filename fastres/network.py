@@ -37,10 +37,9 @@ import numpy as np
 
 from .circuit import Circuit
 from .config import ConfigError, NetworkConfig
-from .devices import PWL_CLIP, Shockley, make_diode, turn_on_volts  # noqa: F401 (re-exported)
+from .devices import PWL_CLIP, Shockley, make_diode, turn_on_volts  # noqa: F401 (PWL_CLIP, turn_on_volts re-exported)
 from .errors import CircuitError, FastresError
 from .kernels import layered as _layered
-from .kernels.status import Status
 from .solver import _Result, factor_cache, source_currents
 from .system import KernelSystem
 

@@ -69,19 +69,26 @@ class BoundedSGD:
     def column_sums(self, params) -> np.ndarray:
         """``params["W1"].sum(axis=0)`` with the fused update's fixed block structure (so a
         resumed run continues bit-identically); recomputed when W1 is a new array."""
-        W = params["W1"]
-        if self._w1 is not W:
-            self._w1 = W
+        if self._track(params["W1"]):
+            _updates.block_column_sums(params["W1"], self._blocks, self._colsum)
+        return self._colsum
+
+    def _track(self, W) -> bool:
+        """Make ``W`` the W1 whose column sums are kept (buffers for the fused update); True
+        if it was not already, i.e. its sums are not known yet."""
+        if self._w1 is W:
+            return False
+        self._w1 = W
+        if self._colsum is None or self._colsum.shape != (W.shape[1],):
             self._blocks = np.empty((UPDATE_BLOCKS, W.shape[1]))
             self._colsum = np.empty(W.shape[1])
-            _updates.block_column_sums(W, self._blocks, self._colsum)
-        return self._colsum
+        return True
 
     # -- the step ----------------------------------------------------------------------------
     def step(self, params, ph: Phases, lr_factor: float):
         """Apply one minibatch's gradient (``ph``, with the input layer in fused factors) in
         place to ``params``; ``lr_factor`` the schedule's decay so far."""
-        self.column_sums(params)
+        self._track(params["W1"])  # the fused update writes the sums of the updated W1
         gscale = self.g_max * self.g_max * lr_factor
         threads = numba.get_num_threads()
         opt = (self.momentum, *self.bounds)

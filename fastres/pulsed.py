@@ -161,8 +161,7 @@ class PulsedDevices:
     def step(self, params, ph, lr_factor: float):
         """SGD's desired change of every conductance, then pulses (in place in ``params``)."""
         desired = {k: W.copy() for k, W in params.items()}
-        self.sgd._w1 = None  # column sums of the copy, not of params
-        self.sgd.step(desired, ph, lr_factor)
+        self.sgd.step(desired, ph, lr_factor)  # its W1 sums now belong to the copy, not params
         p = self.p
         nchunks = max(1, numba.get_num_threads())
         total = 0
@@ -178,7 +177,6 @@ class PulsedDevices:
                              1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
                              float(p["write_noise"]), bool(p["accumulate"]), nchunks)
             total += int(np.abs(pulses).sum())
-        self.sgd._w1 = None  # the next step recomputes W1's column sums from the new values
         self.step_count += 1
         self.last_pulses = total
         return total

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from ..errors import FastresError, UsageError
+from ..errors import UsageError
 
 
 def _yes_no(text):
@@ -265,5 +265,3 @@ def run_gradcheck(args) -> int:
               f"rel err {r['rel_error']:.1e}")
     return 0
 
-
-__all__ = ["add_commands", "config_from_args", "FLAGS", "FastresError"]
