@@ -20,11 +20,24 @@ def _yes_no(text):
 
 _yes_no.__name__ = "yes/no value"  # argparse's error: "invalid yes/no value: 'x'"
 
+
+def _tile(text):
+    """--tile: cells per tile side (an integer; 0 and below are refused by the config) or whole."""
+    return "whole" if text.strip().lower() == "whole" else int(text)
+
+
+_tile.__name__ = "tile size (cells, or whole)"
+
 _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (default: yes for two or "
                    "more hidden layers of even sizes)",
          "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)",
          "linear": "auto | schur | cg: the Newton direction's linear solver (auto: cg for wide "
-                   "multi-layer networks, see README 'Solver')"}
+                   "multi-layer networks, see README 'Solver')",
+         "wire_ohms": "R: crossbar wires of R ohm per segment (default 0: ideal wires; see README "
+                      "'Crossbar wires')",
+         "tile": "T: crossbar tiles of at most T x T cells, or whole (one tile per matrix, the default)",
+         "driver_ohms": "driver resistance (ohm) at each row line's driven end (needs --wire-ohms)",
+         "sense_ohms": "sense resistance (ohm) at each column line's summed end (needs --wire-ohms)"}
 
 # command-line flag -> TrainConfig option (fastres.config; values parsed by type below)
 FLAGS = {
@@ -33,6 +46,7 @@ FLAGS = {
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
     "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no, "linear": str,
+    "wire_ohms": float, "tile": _tile, "driver_ohms": float, "sense_ohms": float,
 }
 
 
@@ -67,6 +81,7 @@ def add_commands(sub):
     e.add_argument("--json", action="store_true", help="print the result as JSON (exit status 1 "
                                                        "if any solve did not converge)")
     e.add_argument("--data", help="dataset directory (default: the search path)")
+    add_wire_args(e)
     e.set_defaults(func=run_eval)
 
     g = sub.add_parser("gradcheck", help="EqProp vs exact (adjoint) gradient agreement for a network")
@@ -79,6 +94,14 @@ def add_commands(sub):
     g.add_argument("--data", help="dataset directory (default: the search path)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=run_gradcheck)
+
+
+def add_wire_args(p):
+    """``--wire-ohms R --tile T`` of eval and export: deploy a run's conductances on wires."""
+    p.add_argument("--wire-ohms", type=float, metavar="R", help="evaluate on crossbar wires of R ohm "
+                   "per segment instead of the run's own wires (0: ideal wires)")
+    p.add_argument("--tile", type=_tile, metavar="T", help="with --wire-ohms: tiles of at most "
+                   "T x T cells, or whole")
 
 
 def set_threads(n):
@@ -210,13 +233,16 @@ def run_eval(args) -> int:
     from ..analysis import evaluate_run
     from . import say_compiling
     say_compiling()
-    r = evaluate_run(args.run, args.epoch, args.data)
+    r = evaluate_run(args.run, args.epoch, args.data, args.wire_ohms, args.tile)
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['run']} epoch {r['epoch']}: test error {100 * r['test_error']:.2f}% "
               f"(loss {r['test_loss']:.4f}), train error {100 * r['train_error']:.2f}% "
               f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s")
+        if r["worst_line_drop_v"] is not None:
+            print(f"on crossbar wires of {r['wire_ohms']:g} ohm per segment, tile "
+                  f"{r['tile'] or 'whole'}: worst line IR drop {r['worst_line_drop_v']:.4g} V (test set)")
     if r["nonconverged"]:
         print(f"fastres: error: {args.run}: {r['nonconverged']} of {r['samples']} solves did not "
               f"converge; the error rates above count them as they ended", file=sys.stderr)
