@@ -31,7 +31,6 @@ README "Crossbar wires".
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,7 @@ import scipy.sparse.linalg as spla
 
 from .circuit import Circuit
 from .config import ConfigError, TrainConfig, WiresConfig
-from .eqprop import (EqProp, Phases, _from_to, eqprop_states, exact_states, loss_and_grad,
+from .eqprop import (EqProp, Phases, eqprop_states, exact_states, loss_and_grad,
                      relative_error)
 from .errors import FastresError
 from .network import LayeredNetwork, NetworkSpec
@@ -230,6 +229,22 @@ class Reduction:
                 D[t.r0:t.r1, t.c0:t.c1] = np.einsum("ijs,ijs->ij", da, da) - np.einsum("ijs,ijs->ij", db, db)
             out[f"W{l}"] = D[:-1]
             out[f"B{l}"] = D[-1]
+        return out
+
+    def named_wire_voltages(self, U, x) -> dict:
+        """``{node name: (B,) V}`` of every cell's row and column node (names as in
+        :meth:`WiredNetwork.to_circuit`) in states ``x`` (B, nF) with inputs ``U``."""
+        out = {}
+        for l, fs in self.factors.items():
+            for f in fs:
+                t = f.tile
+                w = f.wire_voltages(self.terminals(U, x, t))
+                Tr, Tc = f.shape
+                for a in range(Tr):
+                    for b in range(Tc):
+                        i, j = t.r0 + a, t.c0 + b
+                        out[f"r{l}_{i}_{j}"] = w[a * Tc + b]
+                        out[f"c{l}_{i}_{j}"] = w[Tr * Tc + a * Tc + b]
         return out
 
     def worst_line_drop(self, U, x) -> float:
