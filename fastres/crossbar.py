@@ -109,21 +109,39 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
 
 
 class TileFactor:
-    """A tile's factored wire network and its terminal matrix ``P`` (nT, nT) in S."""
+    """A tile's factored wire network and its terminal matrix ``P`` (nT, nT) in S.
 
-    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end):
+    ``rows_fixed``: the row drivers are fixed sources (the input layer), so the row-row block
+    of ``P`` is never needed; then only the column terminals are solved for (``Tc`` right-hand
+    sides instead of ``Tr + Tc``) and, by reciprocity (``P`` is symmetric), the row-column
+    block comes from the same solutions. The row-row block is then left NaN."""
+
+    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, rows_fixed=False):
         self.tile = tile
-        self.shape = G.shape
-        Kww, Kwt, ktt = tile_matrices(G, g_seg, g_row_end, g_col_end)
-        self.Kwt = Kwt
+        self.shape = Tr, Tc = G.shape
+        Kww, _, ktt = tile_matrices(G, g_seg, g_row_end, g_col_end)
+        n = Tr * Tc
+        self.ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])  # end nodes
+        self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
         self.lu = spla.splu(Kww, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                             options={"SymmetricMode": True})
-        X = self.lu.solve(Kwt.toarray())  # K_ww^-1 K_wt (nW, nT)
-        self.P = np.diag(ktt) - np.asarray(Kwt.T @ X)
+        sel = np.arange(Tr, Tr + Tc) if rows_fixed else np.arange(Tr + Tc)
+        rhs = np.zeros((2 * n, sel.size))
+        rhs[self.ends[sel], np.arange(sel.size)] = self.gend[sel]
+        X = self.lu.solve(rhs)  # -K_ww^-1 K_wt[:, sel] (nW, len(sel))
+        P = np.full((Tr + Tc, Tr + Tc), np.nan)
+        P[:, sel] = -self.gend[:, None] * X[self.ends]
+        P[sel, sel] += ktt[sel]
+        if rows_fixed:
+            P[Tr:, :Tr] = P[:Tr, Tr:].T
+        self.P = P
 
     def wire_voltages(self, t) -> np.ndarray:
         """Wire node voltages (nW, B) in V for terminal voltages ``t`` (B, nT)."""
-        return -self.lu.solve(np.asarray(self.Kwt @ t.T))
+        Tr, Tc = self.shape
+        rhs = np.zeros((2 * Tr * Tc, t.shape[0]))
+        rhs[self.ends] = self.gend[:, None] * t.T
+        return self.lu.solve(rhs)
 
     def drops(self, t) -> np.ndarray:
         """Each device's voltage drop, row node minus column node, (Tr, Tc, B) in V."""
@@ -158,9 +176,10 @@ class WireSpec:
 class Reduction:
     """The wires of every layer reduced to the neuron nodes for one set of conductances:
     ``factors[l]`` the :class:`TileFactor` list, ``GFF`` (nF, nF) S, ``b0`` (nF,) A, ``E1``
-    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents)."""
+    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents).
+    ``full``: also the input layer's row-row blocks (only the static power needs them)."""
 
-    def __init__(self, net: "WiredNetwork", params):
+    def __init__(self, net: "WiredNetwork", params, full=False):
         self.net = net
         n = net.nodes_per_layer
         spec = net.spec
@@ -171,12 +190,14 @@ class Reduction:
         b0 = np.zeros(nF)
         E1 = np.zeros((n[0], n[1]))
         Vb = spec.bias_volts
+        full_p = full
         for l in range(1, net.L + 1):
             full = np.vstack([params[f"W{l}"], params[f"B{l}"][None, :]])
             A = net.gains[l]
             fs = []
             for t in net.tiles[l]:
-                f = TileFactor(t, np.ascontiguousarray(full[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce)
+                f = TileFactor(t, np.ascontiguousarray(full[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
+                               rows_fixed=(l == 1 and not full_p))
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -288,14 +309,10 @@ class WiredNetwork(LayeredNetwork):
                               "nodes of a layer; use auto or schur with wires")
         return "schur"
 
-    def reduce(self, params) -> Reduction:
-        """The :class:`Reduction` of conductances ``params`` (S)."""
-        return Reduction(self, params)
-
-    def system(self, params, w1_colsum=None, dense=None) -> KernelSystem:
+    def system(self, params, w1_colsum=None, dense=None, full=False) -> KernelSystem:
         """The reduced :class:`KernelSystem` of ``params`` (all free nodes dense, no E block);
-        its :class:`Reduction` is kept for :meth:`reduction_of`."""
-        red = self.reduce(params)
+        its :class:`Reduction` (``full``: see there) is kept for :meth:`reduction_of`."""
+        red = Reduction(self, params, full)
         ks = KernelSystem(red.GFF, np.zeros((self.nF, 0)), np.zeros(0), red.b0, self.da, self.db,
                           self.dkind, self.dpar)
         self._reductions = [(red.GFF, red)] + self._reductions[:3]
@@ -490,7 +507,7 @@ def evaluate_wired(net: WiredNetwork, params, X, y, target_volts, alg: Newton, b
     from .kernels import power as _power
     from .solver import Status
     import numba
-    system = net.system(params)
+    system = net.system(params, full=True)
     red = net.reduction_of(system)
     loss_sum, preds, bad, power, worst = 0.0, [np.zeros(0, dtype=np.int64)], 0, 0.0, 0.0
     N = X.shape[0]
