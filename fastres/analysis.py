@@ -45,7 +45,7 @@ from .config import TrainConfig, run_config
 from .datasets import DatasetError, load_data
 from .errors import FastresError
 from .evaluate import evaluate
-from .crossbar import evaluate_wired, make_network, with_wires
+from .crossbar import DROP_SAMPLES, evaluate_wired, make_network, with_wires
 from .network import LayeredNetwork
 from .solver import Newton, solve
 from .store import RunStore, Snapshot, StoreError
@@ -396,8 +396,9 @@ def evaluate_run(path, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> 
     "epoch_seconds", "nonconverged", "samples", "static_power_w" (the mean static power per
     test inference, W), "pulses" (programming pulses of that epoch, pulsed devices; else None),
     "eval_seconds", "wire_ohms", "tile", "worst_line_drop_v" (the largest line IR drop over the
-    test set, V; None without wires)}``. ``wire_ohms``, ``tile``: evaluate the conductances on
-    these crossbar wires instead of the run's own (an ideal-trained run deployed on wires)."""
+    first ``crossbar.DROP_SAMPLES`` test samples, V; None without wires)}``. ``wire_ohms``,
+    ``tile``: evaluate the conductances on these crossbar wires instead of the run's own (an
+    ideal-trained run deployed on wires)."""
     run = open_run(path)
     if run.kind == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
@@ -410,7 +411,7 @@ def evaluate_run(path, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> 
     for split, X, y in (("test", data.x_test, data.y_test), ("train", data.x_train, data.y_train)):
         if tn.net.wired:
             ev = evaluate_wired(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg,
-                                cfg.solver.eval_batch, drop_samples=None if split == "test" else 0)
+                                cfg.solver.eval_batch, drop_samples=DROP_SAMPLES if split == "test" else 0)
             worst = ev.worst_drop if split == "test" else worst
         else:
             ev = evaluate(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg, cfg.solver.eval_batch)

@@ -392,6 +392,11 @@ class WiredNetwork(LayeredNetwork):
 
 
 # -- learning with wires ---------------------------------------------------------------------
+#: evaluations measure the worst line IR drop on this many (the first) samples: recovering
+#: every wire node costs one solve per sample and tile
+DROP_SAMPLES = 1000
+
+
 def make_network(cfg: TrainConfig) -> LayeredNetwork:
     """The network of a run config: a :class:`WiredNetwork` when ``cfg.wires`` has wires,
     else the ideal :class:`~fastres.network.LayeredNetwork` (physical errors as ConfigError)."""
@@ -534,3 +539,35 @@ def evaluate_wired(net: WiredNetwork, params, X, y, target_volts, alg: Newton, b
             c1 = min(c0 + 500, k)
             worst = max(worst, red.worst_line_drop(prob.U[c0:c1], sol.x[c0:c1]))
     return WiredEvaluation(loss_sum, np.concatenate(preds), bad, power, worst)
+
+
+def wired_gradcheck_table(net: WiredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4, 1e-5, 1e-6),
+                          n_fd=6, rng=None, alg: Newton = Newton()) -> dict:
+    """:func:`fastres.eqprop.gradcheck` with wires (the same table): EqProp (one-sided,
+    centered) against the exact gradient for each beta (relative to the mean output-node
+    conductance), and finite differences of the loss against the exact gradient."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    exact = wired_gradient(net, params, X, y, target_volts, alg)
+    G_out = float(np.mean(params[f"W{net.L}"].sum(axis=0) + params[f"B{net.L}"]))
+    rows = []
+    for rb in betas:
+        row = {"beta_rel": rb, "beta": rb * G_out}
+        for est in ("one-sided", "centered"):
+            g = wired_gradient(net, params, X, y, target_volts, alg, EqProp(rb * G_out, est))
+            row[est] = relative_error(g, exact)
+        rows.append(row)
+    fd = []
+    keys = sorted(params)
+    for _ in range(n_fd):
+        k = keys[int(rng.integers(len(keys)))]
+        idx = tuple(int(rng.integers(n)) for n in params[k].shape)
+        h = 1e-4 * params[k][idx]
+        losses = []
+        for s in (1.0, -1.0):
+            q = {kk: vv.copy() for kk, vv in params.items()}
+            q[k][idx] += s * h
+            losses.append(wired_loss(net, q, X, y, target_volts, alg))
+        num = (losses[0] - losses[1]) / (2 * h)
+        fd.append({"param": k, "index": idx, "exact": float(exact[k][idx]), "finite_difference": num,
+                   "rel_error": abs(num - exact[k][idx]) / max(abs(num), abs(exact[k][idx]), 1e-300)})
+    return {"eqprop": rows, "finite_difference": fd}

@@ -27,7 +27,7 @@ from .eqprop import EqProp, eqprop_gradient, exact_gradient, phases_from_states,
 from .errors import FastresError
 from .estimators import make_estimator
 from .evaluate import evaluate, layer_voltages
-from .crossbar import evaluate_wired, make_network, wired_gradcheck, wired_phases
+from .crossbar import DROP_SAMPLES, evaluate_wired, make_network, wired_gradcheck, wired_phases
 from .network import LayeredNetwork  # noqa: F401 (the ideal network; make_network picks)
 from .pulsed import make_optimizer
 from .reducers import make_reducer
@@ -56,10 +56,6 @@ class StepStats:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
-
-
-#: test samples on which an epoch's evaluation measures the worst line IR drop with wires
-WIRED_DROP_SAMPLES = 1000
 
 
 class Trainer:
@@ -134,7 +130,7 @@ class Trainer:
             bounds = np.linspace(0, X.shape[0], comm.Get_size() + 1).astype(int)
             lo, hi = bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1]
         run_eval = evaluate_wired if self.net.wired else evaluate
-        extra = {"drop_samples": WIRED_DROP_SAMPLES} if self.net.wired else {}
+        extra = {"drop_samples": DROP_SAMPLES} if self.net.wired else {}
         ev = run_eval(self.net, self.params, X[lo:hi], y[lo:hi], self.cfg.estimator.target_volts,
                       self.alg, self.cfg.solver.eval_batch, **extra)
         pred, loss_sum, bad, power = ev.pred, ev.loss_sum, ev.nonconverged, ev.power_sum

@@ -242,3 +242,12 @@ def test_export_of_a_wired_run_agrees_with_ngspice(wired_run, tmp_path, capsys):
     outs = [float(t.split(":")[1]) for t in line.split("(V): ")[1].split()]
     theirs = [ref[f"op{k}"] - ref[f"on{k}"] for k in range(10)]
     assert max(abs(a - b) for a, b in zip(outs, theirs)) <= TOL
+
+
+def test_gradcheck_command_with_wires(capsys):
+    code = main(["gradcheck", "--arch", "784-3-10", "--diode", "pwl", "--samples", "2", "--wire-ohms", "1",
+                 "--tile", "128", "--json"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert min(r["centered"] for r in res["eqprop"]) < 1e-5
+    assert max(r["rel_error"] for r in res["finite_difference"]) < 1e-3  # h = 1e-4 g: truncation, round-off

@@ -93,6 +93,7 @@ def add_commands(sub):
     g.add_argument("--diode", default=None)
     g.add_argument("--data", help="dataset directory (default: the search path)")
     g.add_argument("--json", action="store_true")
+    add_wire_args(g)
     g.set_defaults(func=run_gradcheck)
 
 
@@ -242,7 +243,7 @@ def run_eval(args) -> int:
               f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s")
         if r["worst_line_drop_v"] is not None:
             print(f"on crossbar wires of {r['wire_ohms']:g} ohm per segment, tile "
-                  f"{r['tile'] or 'whole'}: worst line IR drop {r['worst_line_drop_v']:.4g} V (test set)")
+                  f"{r['tile'] or 'whole'}: worst line IR drop {r['worst_line_drop_v']:.4g} V (first test samples)")
     if r["nonconverged"]:
         print(f"fastres: error: {args.run}: {r['nonconverged']} of {r['samples']} solves did not "
               f"converge; the error rates above count them as they ended", file=sys.stderr)
@@ -253,8 +254,8 @@ def run_eval(args) -> int:
 def run_gradcheck(args) -> int:
     from ..config import TrainConfig
     from ..datasets import load_data
+    from ..crossbar import make_network, wired_gradcheck_table, with_wires
     from ..eqprop import gradcheck
-    from ..network import LayeredNetwork
     from ..solver import Newton
     from . import say_compiling
     if args.samples < 1:
@@ -262,7 +263,7 @@ def run_gradcheck(args) -> int:
     if args.run:
         from ..analysis import load_run_data, open_run
         run = open_run(args.run)
-        tn = run.network(args.epoch)
+        tn = run.network(args.epoch, args.wire_ohms, args.tile)
         cfg, net, params = tn.config, tn.net, tn.params
         data = load_run_data(run, args.data)
     else:
@@ -271,17 +272,20 @@ def run_gradcheck(args) -> int:
             d["diode"] = args.diode
         if args.data:
             d["data"] = args.data
-        cfg = TrainConfig(**d)
-        net = LayeredNetwork.from_config(cfg.network)
+        cfg = with_wires(TrainConfig(**d), args.wire_ohms, args.tile)
+        net = make_network(cfg)
         params = net.init_params(np.random.default_rng(args.seed), cfg.network.init_lo, cfg.network.init_hi)
         data = load_data(cfg)
     X, y = data.x_test[:args.samples], data.y_test[:args.samples]
     say_compiling()
-    res = gradcheck(net, params, X, y, cfg.estimator.target_volts, alg=Newton.from_config(cfg.solver))
+    check = wired_gradcheck_table if net.wired else gradcheck
+    res = check(net, params, X, y, cfg.estimator.target_volts, alg=Newton.from_config(cfg.solver))
     if args.json:
         print(json.dumps(res, default=lambda o: list(o) if isinstance(o, tuple) else float(o)))
         return 0
-    print(f"EqProp vs exact gradient (implicit differentiation), {cfg.network.arch}, {args.samples} samples")
+    wires = (f", crossbar wires {cfg.wires.wire_ohms:g} ohm, tile {cfg.wires.tile or 'whole'}"
+             if net.wired else "")
+    print(f"EqProp vs exact gradient (implicit differentiation), {cfg.network.arch}{wires}, {args.samples} samples")
     print(f"{'beta/G_out':>11} {'beta (S)':>11} {'one-sided rel err':>18} {'centered rel err':>17}")
     for r in res["eqprop"]:
         print(f"{r['beta_rel']:11.0e} {r['beta']:11.3e} {r['one-sided']:18.3e} {r['centered']:17.3e}")
