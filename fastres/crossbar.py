@@ -190,14 +190,13 @@ class Reduction:
         b0 = np.zeros(nF)
         E1 = np.zeros((n[0], n[1]))
         Vb = spec.bias_volts
-        full_p = full
         for l in range(1, net.L + 1):
-            full = np.vstack([params[f"W{l}"], params[f"B{l}"][None, :]])
+            mat = np.vstack([params[f"W{l}"], params[f"B{l}"][None, :]])
             A = net.gains[l]
             fs = []
             for t in net.tiles[l]:
-                f = TileFactor(t, np.ascontiguousarray(full[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
-                               rows_fixed=(l == 1 and not full_p))
+                f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
+                               rows_fixed=(l == 1 and not full))
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -301,7 +300,7 @@ class WiredNetwork(LayeredNetwork):
         self.wires = wires
         n = self.nodes_per_layer
         self.tiles = {l: tiles_of(n[l - 1] + 1, n[l], wires.tile, l) for l in range(1, self.L + 1)}
-        self._reductions = []  # (GFF array, Reduction) of the last few systems
+        self._reductions = []  # (GFF array, Reduction) of the last two systems (factors are large)
 
     def linear_path(self, linear: str = "auto") -> str:
         if linear == "cg":
@@ -315,7 +314,7 @@ class WiredNetwork(LayeredNetwork):
         red = Reduction(self, params, full)
         ks = KernelSystem(red.GFF, np.zeros((self.nF, 0)), np.zeros(0), red.b0, self.da, self.db,
                           self.dkind, self.dpar)
-        self._reductions = [(red.GFF, red)] + self._reductions[:3]
+        self._reductions = [(red.GFF, red)] + self._reductions[:1]
         return ks
 
     def reduction_of(self, system: KernelSystem) -> Reduction:
