@@ -418,6 +418,8 @@ def with_wires(cfg: TrainConfig, wire_ohms=None, tile=None) -> TrainConfig:
     d = cfg.to_dict()["wires"]
     d.update(w)
     if d["wire_ohms"] == 0:
+        if tile is not None:
+            raise ConfigError(f"--tile {tile} needs crossbar wires: give --wire-ohms R > 0 as well")
         d["driver_ohms"] = d["sense_ohms"] = 0.0
     return cfg.replace(wires=d)
 

@@ -228,6 +228,7 @@ def test_eval_deploys_on_other_wires(wired_run, capsys):
     assert ideal["wire_ohms"] == 0.0 and ideal["worst_line_drop_v"] is None
     assert other["tile"] is None and other["worst_line_drop_v"] > own["worst_line_drop_v"]
     assert main(["eval", str(wired_run), "--tile", "0"]) == 2
+    assert main(["eval", str(wired_run), "--wire-ohms", "0", "--tile", "16"]) == 2
 
 
 @pytest.mark.ngspice
