@@ -8,6 +8,7 @@ A run is described by six sections, each a small frozen dataclass::
     data       which dataset, where, how many samples
     solver     Newton tolerances (V, A) and the evaluation batch
     run        epochs, seed, what the run file keeps, the MLP baseline's activation
+    wires      crossbar wires (ohms) and tile size; absent in older run files: ideal wires
 
 This module is the ONE source of the defaults: :class:`~fastres.network.NetworkSpec` and the
 command line take theirs from here. Every option has a unique name across the sections, so
