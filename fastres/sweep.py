@@ -35,6 +35,8 @@ import json
 import math
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -461,10 +463,27 @@ def behind(curve, others, epoch: int, spec: SweepSpec):
 
 # --------------------------------------------------------------------------- running
 
-def trial_command(sweep: Sweep, trial: Trial, resume: bool, python=None) -> list:
+def mpi_launcher(ranks: int, mpiexec: str | None = None) -> list:
+    """The command prefix that starts a trial on ``ranks`` MPI ranks: ``mpiexec`` (a command
+    line such as ``srun --exclusive``; default: the ``mpiexec`` next to this Python, else on
+    the PATH) with ``-n ranks``."""
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        raise UsageError(f"--ranks {ranks!r}: must be an integer >= 1")
+    if mpiexec:
+        return shlex.split(mpiexec) + ["-n", str(ranks)]
+    local = Path(sys.executable).with_name("mpiexec")
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if found is None:
+        raise UsageError("--ranks needs an MPI launcher: pip install -e '.[mpi]' (mpi4py and MPICH) or "
+                         "give --mpiexec CMD")
+    return [found, "-n", str(ranks)]
+
+
+def trial_command(sweep: Sweep, trial: Trial, resume: bool, python=None, launcher=()) -> list:
     """The ``fastres train`` command of a trial: a new run from its config file, or
-    ``--resume`` of its run file; one thread, no progress bar."""
-    cmd = [python or sys.executable, "-m", "fastres.cli", "train"]
+    ``--resume`` of its run file; one thread (per rank, after the ``launcher`` prefix, e.g.
+    :func:`mpi_launcher`), no progress bar."""
+    cmd = [*launcher, python or sys.executable, "-m", "fastres.cli", "train"]
     if resume:
         cmd += ["--resume", str(sweep.path(trial, "h5"))]
     else:
@@ -496,14 +515,15 @@ class _Curves:
 
 
 def run_sweep(sweep: Sweep, jobs: int | None = None, *, log=print, poll: float = 0.5,
-              retry_failed: bool = False, first_alone: bool = False, python=None) -> list:
+              retry_failed: bool = False, first_alone: bool = False, python=None, launcher=()) -> list:
     """Run the trials that are not done (new ones from their config, partial ones resumed),
     ``jobs`` at a time (default: the number of cores), stopping those behind. ``first_alone``:
     start the others only when the first trial has finished an epoch (it compiles the kernels
-    into Numba's cache, which the others then load). Returns :func:`results`. An interrupt
+    into Numba's cache, which the others then load). ``launcher``: a command prefix that runs
+    each trial on a group of MPI ranks (:func:`mpi_launcher`). Returns :func:`results`. An interrupt
     stops the running trials; their last checkpoints stay."""
     alone = first_alone
-    jobs = jobs or os.cpu_count() or 1
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be >= 1")
     todo = []
@@ -529,7 +549,7 @@ def run_sweep(sweep: Sweep, jobs: int | None = None, *, log=print, poll: float =
                     _write_atomic(sweep.path(t, "json"), json.dumps(trial_config(sweep.spec, t).to_dict(), indent=1) + "\n")
                 sweep.failed.pop(t.name, None)
                 sweep.save()
-                cmd = trial_command(sweep, t, resume, python)
+                cmd = trial_command(sweep, t, resume, python, launcher)
                 out = open(sweep.path(t, "log"), "a", encoding="utf-8")
                 out.write(f"$ {' '.join(cmd)}\n")
                 out.flush()

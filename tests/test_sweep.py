@@ -189,7 +189,24 @@ def test_failed_trials_are_recorded_and_not_rerun(tmp_path):
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["failed"]
 
 
+@needs_mnist
+def test_each_trial_on_two_mpi_ranks(tmp_path):
+    try:
+        launcher = sw.mpi_launcher(2)
+        import mpi4py  # noqa: F401
+    except (UsageError, ImportError):
+        pytest.skip("no mpi4py / mpiexec (pip install -e '.[mpi]')")
+    sweep = sw.open_sweep(tmp_path / "sw", spec({"lr_scale": sw.Choice((0.5, 1))}, prune="none"))
+    rows = sw.run_sweep(sweep, 1, log=lambda s: None, poll=0.1, launcher=launcher)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    for t in sweep.trials:
+        assert "x 2 MPI ranks" in (tmp_path / "sw" / f"{t.name}.log").read_text()
+
+
 @pytest.mark.parametrize("extra, needle", [
+    (["--jobs", "0", "--grid", "seed=1"], "--jobs 0: must be >= 1"),
+    (["--ranks", "0", "--grid", "seed=1"], "--ranks 0: must be an integer >= 1"),
+    (["--mpiexec", "srun", "--grid", "seed=1"], "--mpiexec goes with --ranks"),
     (["--grid", "bogus=1,2"], "sweep key 'bogus' is not a config option"),
     (["--grid", "batch_size=0,20"], "batch_size=0 must be an integer >= 1"),
     (["--grid", "lr_scale=1..2"], "need random trials"),

@@ -1,6 +1,8 @@
 """``fastres sweep``: grid or random search over config keys, each trial an ordinary run."""
 from __future__ import annotations
 
+import os
+
 from ..errors import UsageError
 from .train import add_config_options, config_from_args
 
@@ -30,6 +32,10 @@ def add_commands(sub):
                    "epoch (default 3)")
     s.add_argument("--jobs", type=int, metavar="N", help="trials run side by side, one thread each "
                    "(default: the number of cores)")
+    s.add_argument("--ranks", type=int, metavar="K", help="run each trial on K MPI ranks (one thread "
+                   "each; a cluster: --jobs trials of K ranks side by side)")
+    s.add_argument("--mpiexec", metavar="CMD", help="the MPI launcher for --ranks (default: mpiexec; "
+                   "e.g. 'srun --exclusive' under Slurm)")
     s.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     s.add_argument("--plot-best", type=int, default=3, metavar="K", help="trials in best.png (0: no plot)")
     add_config_options(s)
@@ -68,12 +74,17 @@ def run_sweep(args) -> int:
     from . import kernels_cached
     if args.plot_best < 0:
         raise UsageError(f"--plot-best {args.plot_best}: must be >= 0")
+    if args.mpiexec and args.ranks is None:
+        raise UsageError("--mpiexec goes with --ranks K")
+    launcher = () if args.ranks is None else sw.mpi_launcher(args.ranks, args.mpiexec)
+    jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // (args.ranks or 1))
     sweep = sw.open_sweep(args.dir, spec_from_args(args))
     cached = kernels_cached()
     if not cached:
         print("fastres: the first trial compiles the kernels (about 30 s, cached afterwards); the "
               "others start after its first epoch")
-    rows = sw.run_sweep(sweep, args.jobs, retry_failed=args.retry_failed, first_alone=not cached)
+    rows = sw.run_sweep(sweep, jobs, retry_failed=args.retry_failed, first_alone=not cached,
+                        launcher=launcher)
     files = sw.write_results(sweep, rows, args.plot_best)
     print(sw.format_table(rows, [k for k, _ in sweep.spec.space]), end="")
     for what in ("table", "csv", "best", "plot"):
