@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import fcntl
 import itertools
 import json
 import math
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -522,10 +524,30 @@ def run_sweep(sweep: Sweep, jobs: int | None = None, *, log=print, poll: float =
     into Numba's cache, which the others then load). ``launcher``: a command prefix that runs
     each trial on a group of MPI ranks (:func:`mpi_launcher`). Returns :func:`results`. An interrupt
     stops the running trials; their last checkpoints stay."""
-    alone = first_alone
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be >= 1")
+    with _sweep_lock(sweep.directory):
+        _run_trials(sweep, jobs, log, poll, retry_failed, first_alone, python, launcher)
+    return results(sweep)
+
+
+@contextmanager
+def _sweep_lock(directory: Path):
+    """One ``run_sweep`` per directory at a time (two would start the same trials twice)."""
+    fd = os.open(directory / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{directory}: another fastres sweep is running there") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _run_trials(sweep, jobs, log, poll, retry_failed, first_alone, python, launcher):
+    alone = first_alone
     todo = []
     for t in sweep.trials:
         st = sweep.status(t)
@@ -595,7 +617,6 @@ def run_sweep(sweep: Sweep, jobs: int | None = None, *, log=print, poll: float =
                 proc.send_signal(signal.SIGTERM)
             proc.wait()
             out.close()
-    return results(sweep)
 
 
 # --------------------------------------------------------------------------- results

@@ -233,3 +233,44 @@ def test_spec_file(tmp_path):
     f.write_text("[grid]\nbeta_rel = 0.1\n")
     with pytest.raises(ConfigError, match="non-empty list"):
         sw.read_spec_file(f)
+
+
+def test_one_sweep_per_directory(tmp_path):
+    import fcntl
+    import os
+    sweep = sw.open_sweep(tmp_path / "sw", spec({"seed": sw.Choice((0,))}))
+    fd = os.open(tmp_path / "sw" / ".sweep.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        with pytest.raises(UsageError, match="another fastres sweep is running there"):
+            sw.run_sweep(sweep, 1, python="/bin/false")
+    finally:
+        os.close(fd)
+    assert sweep.status(sweep.trials[0]) == "new"
+
+
+@needs_mnist
+def test_killed_sweep_stops_its_trials(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "fastres.cli", "sweep", str(d), "--grid", "seed=0,1", "--prune", "none",
+           *TINY[:-6], "--epochs", "50", "--data", str(MNIST), "--jobs", "2"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    run = d / "t000_seed=0.h5"
+    t0 = time.time()
+    while not (run.exists() and RunStore.open(run).latest_checkpoint >= 1) and time.time() - t0 < 300:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, out
+    pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in out.splitlines() if "(pid " in line]
+    assert len(pids) == 2
+    for pid in pids:  # no trial left running on its own
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert 1 <= RunStore.open(run).latest_checkpoint < 50

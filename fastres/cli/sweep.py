@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 from ..errors import UsageError
 from .train import add_config_options, config_from_args
@@ -83,6 +85,8 @@ def run_sweep(args) -> int:
     if not cached:
         print("fastres: the first trial compiles the kernels (about 30 s, cached afterwards); the "
               "others start after its first epoch")
+    # a plain `kill` of the sweep stops its trials too (run_sweep's cleanup runs on SystemExit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     rows = sw.run_sweep(sweep, jobs, retry_failed=args.retry_failed, first_alone=not cached,
                         launcher=launcher)
     files = sw.write_results(sweep, rows, args.plot_best)
