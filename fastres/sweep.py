@@ -623,14 +623,14 @@ def _run_trials(sweep, jobs, log, poll, retry_failed, first_alone, python, launc
 
 def results(sweep: Sweep) -> list:
     """One row per trial, best first: rank, trial, status, epochs, final and best test error
-    (fractions), best epoch, median epoch time (s), run file, then the settings. Finished
-    trials are ranked by final test error, then stopped ones by their best, then the rest."""
+    (fractions), best epoch, median epoch time (s), run file and ``settings``. Finished trials
+    are ranked by final test error, then stopped ones by their best, then the rest."""
     rows = []
     for t in sweep.trials:
         st = sweep.status(t)
         row = {"trial": t.name, "status": st, "epochs": 0, "final_test_error": None,
                "best_test_error": None, "best_epoch": None, "epoch_seconds": None,
-               "run": str(sweep.path(t, "h5"))}
+               "run": str(sweep.path(t, "h5")), "settings": dict(t.settings)}
         if st == "stopped":
             row["status"] = f"stopped at epoch {sweep.stopped[t.name]['epoch']}"
         elif st == "failed":
@@ -643,15 +643,18 @@ def results(sweep: Sweep) -> list:
                 row.update(epochs=len(te), final_test_error=float(te[-1]), best_test_error=float(te[i]),
                            best_epoch=int(m["epoch"][i]),
                            epoch_seconds=float(np.median(m["epoch_seconds"])))
-        row.update(t.settings)
-        row["_order"] = (0 if st == "done" else 1 if st == "stopped" else 2,
-                         row["final_test_error"] if st == "done" else row["best_test_error"], t.index)
-        rows.append(row)
-    rows.sort(key=lambda r: (r["_order"][0], math.inf if r["_order"][1] is None else r["_order"][1], r["_order"][2]))
+        group = {"done": 0, "stopped": 1}.get(st, 2)
+        err = row["final_test_error"] if st == "done" else row["best_test_error"]
+        rows.append(((group, err if err is not None and math.isfinite(err) else math.inf, t.index), row))
+    rows = [row for _, row in sorted(rows, key=lambda kr: kr[0])]
     for i, r in enumerate(rows, 1):
-        del r["_order"]
         r["rank"] = i
     return rows
+
+
+#: the columns of the results table before the settings
+COLUMNS = ["rank", "trial", "status", "epochs", "final_test_error", "best_test_error", "best_epoch",
+           "epoch_seconds"]
 
 
 def _cell(v, key):
@@ -666,13 +669,13 @@ def _cell(v, key):
 
 def format_table(rows: list, keys: list) -> str:
     """The results as a Markdown table (errors in %, epoch time in s)."""
-    cols = ["rank", "trial", "status", "epochs", "final_test_error", "best_test_error", "best_epoch",
-            "epoch_seconds"] + keys
     head = {"final_test_error": "final test error", "best_test_error": "best test error",
             "best_epoch": "best epoch", "epoch_seconds": "s / epoch"}
-    lines = ["| " + " | ".join(head.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    cols = [head.get(c, c) for c in COLUMNS] + keys
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(c), c) for c in cols) + " |")
+        lines.append("| " + " | ".join([_cell(r[c], c) for c in COLUMNS] + [_fmt(r["settings"][k]) for k in keys])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -684,14 +687,13 @@ def write_results(sweep: Sweep, rows: list, plot_best: int = 3) -> dict:
     d = sweep.directory
     out = {"table": d / "results.txt", "csv": d / "results.csv"}
     _write_atomic(out["table"], format_table(rows, keys))
-    cols = ["rank", "trial", "status", "epochs", "final_test_error", "best_test_error", "best_epoch",
-            "epoch_seconds", "run"] + keys
+    cols = COLUMNS + ["run"]
     tmp = d / ".results.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(cols)
+        w.writerow(cols + keys)
         for r in rows:
-            w.writerow(["" if r.get(c) is None else _fmt(r[c]) if c in keys else r[c] for c in cols])
+            w.writerow(["" if r[c] is None else r[c] for c in cols] + [_fmt(r["settings"][k]) for k in keys])
     os.replace(tmp, out["csv"])
     done = [r for r in rows if r["status"] == "done" and r["final_test_error"] is not None]
     if done:

@@ -274,3 +274,13 @@ def test_killed_sweep_stops_its_trials(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert 1 <= RunStore.open(run).latest_checkpoint < 50
+
+
+def test_table_keeps_settings_apart_from_its_columns():
+    row = {"rank": 1, "trial": "t000_epochs=3", "status": "done", "epochs": 2, "final_test_error": 0.125,
+           "best_test_error": 0.1, "best_epoch": 1, "epoch_seconds": 3.25, "run": "r.h5",
+           "settings": {"epochs": 3, "lr": [40.0, 12.0]}}
+    lines = sw.format_table([row], ["epochs", "lr"]).splitlines()
+    assert lines[0] == ("| rank | trial | status | epochs | final test error | best test error | best epoch | "
+                        "s / epoch | epochs | lr |")
+    assert lines[2] == "| 1 | t000_epochs=3 | done | 2 | 12.50 % | 10.00 % | 1 | 3.2 | 3 | 40,12 |"
