@@ -128,6 +128,11 @@ def test_tiny_grid_runs_resumes_and_writes_results(tmp_path, capsys):
     best = TrainConfig.from_dict(tomllib.loads((d / "best.toml").read_text()))
     best_run = RunStore.open(d / f"{rows[0]['trial']}.h5")
     assert best.to_dict() == best_run.config
+    # best.toml trains the best trial again, bit for bit (one thread, as the trials ran)
+    assert main(["train", "--config", str(d / "best.toml"), "--out", str(tmp_path / "again.h5"),
+                 "--threads", "1", "--quiet"]) == 0
+    again = RunStore.open(tmp_path / "again.h5").load_checkpoint().params
+    assert all(np.array_equal(v, best_run.load_checkpoint().params[k]) for k, v in again.items())
     assert (d / "best.png").stat().st_size > 1000
 
     # again: nothing is repeated (the run files are untouched), the results are rewritten
