@@ -308,7 +308,8 @@ def trial_config(spec: SweepSpec, trial: Trial) -> TrainConfig:
     try:
         cfg = TrainConfig.from_dict(merge(spec.base, flat))
         if scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale >= 0 and math.isfinite(scale)):
+            number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            if not (number and math.isfinite(scale) and scale >= 0):
                 raise ConfigError(f"lr_scale={scale!r} must be a finite number >= 0")
             cfg = cfg.replace(lr=[float(scale) * r for r in cfg.lr])
         return cfg.resolved()
@@ -555,9 +556,10 @@ def _run_trials(sweep, jobs, log, poll, retry_failed, first_alone, python, launc
             todo.append((t, st))
         elif st != "done":
             log(f"{t.name}: {st}, not run again" + (" (--retry-failed runs it)" if st == "failed" else ""))
-    done = len(sweep.trials) - len(todo)
-    log(f"sweep {sweep.directory}: {len(sweep.trials)} trials, {done} finished before, {len(todo)} to run, "
-        f"{jobs} at a time")
+    done = sum(sweep.status(t) == "done" for t in sweep.trials)
+    left = len(sweep.trials) - done - len(todo)
+    log(f"sweep {sweep.directory}: {len(sweep.trials)} trials, {done} done before"
+        + (f", {left} stopped or failed before" if left else "") + f", {len(todo)} to run, {jobs} at a time")
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     curves = _Curves(sweep)
@@ -568,7 +570,8 @@ def _run_trials(sweep, jobs, log, poll, retry_failed, first_alone, python, launc
                 t, st = todo.pop(0)
                 resume = sweep.path(t, "h5").exists()
                 if not resume:
-                    _write_atomic(sweep.path(t, "json"), json.dumps(trial_config(sweep.spec, t).to_dict(), indent=1) + "\n")
+                    cfg = trial_config(sweep.spec, t).to_dict()
+                    _write_atomic(sweep.path(t, "json"), json.dumps(cfg, indent=1) + "\n")
                 sweep.failed.pop(t.name, None)
                 sweep.save()
                 cmd = trial_command(sweep, t, resume, python, launcher)

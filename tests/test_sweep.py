@@ -66,8 +66,9 @@ def test_bad_specs_and_values_name_the_problem(tmp_path):
 
 def test_grid_and_random_trials():
     grid = sw.make_trials(spec({"lr_scale": sw.Choice((0.5, 1)), "beta_rel": sw.Choice((0.05, 0.1, 0.2))}))
-    assert [t.settings for t in grid[:4]] == [{"lr_scale": 0.5, "beta_rel": 0.05}, {"lr_scale": 0.5, "beta_rel": 0.1},
-                                              {"lr_scale": 0.5, "beta_rel": 0.2}, {"lr_scale": 1, "beta_rel": 0.05}]
+    assert [t.settings for t in grid[:4]] == [
+        {"lr_scale": 0.5, "beta_rel": 0.05}, {"lr_scale": 0.5, "beta_rel": 0.1},
+        {"lr_scale": 0.5, "beta_rel": 0.2}, {"lr_scale": 1, "beta_rel": 0.05}]
     assert len(grid) == 6 and grid[3].name == "t003_lr_scale=1_beta_rel=0.05"
     sp = spec({"lr_scale": sw.Range(0.25, 4.0, log=True), "batch_size": sw.Range(4, 40),
                "seed": sw.Choice((0, 1))}, random=20, search_seed=3)
@@ -138,7 +139,7 @@ def test_tiny_grid_runs_resumes_and_writes_results(tmp_path, capsys):
     # again: nothing is repeated (the run files are untouched), the results are rewritten
     stamps = {n: (d / f"{n}.h5").stat().st_mtime_ns for n in names}
     assert main(args) == 0
-    assert "2 finished before, 0 to run" in capsys.readouterr().out
+    assert "2 trials, 2 done before, 0 to run" in capsys.readouterr().out
     assert stamps == {n: (d / f"{n}.h5").stat().st_mtime_ns for n in names}
     # the directory alone resumes it; different options are refused
     assert main(["sweep", str(d)]) == 0
@@ -180,7 +181,8 @@ def test_trials_behind_are_stopped_and_not_rerun(tmp_path):
     assert [rows[t.name]["status"] for t in sweep.trials[:2]] == ["done", "done"]
     again = []
     sw.run_sweep(sw.open_sweep(d), 1, log=again.append, poll=0.02)
-    assert f"{t2}: stopped, not run again" in again and "0 to run" in again[-1]
+    assert f"{t2}: stopped, not run again" in again
+    assert "2 done before, 1 stopped or failed before, 0 to run" in again[-1]
 
 
 def test_failed_trials_are_recorded_and_not_rerun(tmp_path):
