@@ -291,3 +291,13 @@ def test_table_keeps_settings_apart_from_its_columns():
     assert lines[0] == ("| rank | trial | status | epochs | final test error | best test error | best epoch | "
                         "s / epoch | epochs | lr |")
     assert lines[2] == "| 1 | t000_epochs=3 | done | 2 | 12.50 % | 10.00 % | 1 | 3.2 | 3 | 40,12 |"
+
+
+def test_help_states_the_spec_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = sw.SweepSpec(base={}, space=(("seed", sw.Choice((0,))),))
+    for phrase in (f"draws (default {d.search_seed})", f"(default {d.prune})", f"checked (default {d.prune_after})",
+                   f"epoch (default {d.prune_min})"):
+        assert phrase in text

@@ -1,6 +1,7 @@
 """``fastres sweep``: grid or random search over config keys, each trial an ordinary run."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -44,13 +45,16 @@ def add_commands(sub):
     s.set_defaults(func=run_sweep)
 
 
-#: sweep options that define the search (stored in the sweep directory), with their defaults
-_SEARCH = {"random": 0, "search_seed": 0, "prune": "median", "prune_after": 1, "prune_min": 3}
+def _search_defaults() -> dict:
+    """The options that define a search besides its keys (stored in the sweep directory), with
+    their defaults (:class:`fastres.sweep.SweepSpec`, the one place stating them)."""
+    from ..sweep import SweepSpec
+    return {f.name: f.default for f in dataclasses.fields(SweepSpec) if f.name not in ("base", "space")}
 
 
 def _gave_spec(args, flags) -> bool:
     """True when the command line describes a sweep (else it resumes DIR's stored one)."""
-    return bool(args.grid or args.spec or any(getattr(args, k) is not None for k in _SEARCH)
+    return bool(args.grid or args.spec or any(getattr(args, k) is not None for k in _search_defaults())
                 or args.config or args.lr or args.diode_param or args.device or args.device_param
                 or any(getattr(args, n, None) is not None for n in flags))
 
@@ -66,7 +70,8 @@ def spec_from_args(args):
     for arg in args.grid:
         key, axis = parse_axis(arg)
         space[key] = axis  # the command line overrides the file
-    search = {k: filed.get(k, d) if getattr(args, k) is None else getattr(args, k) for k, d in _SEARCH.items()}
+    search = {k: filed.get(k, d) if getattr(args, k) is None else getattr(args, k)
+              for k, d in _search_defaults().items()}
     base = base_from_config(config_from_args(args, filed.get("base", {})))
     return SweepSpec(base=base, space=tuple(space.items()), **search)
 
