@@ -42,23 +42,12 @@ def add_commands(sub):
                                    "(see fastres.config.TrainConfig).")
     t.add_argument("--out", metavar="RUN.h5", help="the run file to create (all state goes there)")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last checkpoint")
-    t.add_argument("--config", metavar="FILE", help="TOML or JSON file of options, flat or in "
-                                                    "[network], [estimator], ... sections")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    t.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
-    t.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
-    t.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
-                   "or realistic (see fastres.config.DeviceConfig)")
-    t.add_argument("--device-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="device setting overriding the preset, e.g. model=soft-bounds, levels=64, "
-                        "write_noise=0.01, accumulate=true, table=curve.csv")
+    add_config_options(t)
     t.add_argument("--baseline", choices=["mlp"], help="train the same-size software MLP with "
                    "backpropagation on the same data and schedule instead")
     t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name, typ in FLAGS.items():
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
     t.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on the train and test sets")
@@ -79,6 +68,23 @@ def add_commands(sub):
     g.add_argument("--data", help="dataset directory (default: the search path)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=run_gradcheck)
+
+
+def add_config_options(p):
+    """The options that make a TrainConfig (``--config``, ``--lr``, ``--arch``, ...; read back
+    by :func:`config_from_args`): shared by ``train`` and ``sweep``."""
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of options, flat or in "
+                                                    "[network], [estimator], ... sections")
+    p.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
+    p.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
+    p.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
+                   "or realistic (see fastres.config.DeviceConfig)")
+    p.add_argument("--device-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="device setting overriding the preset, e.g. model=soft-bounds, levels=64, "
+                        "write_noise=0.01, accumulate=true, table=curve.csv")
+    for name, typ in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
 
 
 def set_threads(n):
@@ -123,10 +129,11 @@ def _parse_device(items):
     return out
 
 
-def config_from_args(args):
-    """The TrainConfig of ``--config FILE`` overridden by the flags."""
+def config_from_args(args, base=None):
+    """The TrainConfig of ``base`` (a config dict) overridden by ``--config FILE``, overridden
+    by the flags."""
     from ..config import TrainConfig, merge
-    d = TrainConfig.read_file(args.config) if args.config else {}
+    d = merge(base or {}, TrainConfig.read_file(args.config) if args.config else {})
     flags = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
     if args.lr:
         try:
