@@ -20,6 +20,7 @@ from .circuit import Circuit
 from .compiled import CompiledCircuit
 from .errors import CircuitError, ConfigError, ConvergenceError
 from .kernels import newton as _newton
+from .kernels.blocks import block_range
 from .kernels import stamping as _stamping
 from .kernels.status import Status
 from .system import KernelSystem
@@ -284,7 +285,8 @@ def held_currents(rows, cc: CompiledCircuit, inj=None) -> np.ndarray:
     currents from the held voltages ``rows`` (nX, B) V (:meth:`CompiledCircuit.source_rows`)
     through the resistors joining them to free nodes, ``rows.T @ P`` restricted to the block
     of :attr:`CompiledCircuit.source_block`. The product runs in BLAS on the transposed view
-    (no copy of ``rows``), one chunk of samples per Numba thread (BLAS releases the GIL)."""
+    (no copy of ``rows``), one chunk of samples (:func:`~fastres.kernels.blocks.block_range`)
+    per Numba thread, in Python threads (BLAS releases the GIL)."""
     B = rows.shape[1]
     r0, r1, c0, c1, Pb = cc.source_block
     b = np.zeros((B, cc.nF)) if inj is None else np.array(inj, dtype=np.float64, order="C")
@@ -294,7 +296,7 @@ def held_currents(rows, cc: CompiledCircuit, inj=None) -> np.ndarray:
     n = max(1, min(numba.get_num_threads(), B // 256))
 
     def part(c):
-        lo, hi = (B * c) // n, (B * (c + 1)) // n
+        lo, hi = block_range(B, n, c)
         np.matmul(rows[r0:r1, lo:hi].T, Pb, out=prod[lo:hi])
 
     if n == 1:
