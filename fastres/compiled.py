@@ -54,11 +54,12 @@ class CompiledCircuit:
     def nF(self) -> int:
         return self.nK + self.nE
 
-    def source_values(self, sources=None):
+    def source_values(self, sources=None, check=True):
         """Per-source values with overrides; returns (dict name -> float or (B,) array, B).
 
-        ``sources`` maps a source name (any case) to a scalar or a (B,) array (V or A). The
-        values are checked in bulk (one sum per array; only a non-finite sum looks closer)."""
+        ``sources`` maps a source name (any case) to a scalar or a (B,) array (V or A).
+        ``check=False`` leaves the finiteness of the overrides to the caller
+        (:meth:`source_rows` checks them in bulk, then looks closer only at a bad batch)."""
         values = {}
         for name in list(self.vsrc) + list(self.isrc):
             values[name] = self.circuit.elements[name].value
@@ -70,11 +71,8 @@ class CompiledCircuit:
             arr = np.asarray(val, dtype=np.float64)
             if arr.ndim > 1:
                 raise CircuitError(f"source {name}: values must have shape (B,), got {arr.shape}")
-            with np.errstate(over="ignore", invalid="ignore"):
-                total = arr.sum()
-            if not np.isfinite(total) and not np.all(np.isfinite(arr)):
-                bad = np.flatnonzero(~np.isfinite(np.atleast_1d(arr)))[:5]
-                raise CircuitError(f"source {name}: NaN or Inf value (samples {bad.tolist()})")
+            if check:
+                _check_finite(name, arr)
             values[name] = arr
         B = None
         for name, val in values.items():
@@ -89,8 +87,9 @@ class CompiledCircuit:
         """Held voltages and injected currents of a batch, in the layout that is cheapest to
         build from a dict of (B,) arrays: ``rows`` (nX, B) in V (row ``j`` the fixed column
         ``j``, row 0 ground at 0 V; one contiguous copy per source) and ``inj`` (B, nF) in A,
-        or None when no current source feeds a free node."""
-        values, B = self.source_values(sources)
+        or None when no current source feeds a free node. The values are checked for NaN and
+        Inf in bulk (one sum over ``rows``); a bad batch raises naming its first bad source."""
+        values, B = self.source_values(sources, check=False)
         rows = np.empty((len(self.fixed_nodes), B))
         rows[0] = 0.0
         for name, col in self.vsrc.items():
@@ -101,6 +100,12 @@ class CompiledCircuit:
                 if inj is None:
                     inj = np.zeros((B, self.nF))
                 inj[:, idx] += values[name]
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = rows.sum() + (0.0 if inj is None else inj.sum())
+        if not np.isfinite(total) or any(self.isrc[str(k).lower()] < 0 for k in (sources or {})
+                                         if str(k).lower() in self.isrc):
+            for key, val in (sources or {}).items():
+                _check_finite(str(key).lower(), np.asarray(val, dtype=np.float64))
         return rows, inj
 
     def prepare(self, sources=None):
@@ -206,6 +211,16 @@ class CompiledCircuit:
         alias = {a.out: a.inp for a in self.circuit.of_type(Amplifier)}
         base = [alias.get(n, n) for n in self.nodes]
         return np.array([free[n] if n in free else -fixed[n] - 1 for n in base], dtype=np.int64)
+
+
+def _check_finite(name, arr):
+    """Raise :class:`CircuitError` naming source ``name`` if ``arr`` holds NaN or Inf (one sum
+    first; only a non-finite sum, which a finite overflow can also give, looks closer)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = arr.sum()
+    if not np.isfinite(total) and not np.all(np.isfinite(arr)):
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(arr)))[:5]
+        raise CircuitError(f"source {name}: NaN or Inf value (samples {bad.tolist()})")
 
 
 def _floating_nodes(nodes, fixed, edges):

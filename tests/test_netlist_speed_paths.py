@@ -132,6 +132,9 @@ def test_source_errors_name_the_source():
     assert DCProblem(c, src).prepared()[1].shape == (5, 31)
     with pytest.raises(CircuitError, match="no voltage or current source named 'vq'"):
         solve(DCProblem(c, {"VQ": 1.0}))
+    c.add_current_source("iheld", "x0", 0.0)  # on a held node: not in any matrix
+    with pytest.raises(CircuitError, match="source iheld: NaN or Inf"):
+        solve(DCProblem(c, {"IHELD": np.array([0.0, np.inf])}))
     with pytest.raises(ConfigError, match="DCProblem.guess='ff'"):
         DCProblem(c, guess="ff")
 
