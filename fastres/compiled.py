@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -150,15 +149,15 @@ class CompiledCircuit:
     def clipping_only(self) -> bool:
         """True when every diode joins a free node to a held one (a layered network's clipping
         diodes): the circuit is then its resistor network, whose solution is a good start,
-        with diodes that only bound some node voltages (see :meth:`linear_start`)."""
+        with diodes that only bound some node voltages (:func:`fastres.solver.linear_start`)."""
         nF = self.nF
         return bool(np.all((self.da < nF) != (self.db < nF)))
 
     @property
     def linear_factor(self):
-        """``(L, inv_gEE)`` for :meth:`linear_start`: the lower Cholesky factor (nK, nK) of the
-        resistor network's Schur complement ``GKK - GKE diag(1/gEE) GKE^T`` (S) and ``1/gEE``
-        (nE,) in ohm; None where the resistors alone do not fix every free node (a node held
+        """``(L, inv_gEE)`` for :func:`fastres.solver.linear_start`: the lower Cholesky factor
+        (nK, nK) of the resistor network's Schur complement ``GKK - GKE diag(1/gEE) GKE^T``
+        (S) and ``1/gEE`` (nE,) in ohm; None where the resistors alone do not fix every free node (a node held
         only through diodes). Computed once, shared by every sample (cached)."""
         if getattr(self, "_linear_factor", False) is False:
             self._linear_factor = None
@@ -170,33 +169,8 @@ class CompiledCircuit:
                 except np.linalg.LinAlgError:
                     L = None
                 if L is not None and np.all(np.isfinite(L)) and np.all(np.diag(L) > 0):
-                    self._linear_factor = (L, inv)
+                    self._linear_factor = (np.ascontiguousarray(L), inv)
         return self._linear_factor
-
-    def linear_start(self, b):
-        """Free-node voltages (B, nF) in V of the resistor network alone (every diode removed)
-        under source currents ``b`` (B, nF) A: ``G_FF x = b`` solved for the whole batch with
-        one shared factor (:attr:`linear_factor`), the products in BLAS. For a layered network
-        this is the feed-forward pass without clipping; Newton starts there instead of at 0 V
-        (on the 784-100-10 deck of ``benchmarks/netlist_speed.py``, 4.5 instead of 5.5
-        iterations, and the first ones cheaper). None where :attr:`linear_factor` is None or
-        the result is not finite."""
-        fac = self.linear_factor
-        if fac is None:
-            return None
-        L, inv = fac
-        nK = self.nK
-        x = np.empty(b.shape)
-        xE = b[:, nK:] * inv
-        if nK:
-            rhs = b[:, :nK] - xE @ self.GKE.T
-            xK = solve_triangular(L.T, solve_triangular(L, rhs.T, lower=True), lower=False).T
-            xE -= (xK @ self.GKE) * inv
-            x[:, :nK] = xK
-        x[:, nK:] = xE
-        if not np.all(np.isfinite(x)):
-            return None
-        return x
 
     @property
     def slots(self) -> np.ndarray:

@@ -17,7 +17,8 @@ from fastres.elements import Diode
 from fastres.errors import CircuitError, ConfigError
 from fastres.generators import input_batch, layered_circuit, random_graph_circuit
 from fastres.netlist import parse_netlist
-from fastres.solver import held_currents
+from fastres.kernels import guess
+from fastres.solver import held_currents, linear_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import netlist_speed  # noqa: E402  (the benchmark's deck and batch)
@@ -145,9 +146,17 @@ def test_linear_start_solves_the_resistor_network():
     assert cc.clipping_only
     prob = DCProblem(cc, netlist_speed.source_batch(rng, 16, 30))
     b, _ = prob.batch(Newton())
-    x = cc.linear_start(b)
-    G = naive.dense_conductance(cc.GKK, cc.GKE, cc.gEE)
-    np.testing.assert_allclose(x, np.linalg.solve(G, b.T).T, rtol=1e-10, atol=1e-13)
+    x = linear_start(cc, b)
+    np.testing.assert_allclose(x, naive.linear_solve(cc.GKK, cc.GKE, cc.gEE, b), rtol=1e-10,
+                               atol=1e-13)
+    # the serial kernel on a slice, and a non-finite sample that starts at 0 V
+    L, inv = cc.linear_factor
+    xs = np.empty((3, cc.nF))
+    bs = b[:3].copy()
+    bs[1, 0] = np.inf
+    assert guess.linear_start_range(L, cc.GKE, inv, bs, 0, 3, xs) == 1
+    np.testing.assert_array_equal(xs[1], 0.0)
+    np.testing.assert_allclose(xs[[0, 2]], x[[0, 2]], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
