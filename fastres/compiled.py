@@ -157,8 +157,8 @@ class CompiledCircuit:
     def linear_factor(self):
         """``(L, inv_gEE)`` for :func:`fastres.solver.linear_start`: the lower Cholesky factor
         (nK, nK) of the resistor network's Schur complement ``GKK - GKE diag(1/gEE) GKE^T``
-        (S) and ``1/gEE`` (nE,) in ohm; None where the resistors alone do not fix every free node (a node held
-        only through diodes). Computed once, shared by every sample (cached)."""
+        (S) and ``1/gEE`` (nE,) in ohm; None where the resistors alone do not fix every free
+        node (a node held only through diodes). Computed once, shared by every sample (cached)."""
         if getattr(self, "_linear_factor", False) is False:
             self._linear_factor = None
             if self.nF and np.all(self.gEE > 0) and np.all(np.isfinite(self.gEE)):
@@ -358,7 +358,8 @@ def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
     m_a = ~same & (fa >= 0)
     m_b = ~same & (fb >= 0)
     d_r = np.concatenate([r_id[m_same], r_id[m_a], r_id[m_b]])
-    d_sub = np.concatenate([np.zeros(m_same.sum() + m_a.sum(), np.int64), np.ones(m_b.sum(), np.int64)])
+    d_sub = np.concatenate([np.zeros(m_same.sum() + m_a.sum(), np.int64),
+                            np.ones(m_b.sum(), np.int64)])
     d_at = np.concatenate([fa[m_same], fa[m_a], fb[m_b]])
     d_val = np.concatenate([(sa[m_same] - sb[m_same]) ** 2 * g[m_same], sa[m_a] * sa[m_a] * g[m_a],
                             sb[m_b] * sb[m_b] * g[m_b]])
@@ -370,7 +371,8 @@ def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
     i_ff, j_ff = np.minimum(fa[m_ff], fb[m_ff]), np.maximum(fa[m_ff], fb[m_ff])
     c_ff = -cpl[m_ff]
     kk = j_ff < nK
-    GKK = _accumulate((nK, nK), (np.concatenate([i_ff[kk], j_ff[kk]]), np.concatenate([j_ff[kk], i_ff[kk]])),
+    GKK = _accumulate((nK, nK), (np.concatenate([i_ff[kk], j_ff[kk]]),
+                                 np.concatenate([j_ff[kk], i_ff[kk]])),
                       np.concatenate([c_ff[kk], c_ff[kk]]))
     GKK[np.arange(nK), np.arange(nK)] = dg[:nK]
     GKE = _accumulate((nK, nE), (i_ff[~kk], j_ff[~kk] - nK), c_ff[~kk])

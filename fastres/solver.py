@@ -285,7 +285,7 @@ def linear_start(cc: CompiledCircuit, b) -> np.ndarray | None:
     """Free-node voltages (B, nF) in V of the resistor network alone (every diode removed)
     under source currents ``b`` (B, nF) A: ``G_FF x = b`` per sample with one factor shared by
     the batch (:attr:`CompiledCircuit.linear_factor`; kernel
-    :func:`fastres.kernels.guess.linear_start_b`). For a layered network this is the
+    :func:`fastres.kernels.guess.linear_start_range`, serial). For a layered network this is the
     feed-forward pass without clipping; on the 784-100-10 deck of
     ``benchmarks/netlist_speed.py`` Newton then takes 4.5 instead of 5.5 iterations, the first
     ones cheaper. None where the resistor network alone is singular; a sample whose result is
