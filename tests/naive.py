@@ -161,6 +161,12 @@ def dense_conductance(GKK, GKE, gEE):
     return np.block([[GKK, GKE], [GKE.T, np.diag(gEE)]])
 
 
+def linear_solve(GKK, GKE, gEE, b):
+    """The resistor network alone: ``x`` (B, nF) V solving ``G_FF x = b`` for source currents
+    ``b`` (B, nF) A (twin of ``kernels/guess.py``)."""
+    return np.linalg.solve(dense_conductance(GKK, GKE, gEE), np.asarray(b, dtype=np.float64).T).T
+
+
 def incidence(da, db, nF):
     """(nF, nD) diode incidence on the free nodes: +1 at the anode, -1 at the cathode (an
     index >= nF is a fixed node, which has no row)."""
