@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import sys
 import time
@@ -134,14 +135,34 @@ def check_answer(circuit, volts):
     return bool(worst <= tol), worst, tol
 
 
-def ngspice_op(circuit):
-    """ngspice's operating point (dict node -> V), or None when ngspice fails."""
+def ngspice_op(circuit, cache=None, key=None):
+    """ngspice's operating point (dict node -> V), or None when ngspice fails. ``cache``: a
+    dict (``key`` -> answer or None) consulted first and filled (ngspice's answer depends on
+    the circuit only, so one cache serves runs of different fastres versions)."""
     from fastres import ngspice
     from fastres.netlist import write_netlist
+    if cache is not None and key in cache:
+        return cache[key]
     try:
-        return ngspice.run_op(write_netlist(circuit), extra_options=NGSPICE_OPTIONS, timeout=60)
+        ref = ngspice.run_op(write_netlist(circuit), extra_options=NGSPICE_OPTIONS, timeout=60)
     except ngspice.NgspiceError:
-        return None
+        ref = None
+    if cache is not None:
+        cache[key] = ref
+    return ref
+
+
+def beyond_imax(circuit, volts):
+    """True if, at ``volts`` (dict, V), some Shockley diode is past its ``imax`` guard voltage
+    ``vmax`` (its current above 1e6 A by default): an answer fastres refuses by design."""
+    v = dict(volts)
+    v["0"] = 0.0
+    for e in circuit.of_type(Diode):
+        if e.model.kind == Shockley.kind:
+            p = e.model.params(temp=circuit.temp, tnom=circuit.tnom, gmin=circuit.gmin)
+            if v[e.anode] - v[e.cathode] > p[3]:
+                return True
+    return False
 
 
 def free_nodes(circuit):
@@ -175,6 +196,7 @@ class Tally:
         self.ng_solves_refused = 0  # ... which ngspice solved
         self.ng_solves_refused_kcl = 0  # ... with an answer that passes the KCL check
         self.ng_solves_by_reason = collections.Counter()
+        self.ng_solves_beyond_imax = 0  # ... with a Shockley diode beyond imax in ngspice's answer
         self.ng_sampled = 0         # converged by fastres, sampled for ngspice
         self.ng_fails_sampled = 0   # ... which ngspice did not solve
         self.ng_disagree = []       # (index, max |dV| V) on the sample, beyond max(1e-9, 1e-9 max|v|)
@@ -194,10 +216,14 @@ class Tally:
         lines.append("aids (converged only after plain Newton failed): "
                      + (", ".join(f"{k}: {v}" for k, v in sorted(self.aids.items())) or "none"))
         lines.append(f"ngspice on the refused: {self.ng_on_refused}; solves {self.ng_solves_refused}"
-                     f" of them ({self.ng_solves_refused_kcl} with an answer passing the KCL check)")
+                     f" of them ({self.ng_solves_refused_kcl} with an answer passing the KCL check;"
+                     f" {self.ng_solves_beyond_imax} with a Shockley diode beyond imax)")
         lines.append(f"ngspice on a sample of the converged: {self.ng_sampled}; fails on "
                      f"{self.ng_fails_sampled}; disagrees by > max(1e-9 V, 1e-9 max|v|) on "
                      f"{len(self.ng_disagree)}")
+        if self.ng_on_refused + self.ng_sampled == self.n:
+            lines.append(f"ngspice ran on every circuit: refuses {self.ng_fails_sampled + self.ng_on_refused - self.ng_solves_refused}"
+                         f" of {self.n} (fastres refuses {sum(self.refused.values())})")
         if self.ng_disagree:
             lines.append("  largest: " + ", ".join(f"#{i} {d:.3g} V" for i, d in
                                                     sorted(self.ng_disagree, key=lambda w: -w[1])[:5]))
@@ -207,9 +233,11 @@ class Tally:
 AID_NAMES = {1: "gmin stepping", 2: "source stepping"}
 
 
-def run(n, seed=0, ngspice_sample=0.0, ngspice_refused=True, alg=Newton(), progress=False):
+def run(n, seed=0, ngspice_sample=0.0, ngspice_refused=True, alg=Newton(), progress=False,
+        ngspice_cache=None):
     """Fuzz ``n`` circuits from ``np.random.default_rng(seed)``; circuit ``i`` is
-    ``random_circuit(np.random.default_rng([seed, i]))``. Returns a :class:`Tally`."""
+    ``random_circuit(np.random.default_rng([seed, i]))``. Returns a :class:`Tally`.
+    ``ngspice_cache``: a dict of ngspice answers by ``"seed:i"``, used and filled."""
     t = Tally()
     pick = np.random.default_rng([seed, 1 << 30])
     t0 = time.time()
@@ -226,7 +254,7 @@ def run(n, seed=0, ngspice_sample=0.0, ngspice_refused=True, alg=Newton(), progr
                 t.wrong.append((i, worst, tol))
             if ngspice_sample > 0 and pick.random() < ngspice_sample:
                 t.ng_sampled += 1
-                ref = ngspice_op(c)
+                ref = ngspice_op(c, ngspice_cache, f"{seed}:{i}")
                 if ref is None:
                     t.ng_fails_sampled += 1
                 else:
@@ -239,10 +267,12 @@ def run(n, seed=0, ngspice_sample=0.0, ngspice_refused=True, alg=Newton(), progr
             t.refused[why] += 1
             if ngspice_refused:
                 t.ng_on_refused += 1
-                ref = ngspice_op(c)
+                ref = ngspice_op(c, ngspice_cache, f"{seed}:{i}")
                 if ref is not None:
                     t.ng_solves_refused += 1
                     t.ng_solves_by_reason[why] += 1
+                    if beyond_imax(c, ref):
+                        t.ng_solves_beyond_imax += 1
                     if check_answer(c, {m: ref[m] for m in c.nodes})[0]:
                         t.ng_solves_refused_kcl += 1
         if progress and (i + 1) % 10000 == 0:
@@ -258,11 +288,19 @@ def main(argv=None):
                     help="fraction of the converged circuits also run through ngspice")
     ap.add_argument("--no-ngspice", action="store_true", help="no ngspice runs at all")
     ap.add_argument("--no-aids", action="store_true", help="plain Newton only (Newton(aids=False))")
+    ap.add_argument("--ngspice-cache", type=Path, default=None,
+                    help="JSON file of ngspice answers by circuit, read if present and rewritten "
+                         "(ngspice's answers do not depend on fastres: reuse them across runs)")
     args = ap.parse_args(argv)
     alg = Newton(aids=False) if args.no_aids else Newton()
+    cache = None
+    if args.ngspice_cache is not None:
+        cache = json.loads(args.ngspice_cache.read_text()) if args.ngspice_cache.exists() else {}
     t0 = time.time()
     t = run(args.n, args.seed, 0.0 if args.no_ngspice else args.ngspice_sample,
-            not args.no_ngspice, alg, progress=True)
+            not args.no_ngspice, alg, progress=True, ngspice_cache=cache)
+    if cache is not None:
+        args.ngspice_cache.write_text(json.dumps(cache))
     print(t.report(time.time() - t0))
     return 0
 
