@@ -30,17 +30,20 @@ the final point, never from values carried between trial points.
 
 Round-off floor of the step test: on an ill-conditioned circuit (a tightly coupled cluster tied
 to the rest by a few pS or nS) the residual's round-off alone, through ``J^-1``, moves the
-Newton step by far more than ``tol_v``; the iterates then bounce at that level for ever while
-the residual test passes. So where the residual test passes but the step test does not, the
-step is compared node by node with ``tol_v + J^-1 dr`` (:func:`_step_noise`: ``dr`` bounds the
-residual's evaluation error from the magnitudes of its terms; ``J`` is an M-matrix, so
-``J^-1 >= 0`` and this bounds the step any such error can cause). That bound is pessimistic
-(errors of opposite sign at the two ends of a stiff element are counted as if they added), so
-a step within it is taken as round-off only after ``STALLS`` consecutive steps within it that
-did not shrink by ``STALL`` as Newton's steps do near a solution; the iteration then stops
-moving and the point is judged, afresh, by the residual test. Such an answer is as accurate as
-double-precision nodal arithmetic allows for that circuit, which can be far less than
-``reltol`` (ngspice's answers to the same circuits are off by as much).
+Newton step by far more than ``tol_v``; the iterates then bounce at that level while the
+residual test passes, until the iteration limit. Where the residual test passes but the step
+test does not, the step is compared node by node with ``tol_v + J^-1 dr``
+(:func:`_step_noise`: ``dr`` bounds the residual's evaluation error from the magnitudes of
+its terms; ``J`` is an M-matrix, so ``J^-1 >= 0`` and this bounds the step any such error can
+cause). That bound is pessimistic, so the steps count as stalled at round-off only after
+``STALLS`` consecutive steps within it that did not shrink by ``STALL`` as Newton's steps do
+near a solution. This changes no iterate: Newton goes on, and a step that falls below
+``tol_v`` still ends in CONVERGED as before. But a solve that then reaches the iteration limit
+at a point that passes the fresh residual test ends in ROUNDOFF, not MAXITER: its answer, left
+in place, is as accurate as double-precision nodal arithmetic allows for that circuit, which
+can be far looser than ``reltol`` (ngspice's answers to the same circuits are off by as much,
+and ngspice calls them converged). It is never reported as converged; the continuation aids
+are tried as for any failure, and if none converges the sample keeps this answer and status.
 
 Continuation aids (SPICE's fallbacks, only for a sample plain Newton does not solve, so that
 every other sample's result is unchanged): gmin stepping (a shunt conductance from every free
@@ -51,7 +54,7 @@ test; ``aid`` reports per sample which one succeeded (:data:`AID_GMIN`, :data:`A
 
 Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
 1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
-with a Shockley diode beyond its ``imax`` guard.
+with a Shockley diode beyond its ``imax`` guard, 5 stopped at the round-off limit (see above).
 """
 import math
 from collections import namedtuple
@@ -68,6 +71,7 @@ from .status import Status
 # plain ints (Numba freezes them as constants in the kernels); equal to the Status members
 CONVERGED = int(Status.CONVERGED)
 MAXITER = int(Status.MAXITER)
+ROUNDOFF = int(Status.ROUNDOFF)
 LINESEARCH = int(Status.LINESEARCH)
 SINGULAR = int(Status.SINGULAR)
 BEYOND_IMAX = int(Status.BEYOND_IMAX)
@@ -309,6 +313,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     it = 0
     noise_prev = 0.0  # the last step (V) found within round-off noise (0: the last one was not)
     stalls = 0  # consecutive such steps that did not shrink by STALL
+    limited = False  # steps have stalled at the round-off floor (see the module docstring)
     step_small = nF == 0  # nothing free (every node held): converged as it stands
     while True:
         if step_small:
@@ -328,6 +333,17 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                     return it, rmax, BEYOND_IMAX, valid
             return it, rmax, CONVERGED, valid
         if it >= maxiter:
+            if limited:
+                # the steps stalled at the round-off floor: judge the last point afresh; if the
+                # residual test passes, it is the round-off-limited answer, left in place
+                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+                rmax = 0.0
+                for i in range(nF):
+                    a = abs(r[i])
+                    if a > rmax or a != a:
+                        rmax = a
+                if _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
+                    return it, rmax, ROUNDOFF, valid
             return it, rmax, MAXITER, valid
         refactor = not valid
         if valid:
@@ -387,9 +403,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             noise_prev = 0.0
             stalls = 0
         if stalled:
-            step_small = True
-            it += 1
-            continue
+            limited = True  # from now on, an iteration limit is reported as ROUNDOFF
         t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
         lo = 0.0
         hi = math.inf
