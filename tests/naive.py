@@ -222,6 +222,27 @@ def newton_direction(J, r):
     return -np.linalg.solve(J, r[..., None])[..., 0]
 
 
+def step_noise(GKK, GKE, gEE, b, x, vdfix, da, db, dkind, dpar, factor):
+    """The Newton step (V) that round-off in the residual alone can produce, per free node:
+    ``J^-1 dr`` with ``dr = factor eps (|J| |x| + |b| + |A| |i| + g |v_fixed|)`` (A), ``x``
+    (nF,) V, ``b`` (nF,) A, ``vdfix`` (nXd,) V; ``|A| |i|`` sums each diode's current magnitude
+    at its free ends, ``g |v_fixed|`` its conductance times the voltage of a fixed end. The
+    twin of ``kernels/newton.py``'s ``_step_noise``."""
+    r, J = kcl(GKK, GKE, gEE, b, x[None], vdfix[None], da, db, dkind, dpar)
+    J = J[0]
+    nF = x.shape[0]
+    vext = np.concatenate([x, vdfix])
+    i, g, _ = diode(dkind, dpar, vext[da] - vext[db])
+    dr = np.abs(J) @ np.abs(x) + np.abs(b) + np.abs(incidence(da, db, nF)) @ np.abs(i)
+    for k in range(da.shape[0]):
+        a, c = da[k], db[k]
+        if a < nF and c >= nF:
+            dr[a] += g[k] * abs(vext[c])
+        if c < nF and a >= nF:
+            dr[c] += g[k] * abs(vext[a])
+    return np.abs(np.linalg.solve(J, factor * np.finfo(float).eps * dr))
+
+
 def adjoint_solve(J, rhs):
     """``J^-1 rhs`` per sample: ``J`` (B, nF, nF) S, ``rhs`` (B, nF) (any unit u); result u/S."""
     return np.linalg.solve(J, rhs[..., None])[..., 0]
