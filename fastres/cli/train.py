@@ -24,7 +24,8 @@ _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (def
                    "more hidden layers of even sizes)",
          "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)",
          "linear": "auto | schur | cg: the Newton direction's linear solver (auto: cg for wide "
-                   "multi-layer networks, see README 'Solver')"}
+                   "multi-layer networks and very wide single hidden layers, see README "
+                   "'Deep, wide networks')"}
 
 # command-line flag -> TrainConfig option (fastres.config; values parsed by type below)
 FLAGS = {
