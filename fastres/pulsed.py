@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from .config import DeviceConfig
-from .errors import ConfigError
+from .errors import ConfigError, FastresError
 from .kernels import pulses as _kp
 from .optimizers import BoundedSGD
 
@@ -158,24 +158,68 @@ class PulsedDevices:
             out[k] = np.clip(a, 1e-300, None).reshape(W.shape)
         return out
 
-    def step(self, params, ph, lr_factor: float):
-        """SGD's desired change of every conductance, then pulses (in place in ``params``)."""
-        desired = {k: W.copy() for k, W in params.items()}
-        self.sgd.step(desired, ph, lr_factor)  # its W1 sums now belong to the copy, not params
+    def _par(self) -> np.ndarray:
+        """The scalar device settings, packed as :mod:`fastres.kernels.pulses` takes them."""
         p = self.p
+        return np.array([self.model, self.step_nominal, self.step_up, self.step_down, self.p_max,
+                         1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
+                         float(p["write_noise"]), 1.0 if p["accumulate"] else 0.0])
+
+    def _dev(self, k) -> tuple:
+        d = self.dev[k]
+        return (d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], d["aup"], d["adown"], self.tab_up,
+                self.tab_down)
+
+    def step(self, params, ph, lr_factor: float):
+        """SGD's desired change of every conductance, turned into pulses in the same pass (in
+        place in ``params``; no copy, the change never materialised). Returns the pulse count.
+
+        Bit-identical to an unclipped :class:`BoundedSGD` step on a copy followed by
+        :meth:`apply` of the differences (tested)."""
+        sgd = self.sgd
+        gscale = self.g_max * self.g_max * lr_factor
+        par = self._par()
+        index = {k: j for j, k in enumerate(sorted(params))}
+
+        def key(k):
+            return stream_key(self.seed, self.step_count, index[k], _PURPOSE_WRITE)
+        blocks, colsum = sgd.sum_buffers(params["W1"])  # the fused step writes W1's column sums
+        counts = np.zeros(blocks.shape[0])
+        uT, d, col = ph.first
+        _kp.pulse_fixed(params["W1"], uT, d, col, ph.scale, sgd.vel["W1"], sgd.lr[0] * gscale,
+                        sgd.momentum, self._dev("W1"), par, key("W1"), counts, blocks, colsum)
+        total = counts.sum()
+        counts = np.zeros(max(1, numba.get_num_threads()))
+        for l in range(1, len(sgd.lr) + 1):
+            for k in (f"W{l}", f"B{l}") if l > 1 else ("B1",):
+                row, col, prod = ph.terms[k]
+                W = params[k].reshape(len(row), len(col))
+                _kp.pulse_terms(W, row, col, prod, ph.scale, sgd.vel[k].reshape(W.shape),
+                                sgd.lr[l - 1] * gscale, sgd.momentum, self._dev(k), par, key(k), counts)
+                total += counts.sum()
+        self.step_count += 1
+        self.last_pulses = int(total)
+        return self.last_pulses
+
+    def apply(self, params, desired) -> int:
+        """Program desired changes ``desired`` (dict like ``params``, S) by pulses, in place in
+        ``params`` (one step of the devices' random streams). Returns the pulse count. The
+        MLP baseline on devices updates through this; EqProp's :meth:`step` fuses it."""
         nchunks = max(1, numba.get_num_threads())
+        par = self._par()
         total = 0
         for j, (k, W) in enumerate(sorted(params.items())):
             d = self.dev[k]
-            flat = W.ravel()
-            delta = desired[k].ravel() - flat
+            if not W.flags.c_contiguous:
+                raise FastresError(f"pulsed devices: conductance array {k} must be C-contiguous")
+            flat = W.reshape(-1)
             pulses = np.empty(flat.size)
             key = stream_key(self.seed, self.step_count, j, _PURPOSE_WRITE)
-            _kp.pulse_update(flat, delta, d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
-                             self.model, self.step_nominal, self.step_up, self.step_down, d["aup"],
-                             d["adown"], self.p_max, self.tab_up, self.tab_down,
-                             1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
-                             float(p["write_noise"]), bool(p["accumulate"]), nchunks)
+            _kp.pulse_update(flat, np.ascontiguousarray(desired[k], dtype=np.float64).reshape(-1),
+                             d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
+                             int(par[0]), par[1], par[2], par[3], d["aup"], d["adown"], par[4],
+                             self.tab_up, self.tab_down, int(par[5]), par[6], par[7], bool(par[8]),
+                             nchunks)
             total += int(np.abs(pulses).sum())
         self.step_count += 1
         self.last_pulses = total

@@ -134,39 +134,48 @@ def move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max, tab_up
     return lo + r * _interp_val(tab_down, pos - s * n)
 
 
+@njit(cache=True, inline="always")
+def program(i, g, d, acc, lo, hi, s, stuck, key, model, step_nominal, step_up, step_down, a_up,
+            a_down, p_max, tab_up, tab_down, rounding, max_pulses, sigma, accumulate):
+    """Device ``i`` at conductance ``g`` (S) given the desired change ``d`` (S): returns its new
+    conductance (S) and its signed pulse count; updates ``acc[i]`` (steps 1-3 of the module
+    docstring)."""
+    if stuck[i] != 0.0:
+        return g, 0.0
+    x = d / step_nominal
+    if accumulate:
+        acc[i] += d
+        x = acc[i] / step_nominal
+        n = float(int(x))  # towards zero: fire only once a whole step has accumulated
+    elif rounding == 1:
+        fl = math.floor(x)
+        n = fl + (1.0 if uniform(key, i, 0) < x - fl else 0.0)
+    else:
+        n = math.floor(x + 0.5)
+    if n > max_pulses:
+        n = max_pulses
+    elif n < -max_pulses:
+        n = -max_pulses
+    if accumulate:
+        acc[i] -= n * step_nominal
+    if n == 0.0:
+        return g, 0.0
+    gn = move(model, g, n, lo[i], hi[i], s[i], step_up, step_down, a_up[i], a_down[i], p_max,
+              tab_up, tab_down)
+    if sigma > 0.0:
+        gn += sigma * (hi[i] - lo[i]) * math.sqrt(abs(n)) * normal(key, i)
+    return min(max(gn, lo[i]), hi[i]), n
+
+
 @njit(cache=True)
 def pulse_rows(g, d, acc, lo, hi, s, stuck, pulses, key, model, step_nominal, step_up, step_down,
                a_up, a_down, p_max, tab_up, tab_down, rounding, max_pulses, sigma, accumulate,
                first, last):
     """Devices ``first..last-1`` of :func:`pulse_update` (serial)."""
     for i in range(first, last):
-        if stuck[i] != 0.0:
-            pulses[i] = 0.0
-            continue
-        x = d[i] / step_nominal
-        if accumulate:
-            acc[i] += d[i]
-            x = acc[i] / step_nominal
-            n = float(int(x))  # towards zero: fire only once a whole step has accumulated
-        elif rounding == 1:
-            fl = math.floor(x)
-            n = fl + (1.0 if uniform(key, i, 0) < x - fl else 0.0)
-        else:
-            n = math.floor(x + 0.5)
-        if n > max_pulses:
-            n = max_pulses
-        elif n < -max_pulses:
-            n = -max_pulses
-        if accumulate:
-            acc[i] -= n * step_nominal
-        pulses[i] = n
-        if n == 0.0:
-            continue
-        gn = move(model, g[i], n, lo[i], hi[i], s[i], step_up, step_down, a_up[i], a_down[i], p_max,
-                  tab_up, tab_down)
-        if sigma > 0.0:
-            gn += sigma * (hi[i] - lo[i]) * math.sqrt(abs(n)) * normal(key, i)
-        g[i] = min(max(gn, lo[i]), hi[i])
+        g[i], pulses[i] = program(i, g[i], d[i], acc, lo, hi, s, stuck, key, model, step_nominal,
+                                  step_up, step_down, a_up, a_down, p_max, tab_up, tab_down,
+                                  rounding, max_pulses, sigma, accumulate)
 
 
 @njit(cache=True, parallel=True)
@@ -194,3 +203,103 @@ def read_noise(g, out, key, sigma):
     N = g.shape[0]
     for i in prange(N):
         out[i] = g[i] * (1.0 + sigma * normal(key, i))
+
+
+# -- the fused pulsed step: desired changes (SGD with momentum on EqProp's terms) and pulses in
+# one pass, no copy of the conductances, no materialised change. ``dev`` is the tuple
+# ``(acc, lo, hi, s, stuck, a_up, a_down, tab_up, tab_down)`` of :func:`pulse_update`'s
+# per-device arrays (flat, one entry per conductance in row-major order), ``par`` the float64
+# array ``(model, step_nominal, step_up, step_down, p_max, rounding, max_pulses, sigma,
+# accumulate)``. The desired change of a conductance ``w`` is the unclipped SGD step's
+# ``(w - lr vel) - w``, written so, as in :func:`fastres.kernels.updates.drop_square_step`
+# then a subtraction: the pulses are bit-identical to an SGD step on a copy followed by
+# :func:`pulse_update`.
+
+@njit(cache=True, inline="always")
+def _program_at(i, w, q, lr, dev, par, key):
+    acc, lo, hi, s, stuck, a_up, a_down, tab_up, tab_down = dev
+    return program(i, w, (w - lr * q) - w, acc, lo, hi, s, stuck, key, int(par[0]), par[1], par[2],
+                   par[3], a_up, a_down, par[4], tab_up, tab_down, int(par[5]), par[6], par[7],
+                   par[8] != 0.0)
+
+
+@njit(cache=True)
+def pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, first, last):
+    """Rows ``first..last-1`` of :func:`pulse_terms` (serial); returns their pulse count."""
+    m = W.shape[1]
+    count = 0.0
+    for i in range(first, last):
+        ri = row[i]
+        for j in range(m):
+            q = scale * (ri + col[j] - 2.0 * prod[i, j])
+            if momentum > 0.0:
+                q = momentum * vel[i, j] + q
+                vel[i, j] = q
+            W[i, j], n = _program_at(i * m + j, W[i, j], q, lr, dev, par, key)
+            count += abs(n)
+    return count
+
+
+@njit(cache=True, parallel=True)
+def pulse_terms(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, counts):
+    """Fused pulsed step of a conductance array ``W`` (n_from, n_to) (S) from EqProp's terms:
+    ``grad = scale (row[i] + col[j] - 2 prod[i, j])`` (V^2/S, see
+    :func:`fastres.kernels.updates.drop_square_step`), ``vel = momentum vel + grad``, desired
+    change ``-lr vel`` (``lr`` S^2/V^2), then pulses (:func:`program`), in place in ``W``,
+    ``vel`` and the accumulators. Rows in ``counts.shape[0]`` parallel chunks; ``counts[c]``
+    receives chunk ``c``'s pulse count. The result does not depend on the number of chunks."""
+    nchunks = counts.shape[0]
+    for c in prange(nchunks):
+        first, last = block_range(W.shape[0], nchunks, c)
+        counts[c] = pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key,
+                                     first, last)
+
+
+@njit(cache=True)
+def pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, first, last, psum):
+    """Rows ``first..last-1`` of :func:`pulse_fixed` (serial); ``psum`` (n_to,) receives the
+    column sums of the new rows (S); returns the rows' pulse count."""
+    B = uT.shape[1]
+    m = W.shape[1]
+    p = np.empty(m)
+    count = 0.0
+    for j in range(m):
+        psum[j] = 0.0
+    for i in range(first, last):
+        for j in range(m):
+            p[j] = 0.0
+        for s in range(B):
+            a = uT[i, s]
+            if a != 0.0:
+                for j in range(m):
+                    p[j] += a * d[s, j]
+        for j in range(m):
+            q = scale * (col[j] - 2.0 * p[j])
+            if momentum > 0.0:
+                q = momentum * vel[i, j] + q
+                vel[i, j] = q
+            W[i, j], n = _program_at(i * m + j, W[i, j], q, lr, dev, par, key)
+            count += abs(n)
+            psum[j] += W[i, j]
+    return count
+
+
+@njit(cache=True, parallel=True)
+def pulse_fixed(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, counts, partial, colsum):
+    """Fused pulsed step of the input layer (conductances from sources, see
+    :func:`fastres.kernels.updates.fixed_from_step`): ``grad[i, j] = scale (col[j] - 2 sum_s
+    uT[i, s] d[s, j])`` never materialised, momentum, desired change ``-lr vel``, pulses, in
+    place. ``uT`` (n_from, B) V, ``d`` (B, n_to) V, ``col`` (n_to,) V^2. Rows in the fixed
+    blocks of ``partial`` (nblocks, n_to); ``colsum`` (n_to,) receives the new column sums (S,
+    bit-identical to :func:`fastres.kernels.updates.block_column_sums`), ``counts`` (nblocks,)
+    each block's pulse count."""
+    nb = partial.shape[0]
+    for c in prange(nb):
+        first, last = block_range(W.shape[0], nb, c)
+        counts[c] = pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, first,
+                                     last, partial[c])
+    for j in range(colsum.shape[0]):
+        colsum[j] = 0.0
+    for c in range(nb):
+        for j in range(colsum.shape[0]):
+            colsum[j] += partial[c, j]

@@ -626,3 +626,31 @@ def pulsed_move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max,
                 x = lo[idx] + r[idx] * np.interp(pos, pulses, tab_down)
         out[idx] = x
     return out
+
+
+def pulsed_sgd_step(W, grad, vel, lr, momentum, acc, lo, hi, s, stuck, model, step_nominal, step_up,
+                    step_down, a_up, a_down, p_max, tab_up, tab_down, max_pulses, accumulate):
+    """Twin of the fused pulsed step (``kernels.pulses.pulse_terms`` / ``pulse_fixed``) with
+    deterministic rounding and no write noise, in numpy: momentum SGD's desired change
+    ``-lr (momentum vel + grad)`` of every conductance ``W`` (S), rounded to whole pulses (with
+    accumulate-then-pulse: added to ``acc``, whole steps fired towards zero), at most
+    ``max_pulses``, applied one pulse at a time by :func:`pulsed_move`, clipped to the device's
+    ``[lo, hi]``; stuck devices keep their conductance. Returns ``(W, vel, acc, pulses)`` new
+    (the per-device arrays flat, in ``W``'s row-major order)."""
+    vel = momentum * vel + grad if momentum > 0 else vel.copy()
+    step = vel if momentum > 0 else grad
+    desired = ((W - lr * step) - W).ravel()
+    acc = acc.copy()
+    if accumulate:
+        acc = acc + np.where(stuck != 0, 0.0, desired)
+        n = np.trunc(acc / step_nominal)
+    else:
+        n = np.floor(desired / step_nominal + 0.5)
+    n = np.clip(n, -max_pulses, max_pulses)
+    n = np.where(stuck != 0, 0.0, n)
+    if accumulate:
+        acc = acc - n * step_nominal
+    g = pulsed_move(model, W.ravel(), n, lo, hi, s, step_up, step_down, a_up, a_down, p_max,
+                    tab_up, tab_down)
+    g = np.where(n != 0, np.clip(g, lo, hi), W.ravel())
+    return g.reshape(W.shape), vel, acc, n
