@@ -135,13 +135,11 @@ def move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max, tab_up
 
 
 @njit(cache=True, inline="always")
-def program(i, g, d, acc, lo, hi, s, stuck, key, model, step_nominal, step_up, step_down, a_up,
-            a_down, p_max, tab_up, tab_down, rounding, max_pulses, sigma, accumulate):
-    """Device ``i`` at conductance ``g`` (S) given the desired change ``d`` (S): returns its new
-    conductance (S) and its signed pulse count; updates ``acc[i]`` (steps 1-3 of the module
-    docstring)."""
+def pulse_count(i, d, acc, stuck, key, step_nominal, rounding, max_pulses, accumulate):
+    """Device ``i``'s signed whole number of pulses for the desired change ``d`` (S) (step 1 of
+    the module docstring; updates ``acc[i]``); 0 for a stuck device."""
     if stuck[i] != 0.0:
-        return g, 0.0
+        return 0.0
     x = d / step_nominal
     if accumulate:
         acc[i] += d
@@ -151,31 +149,53 @@ def program(i, g, d, acc, lo, hi, s, stuck, key, model, step_nominal, step_up, s
         fl = math.floor(x)
         n = fl + (1.0 if uniform(key, i, 0) < x - fl else 0.0)
     else:
-        n = math.floor(x + 0.5)
+        n = float(math.floor(x + 0.5))
     if n > max_pulses:
         n = max_pulses
     elif n < -max_pulses:
         n = -max_pulses
     if accumulate:
         acc[i] -= n * step_nominal
-    if n == 0.0:
-        return g, 0.0
-    gn = move(model, g, n, lo[i], hi[i], s[i], step_up, step_down, a_up[i], a_down[i], p_max,
-              tab_up, tab_down)
-    if sigma > 0.0:
-        gn += sigma * (hi[i] - lo[i]) * math.sqrt(abs(n)) * normal(key, i)
-    return min(max(gn, lo[i]), hi[i]), n
+    return n
+
+
+@njit(cache=True)
+def program_listed(g, idx, m, pulses, lo, hi, s, key, model, step_up, step_down, a_up, a_down,
+                   p_max, tab_up, tab_down, sigma):
+    """Move devices ``idx[:m]`` (flat indices into ``g``) by their ``pulses`` (steps 2-3 of the
+    module docstring), in place in ``g`` (S).
+
+    The pulse counts are found first for every device and only the devices that fire come
+    here: a loop that may call :func:`move` runs ~50x slower per device than one that does not
+    (measured; most devices fire no pulse in a step)."""
+    for k in range(m):
+        i = idx[k]
+        n = pulses[i]
+        gn = move(model, g[i], n, lo[i], hi[i], s[i], step_up, step_down, a_up[i], a_down[i], p_max,
+                  tab_up, tab_down)
+        if sigma > 0.0:
+            gn += sigma * (hi[i] - lo[i]) * math.sqrt(abs(n)) * normal(key, i)
+        g[i] = min(max(gn, lo[i]), hi[i])
 
 
 @njit(cache=True)
 def pulse_rows(g, d, acc, lo, hi, s, stuck, pulses, key, model, step_nominal, step_up, step_down,
                a_up, a_down, p_max, tab_up, tab_down, rounding, max_pulses, sigma, accumulate,
                first, last):
-    """Devices ``first..last-1`` of :func:`pulse_update` (serial)."""
+    """Devices ``first..last-1`` of :func:`pulse_update` (serial); returns their pulse count."""
+    idx = np.empty(last - first, dtype=np.int64)
+    m = 0
+    count = 0.0
     for i in range(first, last):
-        g[i], pulses[i] = program(i, g[i], d[i], acc, lo, hi, s, stuck, key, model, step_nominal,
-                                  step_up, step_down, a_up, a_down, p_max, tab_up, tab_down,
-                                  rounding, max_pulses, sigma, accumulate)
+        n = pulse_count(i, d[i], acc, stuck, key, step_nominal, rounding, max_pulses, accumulate)
+        pulses[i] = n
+        if n != 0.0:
+            idx[m] = i
+            m += 1
+            count += abs(n)
+    program_listed(g, idx, m, pulses, lo, hi, s, key, model, step_up, step_down, a_up, a_down,
+                   p_max, tab_up, tab_down, sigma)
+    return count
 
 
 @njit(cache=True, parallel=True)
@@ -197,107 +217,204 @@ def pulse_update(g, d, acc, lo, hi, s, stuck, pulses, key, model, step_nominal, 
                    first, last)
 
 
-@njit(cache=True, parallel=True)
-def read_noise(g, out, key, sigma):
-    """``out = g (1 + sigma xi)`` per device (xi standard normal from stream ``key``), S."""
-    N = g.shape[0]
-    for i in prange(N):
-        out[i] = g[i] * (1.0 + sigma * normal(key, i))
+def ziggurat_tables(layers=128, r=3.442619855899, v=9.91256303526217e-3):
+    """Layer edges ``x`` (layers+1,) and ratios ``x[i+1] / x[i]`` (layers,) of the standard
+    normal's ziggurat (Marsaglia and Tsang 2000, the layout of Doornik 2005: 128 layers of
+    area ``v``, base strip with the tail beyond ``r``)."""
+    x = np.zeros(layers + 1)
+    f = math.exp(-0.5 * r * r)
+    x[0] = v / f
+    x[1] = r
+    for i in range(2, layers):
+        x[i] = math.sqrt(-2.0 * math.log(v / x[i - 1] + f))
+        f = math.exp(-0.5 * x[i] * x[i])
+    return x, x[1:] / x[:-1]
 
 
-# -- the fused pulsed step: desired changes (SGD with momentum on EqProp's terms) and pulses in
-# one pass, no copy of the conductances, no materialised change. ``dev`` is the tuple
-# ``(acc, lo, hi, s, stuck, a_up, a_down, tab_up, tab_down)`` of :func:`pulse_update`'s
-# per-device arrays (flat, one entry per conductance in row-major order), ``par`` the float64
-# array ``(model, step_nominal, step_up, step_down, p_max, rounding, max_pulses, sigma,
-# accumulate)``. The desired change of a conductance ``w`` is the unclipped SGD step's
-# ``(w - lr vel) - w``, written so, as in :func:`fastres.kernels.updates.drop_square_step`
-# then a subtraction: the pulses are bit-identical to an SGD step on a copy followed by
-# :func:`pulse_update`.
+ZIG_X, ZIG_R = ziggurat_tables()
+ZIG_TAIL = 3.442619855899
+
 
 @njit(cache=True, inline="always")
-def _program_at(i, w, q, lr, dev, par, key):
-    acc, lo, hi, s, stuck, a_up, a_down, tab_up, tab_down = dev
-    return program(i, w, (w - lr * q) - w, acc, lo, hi, s, stuck, key, int(par[0]), par[1], par[2],
-                   par[3], a_up, a_down, par[4], tab_up, tab_down, int(par[5]), par[6], par[7],
-                   par[8] != 0.0)
+def _bits(base, k):
+    return splitmix64(base + np.uint64(k))
 
 
 @njit(cache=True)
-def pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, first, last):
+def _normal_slow(base, layer, u, k):
+    """The ziggurat's rare branch (about 1 % of draws) from draw ``k`` of stream ``base``."""
+    while True:
+        if layer == 0:  # the tail beyond ZIG_TAIL (Marsaglia 1964)
+            while True:
+                x = math.log((np.float64(_bits(base, k) >> np.uint64(11)) + 0.5) * 2.0 ** -53) / ZIG_TAIL
+                y = math.log((np.float64(_bits(base, k + 1) >> np.uint64(11)) + 0.5) * 2.0 ** -53)
+                k += 2
+                if -2.0 * y >= x * x:
+                    return x - ZIG_TAIL if u < 0.0 else ZIG_TAIL - x
+        x = u * ZIG_X[layer]
+        f0 = math.exp(-0.5 * (ZIG_X[layer] * ZIG_X[layer] - x * x))
+        f1 = math.exp(-0.5 * (ZIG_X[layer + 1] * ZIG_X[layer + 1] - x * x))
+        w = (np.float64(_bits(base, k) >> np.uint64(11)) + 0.5) * 2.0 ** -53
+        k += 1
+        if f1 + w * (f0 - f1) < 1.0:
+            return x
+        h = _bits(base, k)  # rejected: a new draw
+        k += 1
+        layer = np.int64(h & np.uint64(127))
+        u = (np.float64(h >> np.uint64(11)) + 0.5) * 2.0 ** -52 - 1.0
+        if abs(u) < ZIG_R[layer]:
+            return u * ZIG_X[layer]
+
+
+@njit(cache=True, inline="always")
+def normal_zig(key, i):
+    """Standard normal for stream ``key``, device ``i`` by the ziggurat: one 64-bit hash and no
+    transcendental function in 99 % of draws (Box-Muller's log, sqrt and cos cost ~100 ns a
+    draw here). Bits 0-6 of the hash pick the layer, bits 11-63 the uniform in (-1, 1)."""
+    base = splitmix64(key ^ np.uint64(i))
+    h = _bits(base, 16)
+    layer = np.int64(h & np.uint64(127))
+    u = (np.float64(h >> np.uint64(11)) + 0.5) * 2.0 ** -52 - 1.0
+    if abs(u) < ZIG_R[layer]:
+        return u * ZIG_X[layer]
+    return _normal_slow(base, layer, u, 17)
+
+
+@njit(cache=True, parallel=True)
+def read_noise(g, out, key, sigma):
+    """``out = g (1 + sigma xi)`` per device (S; ``xi`` standard normal from stream ``key``,
+    :func:`normal_zig`)."""
+    N = g.shape[0]
+    for i in prange(N):
+        out[i] = g[i] * (1.0 + sigma * normal_zig(key, i))
+
+# -- the fused pulsed step: desired changes (SGD with momentum on EqProp's terms) and pulses in
+# one pass over the conductances, no copy of them, no materialised change. ``dev`` is the tuple
+# ``(acc, lo, hi, s, stuck, a_up, a_down, tab_up, tab_down, pulses)`` of :func:`pulse_update`'s
+# per-device arrays (flat, one entry per conductance in row-major order; ``pulses`` receives
+# the signed counts), ``par`` the float64 array ``(model, step_nominal, step_up, step_down,
+# p_max, rounding, max_pulses, sigma, accumulate)``. The desired change of a conductance ``w``
+# is the unclipped SGD step's ``(w - lr vel) - w``, written so, as
+# :func:`fastres.kernels.updates.drop_square_step` followed by a subtraction would give it: the
+# pulses are bit-identical to an SGD step on a copy followed by :func:`pulse_update`.
+
+@njit(cache=True, inline="always")
+def _count_row(f0, dd, acc, stuck, pulses, key, step_nominal, rounding, max_pulses, accumulate, idx,
+               m, count):
+    """Pulse counts of one row's devices ``f0, f0 + 1, ...`` for its desired changes ``dd``;
+    the firing ones are listed in ``idx`` from ``m`` on. Returns the new ``m`` and ``count``.
+    (The changes are formed in a row buffer first: a loop that forms and counts at once
+    measured up to 20x slower.)"""
+    for j in range(dd.shape[0]):
+        f = f0 + j
+        n = pulse_count(f, dd[j], acc, stuck, key, step_nominal, rounding, max_pulses, accumulate)
+        pulses[f] = n
+        if n != 0.0:
+            idx[m] = f
+            m += 1
+            count += abs(n)
+    return m, count
+
+
+@njit(cache=True)
+def _program_rows(W, idx, m, dev, par, key):
+    program_listed(W.reshape(-1), idx, m, dev[9], dev[1], dev[2], dev[3], key, int(par[0]), par[2],
+                   par[3], dev[5], dev[6], par[4], dev[7], dev[8], par[7])
+
+
+@njit(cache=True)
+def pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, first, last, idx):
     """Rows ``first..last-1`` of :func:`pulse_terms` (serial); returns their pulse count."""
-    m = W.shape[1]
+    m_to = W.shape[1]
+    acc, stuck, pulses = dev[0], dev[4], dev[9]
+    step_nominal, rounding, max_pulses, accumulate = par[1], int(par[5]), par[6], par[8] != 0.0
+    m = 0
     count = 0.0
+    dd = np.empty(m_to)
     for i in range(first, last):
         ri = row[i]
-        for j in range(m):
+        for j in range(m_to):
             q = scale * (ri + col[j] - 2.0 * prod[i, j])
             if momentum > 0.0:
                 q = momentum * vel[i, j] + q
                 vel[i, j] = q
-            W[i, j], n = _program_at(i * m + j, W[i, j], q, lr, dev, par, key)
-            count += abs(n)
+            w = W[i, j]
+            dd[j] = (w - lr * q) - w
+        m, count = _count_row(i * m_to, dd, acc, stuck, pulses, key, step_nominal, rounding,
+                              max_pulses, accumulate, idx, m, count)
+    _program_rows(W, idx, m, dev, par, key)
     return count
 
 
 @njit(cache=True, parallel=True)
-def pulse_terms(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, counts):
-    """Fused pulsed step of a conductance array ``W`` (n_from, n_to) (S) from EqProp's terms:
-    ``grad = scale (row[i] + col[j] - 2 prod[i, j])`` (V^2/S, see
+def pulse_terms(W, row, col, prod, scale, vel, lr, momentum, dev, par, key, counts, idx):
+    """Fused pulsed step of a conductance array ``W`` (n_from, n_to) (S, C-contiguous) from
+    EqProp's terms: ``grad = scale (row[i] + col[j] - 2 prod[i, j])`` (V^2/S, see
     :func:`fastres.kernels.updates.drop_square_step`), ``vel = momentum vel + grad``, desired
-    change ``-lr vel`` (``lr`` S^2/V^2), then pulses (:func:`program`), in place in ``W``,
-    ``vel`` and the accumulators. Rows in ``counts.shape[0]`` parallel chunks; ``counts[c]``
-    receives chunk ``c``'s pulse count. The result does not depend on the number of chunks."""
+    change ``-lr vel`` (``lr`` S^2/V^2), then pulses, in place in ``W``, ``vel`` and the
+    accumulators. Rows in ``counts.shape[0]`` parallel chunks; ``counts[c]`` receives chunk
+    ``c``'s pulse count; ``idx`` (n_from n_to,) int64 scratch. The result does not depend on
+    the number of chunks."""
     nchunks = counts.shape[0]
     for c in prange(nchunks):
         first, last = block_range(W.shape[0], nchunks, c)
         counts[c] = pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key,
-                                     first, last)
+                                     first, last, idx[first * W.shape[1]:last * W.shape[1]])
 
 
 @njit(cache=True)
-def pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, first, last, psum):
+def pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, first, last, psum, idx):
     """Rows ``first..last-1`` of :func:`pulse_fixed` (serial); ``psum`` (n_to,) receives the
-    column sums of the new rows (S); returns the rows' pulse count."""
+    column sums of the new rows (S, added row after row); returns the rows' pulse count."""
     B = uT.shape[1]
-    m = W.shape[1]
-    p = np.empty(m)
+    m_to = W.shape[1]
+    acc, stuck, pulses = dev[0], dev[4], dev[9]
+    step_nominal, rounding, max_pulses, accumulate = par[1], int(par[5]), par[6], par[8] != 0.0
+    p = np.empty(m_to)
+    dd = np.empty(m_to)
+    m = 0
     count = 0.0
-    for j in range(m):
-        psum[j] = 0.0
     for i in range(first, last):
-        for j in range(m):
+        for j in range(m_to):
             p[j] = 0.0
         for s in range(B):
             a = uT[i, s]
             if a != 0.0:
-                for j in range(m):
+                for j in range(m_to):
                     p[j] += a * d[s, j]
-        for j in range(m):
+        for j in range(m_to):
             q = scale * (col[j] - 2.0 * p[j])
             if momentum > 0.0:
                 q = momentum * vel[i, j] + q
                 vel[i, j] = q
-            W[i, j], n = _program_at(i * m + j, W[i, j], q, lr, dev, par, key)
-            count += abs(n)
+            w = W[i, j]
+            dd[j] = (w - lr * q) - w
+        m, count = _count_row(i * m_to, dd, acc, stuck, pulses, key, step_nominal, rounding,
+                              max_pulses, accumulate, idx, m, count)
+    _program_rows(W, idx, m, dev, par, key)
+    for j in range(m_to):
+        psum[j] = 0.0
+    for i in range(first, last):
+        for j in range(m_to):
             psum[j] += W[i, j]
     return count
 
 
 @njit(cache=True, parallel=True)
-def pulse_fixed(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, counts, partial, colsum):
+def pulse_fixed(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, counts, partial, colsum,
+                idx):
     """Fused pulsed step of the input layer (conductances from sources, see
     :func:`fastres.kernels.updates.fixed_from_step`): ``grad[i, j] = scale (col[j] - 2 sum_s
     uT[i, s] d[s, j])`` never materialised, momentum, desired change ``-lr vel``, pulses, in
     place. ``uT`` (n_from, B) V, ``d`` (B, n_to) V, ``col`` (n_to,) V^2. Rows in the fixed
     blocks of ``partial`` (nblocks, n_to); ``colsum`` (n_to,) receives the new column sums (S,
     bit-identical to :func:`fastres.kernels.updates.block_column_sums`), ``counts`` (nblocks,)
-    each block's pulse count."""
+    each block's pulse count; ``idx`` (n_from n_to,) int64 scratch."""
     nb = partial.shape[0]
     for c in prange(nb):
         first, last = block_range(W.shape[0], nb, c)
         counts[c] = pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, first,
-                                     last, partial[c])
+                                     last, partial[c], idx[first * W.shape[1]:last * W.shape[1]])
     for j in range(colsum.shape[0]):
         colsum[j] = 0.0
     for c in range(nb):

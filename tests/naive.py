@@ -654,3 +654,58 @@ def pulsed_sgd_step(W, grad, vel, lr, momentum, acc, lo, hi, s, stuck, model, st
                     tab_up, tab_down)
     g = np.where(n != 0, np.clip(g, lo, hi), W.ravel())
     return g.reshape(W.shape), vel, acc, n
+
+
+_M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """splitmix64 on a Python int (mod 2^64), twin of ``kernels.pulses.splitmix64``."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _ziggurat(layers=128, r=3.442619855899, v=9.91256303526217e-3):
+    x = [v / np.exp(-0.5 * r * r), r]
+    f = np.exp(-0.5 * r * r)
+    for _ in range(2, layers):
+        x.append(np.sqrt(-2.0 * np.log(v / x[-1] + f)))
+        f = np.exp(-0.5 * x[-1] ** 2)
+    x.append(0.0)
+    return np.array(x), r
+
+
+def normal_zig(key, i):
+    """Twin of ``kernels.pulses.normal_zig`` in plain Python: the ziggurat (Doornik's layout)
+    on the counter-based draws ``splitmix64(splitmix64(key ^ i) + k)``, k = 16, 17, ..."""
+    X, R = _ziggurat()
+    base = splitmix64(int(key) ^ int(i))
+    k = 16
+
+    def draw():
+        nonlocal k
+        h = splitmix64((base + k) & _M64)
+        k += 1
+        return h
+
+    def unit(h):  # (0, 1)
+        return ((h >> 11) + 0.5) * 2.0 ** -53
+    while True:
+        h = draw()
+        layer = h & 127
+        u = 2.0 * unit(h) - 1.0
+        if abs(u) < X[layer + 1] / X[layer]:
+            return u * X[layer]
+        if layer == 0:
+            while True:
+                x = np.log(unit(draw())) / R
+                y = np.log(unit(draw()))
+                if -2.0 * y >= x * x:
+                    return x - R if u < 0 else R - x
+        x = u * X[layer]
+        f0 = np.exp(-0.5 * (X[layer] ** 2 - x * x))
+        f1 = np.exp(-0.5 * (X[layer + 1] ** 2 - x * x))
+        if f1 + unit(draw()) * (f0 - f1) < 1.0:
+            return x

@@ -292,15 +292,16 @@ def test_fused_pulsed_step_matches_its_numpy_twin(model, accumulate, momentum, f
     par = np.array([CODES[model], step, step * (1 + up_down), step * (1 - up_down), p_max, 0, 8.0, 0.0,
                     float(accumulate)])
     got_W, got_vel, got_acc = W.copy(), vel.copy(), acc.copy()
-    dev = (got_acc, lo, hi, s, stuck, a_up, a_down, zeros, zeros)
+    dev = (got_acc, lo, hi, s, stuck, a_up, a_down, zeros, zeros, np.empty(N))
     if fixed:
         counts, partial, colsum = np.zeros(4), np.empty((4, n_to)), np.empty(n_to)
         kp.pulse_fixed(got_W, uT, d, col, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
-                       partial, colsum)
+                       partial, colsum, np.empty(N, dtype=np.int64))
         np.testing.assert_allclose(colsum, got_W.sum(axis=0), rtol=1e-14)
     else:
         counts = np.zeros(3)
-        kp.pulse_terms(got_W, row, col, prod, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts)
+        kp.pulse_terms(got_W, row, col, prod, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
+                       np.empty(N, dtype=np.int64))
     assert np.abs(want_n).sum() > N  # the step moved most devices by several pulses
     assert counts.sum() == np.abs(want_n).sum()
     np.testing.assert_allclose(got_vel, want_vel, rtol=1e-12, atol=0)
@@ -337,3 +338,43 @@ def test_fused_pulsed_step_is_bit_identical_to_sgd_on_a_copy_then_pulses(extra):
             assert np.array_equal(tr.optimizer.sgd.vel[key], twin.sgd.vel[key]), key
     # the column sums the fused step wrote are those of the new W1 (the next Jacobian's)
     np.testing.assert_allclose(tr.optimizer.column_sums(tr.params), tr.params["W1"].sum(axis=0), rtol=1e-13)
+
+
+def test_read_noise_matches_its_twin_and_is_normal():
+    """The ziggurat read noise against its plain-Python twin (fast path, wedges and tail), and
+    its statistics against the standard normal."""
+    from scipy import stats
+    N = 20000
+    g = np.linspace(1e-6, 1e-4, N)
+    out = np.empty(N)
+    kp.read_noise(g, out, np.uint64(11), 0.01)
+    xi = (out / g - 1) / 0.01
+    want = np.array([naive.normal_zig(11, i) for i in range(N)])
+    np.testing.assert_allclose(xi, want, rtol=1e-9, atol=1e-9)
+    assert np.sum(np.abs(want) > kp.ZIG_TAIL) >= 3  # the tail branch was exercised
+    big = np.empty(10 ** 6)
+    kp.read_noise(np.ones(10 ** 6), big, np.uint64(12), 1.0)
+    x = big - 1
+    assert abs(x.mean()) < 5e-3 and abs(x.std() - 1) < 5e-3
+    assert stats.kstest(x, "norm").pvalue > 1e-3
+    assert abs(np.mean(np.abs(x) > 3.0) - 2 * stats.norm.sf(3.0)) < 4e-4
+
+
+def test_pulse_curve_follows_each_model(tmp_path):
+    """The report's conductance-against-pulse-count curve: the linear ramp, the exponential
+    formula, and the measured table reproduced pulse by pulse (up, then down)."""
+    from fastres.pulsed import pulse_curve
+    from fastres.report import device_curves_figure
+    P, g = pulse_curve(DeviceConfig(model="linear", levels=32), LO, HI)
+    np.testing.assert_allclose(g, np.r_[LO + (HI - LO) * np.arange(32) / 31, HI - (HI - LO) * np.arange(1, 32) / 31],
+                               rtol=0, atol=1e-12 * HI)
+    P, g = pulse_curve(DeviceConfig(preset="realistic"), LO, HI)
+    A = 0.25 * 31
+    B = (HI - LO) / (1 - np.exp(-31 / A))
+    np.testing.assert_allclose(g[:32], LO + B * (1 - np.exp(-np.arange(32) / A)), rtol=1e-9)
+    path = _table(tmp_path)
+    P, g = pulse_curve(DeviceConfig(model="table", table=str(path)), LO, HI)
+    t = np.loadtxt(path, delimiter=",")
+    np.testing.assert_allclose(g, np.r_[t[:, 1], t[1:, 2]], rtol=1e-9)
+    out = device_curves_figure(tmp_path / "curves.png", table=path)
+    assert Path(out).stat().st_size > 10000
