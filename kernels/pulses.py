@@ -299,14 +299,22 @@ def read_noise(g, out, key, sigma):
 # pulses are bit-identical to an SGD step on a copy followed by :func:`pulse_update`.
 
 @njit(cache=True, inline="always")
-def _count_row(f0, dd, acc, stuck, pulses, key, step_nominal, rounding, max_pulses, accumulate, idx,
-               m, count):
-    """Pulse counts of one row's devices ``f0, f0 + 1, ...`` for its desired changes ``dd``;
-    the firing ones are listed in ``idx`` from ``m`` on. Returns the new ``m`` and ``count``.
-    (The changes are formed in a row buffer first: a loop that forms and counts at once
-    measured up to 20x slower.)"""
-    for j in range(dd.shape[0]):
-        f = f0 + j
+def _pulse_row(W, vel, i, dd, lr, momentum, acc, stuck, pulses, key, step_nominal, rounding,
+               max_pulses, accumulate, idx, m, count):
+    """Row ``i`` of a fused step: ``dd`` (n_to,) holds the row's gradient (V^2/S); momentum
+    (``vel``), the desired changes ``(w - lr vel) - w`` (S, into ``dd``), then each device's
+    pulse count (:func:`pulse_count`); the firing devices are listed in ``idx`` from ``m`` on.
+    Returns the new ``m`` and ``count`` (the pulses are applied by :func:`_program_rows`)."""
+    m_to = W.shape[1]
+    for j in range(m_to):
+        q = dd[j]
+        if momentum > 0.0:
+            q = momentum * vel[i, j] + q
+            vel[i, j] = q
+        w = W[i, j]
+        dd[j] = (w - lr * q) - w
+    for j in range(m_to):
+        f = i * m_to + j
         n = pulse_count(f, dd[j], acc, stuck, key, step_nominal, rounding, max_pulses, accumulate)
         pulses[f] = n
         if n != 0.0:
@@ -334,14 +342,9 @@ def pulse_terms_rows(W, row, col, prod, scale, vel, lr, momentum, dev, par, key,
     for i in range(first, last):
         ri = row[i]
         for j in range(m_to):
-            q = scale * (ri + col[j] - 2.0 * prod[i, j])
-            if momentum > 0.0:
-                q = momentum * vel[i, j] + q
-                vel[i, j] = q
-            w = W[i, j]
-            dd[j] = (w - lr * q) - w
-        m, count = _count_row(i * m_to, dd, acc, stuck, pulses, key, step_nominal, rounding,
-                              max_pulses, accumulate, idx, m, count)
+            dd[j] = scale * (ri + col[j] - 2.0 * prod[i, j])
+        m, count = _pulse_row(W, vel, i, dd, lr, momentum, acc, stuck, pulses, key, step_nominal,
+                              rounding, max_pulses, accumulate, idx, m, count)
     _program_rows(W, idx, m, dev, par, key)
     return count
 
@@ -383,14 +386,9 @@ def pulse_fixed_rows(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, fir
                 for j in range(m_to):
                     p[j] += a * d[s, j]
         for j in range(m_to):
-            q = scale * (col[j] - 2.0 * p[j])
-            if momentum > 0.0:
-                q = momentum * vel[i, j] + q
-                vel[i, j] = q
-            w = W[i, j]
-            dd[j] = (w - lr * q) - w
-        m, count = _count_row(i * m_to, dd, acc, stuck, pulses, key, step_nominal, rounding,
-                              max_pulses, accumulate, idx, m, count)
+            dd[j] = scale * (col[j] - 2.0 * p[j])
+        m, count = _pulse_row(W, vel, i, dd, lr, momentum, acc, stuck, pulses, key, step_nominal,
+                              rounding, max_pulses, accumulate, idx, m, count)
     _program_rows(W, idx, m, dev, par, key)
     for j in range(m_to):
         psum[j] = 0.0
