@@ -38,8 +38,14 @@ _PURPOSE_WRITE, _PURPOSE_READ, _PURPOSE_INIT = 1, 2, 3
 
 
 def stream_key(seed, step, array_index, purpose) -> np.uint64:
-    """The counter-based generator's key for one (seed, step, array, purpose) (uint64)."""
-    h = np.random.SeedSequence([int(seed), int(step), int(array_index), int(purpose)])
+    """The counter-based generator's key for one (seed, step, array, purpose) (uint64):
+    ``SeedSequence([seed, step, array, purpose]).generate_state(1, uint64)[0]``, by the
+    compiled twin of numpy's algorithm when all four are below 2^32 (bit-identical, tested;
+    4x cheaper a key)."""
+    words = (int(seed), int(step), int(array_index), int(purpose))
+    if all(0 <= w < 1 << 32 for w in words):
+        return np.uint64(_kp.seed_sequence_key(*(np.uint64(w) for w in words)))
+    h = np.random.SeedSequence(list(words))
     return np.uint64(int(h.generate_state(1, dtype=np.uint64)[0]))
 
 

@@ -418,3 +418,51 @@ def pulse_fixed(W, uT, d, col, scale, vel, lr, momentum, dev, par, key, counts, 
     for c in range(nb):
         for j in range(colsum.shape[0]):
             colsum[j] += partial[c, j]
+
+
+# -- the per-step stream keys: numpy's SeedSequence, compiled. ``stream_key`` in
+# fastres.pulsed needs ``SeedSequence([seed, step, array, purpose]).generate_state(1, uint64)``
+# for every array twice a step; built in Python that costs ~80 us a key. This is the same
+# algorithm (numpy/random/bit_generator.pyx: hashmix, mix, a pool of 4 uint32 words) for four
+# entropy words below 2^32, bit for bit (tested against numpy).
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _hashmix(value, hc):
+    value = (value ^ hc) & _M32
+    hc = (hc * np.uint64(0x931E8875)) & _M32
+    value = (value * hc) & _M32
+    value ^= value >> np.uint64(16)
+    return value, hc
+
+
+@njit(cache=True, inline="always")
+def _mix(x, y):
+    r = (np.uint64(0xCA01F9DD) * x - np.uint64(0x4973F715) * y) & _M32
+    return r ^ (r >> np.uint64(16))
+
+
+@njit(cache=True)
+def seed_sequence_key(a, b, c, d):
+    """``SeedSequence([a, b, c, d]).generate_state(1, dtype=uint64)[0]`` of numpy for four
+    entropy words ``0 <= a, b, c, d < 2^32`` (uint64 arguments), as a uint64."""
+    mixer = np.empty(4, dtype=np.uint64)
+    ent = (a, b, c, d)
+    hc = np.uint64(0x43B0D7E5)
+    for i in range(4):
+        mixer[i], hc = _hashmix(ent[i], hc)
+    for i_src in range(4):
+        for i_dst in range(4):
+            if i_src != i_dst:
+                h, hc = _hashmix(mixer[i_src], hc)
+                mixer[i_dst] = _mix(mixer[i_dst], h)
+    hc = np.uint64(0x8B51F9DD)
+    out = np.uint64(0)
+    for w in range(2):
+        v = (mixer[w] ^ hc) & _M32
+        hc = (hc * np.uint64(0x58F38DED)) & _M32
+        v = (v * hc) & _M32
+        v ^= v >> np.uint64(16)
+        out |= v << np.uint64(32 * w)
+    return out

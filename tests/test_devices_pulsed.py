@@ -378,3 +378,14 @@ def test_pulse_curve_follows_each_model(tmp_path):
     np.testing.assert_allclose(g, np.r_[t[:, 1], t[1:, 2]], rtol=1e-9)
     out = device_curves_figure(tmp_path / "curves.png", table=path)
     assert Path(out).stat().st_size > 10000
+
+
+def test_stream_keys_are_numpy_seed_sequence_bit_for_bit():
+    from fastres.pulsed import stream_key
+    rng = np.random.default_rng(6)
+    cases = [(0, 0, 0, 1), (2 ** 32 - 1, 5, 3, 2), (2 ** 40, 1, 0, 1)]  # the last: numpy's path
+    cases += [tuple(int(v) for v in rng.integers(0, 2 ** 32, 4)) for _ in range(300)]
+    cases += [(int(rng.integers(0, 100)), int(rng.integers(0, 10 ** 7)), int(rng.integers(0, 8)), 1) for _ in range(300)]
+    for c in cases:
+        want = np.random.SeedSequence(list(c)).generate_state(1, dtype=np.uint64)[0]
+        assert stream_key(*c) == want and isinstance(stream_key(*c), np.uint64), c
