@@ -2,9 +2,11 @@
 
 :class:`PulsedDevices` has the optimiser interface of :class:`~fastres.optimizers.BoundedSGD`
 (``init``, ``state``, ``load``, ``column_sums``, ``step``) and wraps it: SGD (with momentum)
-proposes each conductance's desired change, and the device turns it into what hardware does
-(see :mod:`fastres.kernels.pulses` for the models and the exact update; the parameters are
-:class:`~fastres.config.DeviceConfig`'s). Conductances in S.
+proposes each conductance's desired change, and the device turns it into what hardware does,
+both in one fused kernel pass (see :mod:`fastres.kernels.pulses` for the models and the exact
+update; the parameters are :class:`~fastres.config.DeviceConfig`'s). Conductances in S.
+:class:`WeightDevices` puts the MLP baseline's signed weights on the same devices;
+:func:`pulse_curve` gives a model's conductance against pulse count (the report's figure).
 
 State, all stored in the run file's checkpoint (optimiser group) so a killed run resumes
 bit-identically: per conductance array ``K``, the momentum ``K``, and ``K.lo``, ``K.hi``
