@@ -120,6 +120,10 @@ DEFAULT_HIDDEN_LR = 0.01
 #: Default learning rate of the output weight layer.
 DEFAULT_OUTPUT_LR = 0.002
 
+#: On pulsed devices (:func:`device_weight_ranges`): the largest weight a device holds, in
+#: units of the layer's Glorot bound (covers the weights a 784-100-10 MLP reaches).
+DEVICE_RANGE = 3.0
+
 #: Samples per chunk when evaluating large arrays (bounds memory, not results).
 EVAL_CHUNK = 10000
 
@@ -531,8 +535,22 @@ def _check_data(cfg, data):
     return out
 
 
+def device_weight_ranges(cfg: MLPConfig, factor: float = None) -> dict:
+    """Largest weight a device holds per parameter array (for the MLP on pulsed devices):
+    ``factor`` (default :data:`DEVICE_RANGE`) times the layer's Glorot bound
+    ``sqrt(6 / (fan_in + fan_out))``, shared by ``W{l}`` and ``b{l}``."""
+    factor = DEVICE_RANGE if factor is None else float(factor)
+    widths = list(cfg.sizes)
+    if cfg.mirrored_inputs:
+        widths[0] *= 2
+    out = {}
+    for l, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        out[f"W{l}"] = out[f"b{l}"] = factor * math.sqrt(6.0 / (fan_in + fan_out))
+    return out
+
+
 def train_mlp(cfg: MLPConfig, data, *,
-              on_epoch: Optional[Callable[[dict], None]] = None):
+              on_epoch: Optional[Callable[[dict], None]] = None, device=None):
     """Train an MLP with minibatch SGD + momentum (backprop), fully reproducible from ``cfg.seed``.
 
     Parameters
@@ -544,6 +562,11 @@ def train_mlp(cfg: MLPConfig, data, *,
         ``0..sizes[-1]-1``, and ``x_test``, ``y_test`` likewise.
     on_epoch : callable, optional
         Called with each history row right after it is recorded.
+    device : :class:`fastres.pulsed.WeightDevices`, optional
+        Weights stored in pulsed devices: the initial weights are programmed onto them, each
+        minibatch's forward and backward pass use the weights the devices read (read noise),
+        and each momentum step ``v`` is the desired change the devices turn into pulses
+        (rows gain ``pulses``, the epoch's count). None: exact weights.
 
     Returns
     -------
@@ -564,6 +587,8 @@ def train_mlp(cfg: MLPConfig, data, *,
     x_train, y_train = d["x_train"], d["y_train"]
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     params = init_params(cfg, rng)
+    if device is not None:
+        device.init(params)
     velocity = {k: np.zeros_like(v) for k, v in params.items()}
     n_layers = cfg.n_layers
     base_lrs = cfg.layer_lrs
@@ -575,15 +600,17 @@ def train_mlp(cfg: MLPConfig, data, *,
         lrs = tuple(lr * cfg.lr_decay ** (epoch - 1) for lr in base_lrs)
         t0 = time.perf_counter()
         perm = rng.permutation(n)
+        pulses = 0
         for start in range(0, n, bs):
             idx = perm[start:start + bs]
             xb = x_train[idx]
             if cfg.mirrored_inputs:
                 xb = np.concatenate([xb, -xb], axis=1)
             yb = y_train[idx]
-            zs, hs = _forward(params, xb, cfg.activation, cfg.output_activation, n_layers)
+            seen = params if device is None else device.read(params)
+            zs, hs = _forward(seen, xb, cfg.activation, cfg.output_activation, n_layers)
             _, dout = _loss_and_dout(hs[-1], yb, cfg.loss, cfg.target_scale)
-            grads = _backward(params, zs, hs, dout, cfg.activation, cfg.output_activation,
+            grads = _backward(seen, zs, hs, dout, cfg.activation, cfg.output_activation,
                               n_layers)
             for l in range(1, n_layers + 1):
                 lr = lrs[l - 1]
@@ -591,7 +618,10 @@ def train_mlp(cfg: MLPConfig, data, *,
                     v = velocity[key]
                     v *= mu
                     v -= lr * grads[key]
-                    params[key] += v
+                    if device is None:
+                        params[key] += v
+            if device is not None:
+                pulses += device.update(params, velocity)
         t1 = time.perf_counter()
         train_loss, train_error = _loss_and_error(params, x_train, y_train, cfg)
         test_loss, test_error = _loss_and_error(params, d["x_test"], d["y_test"], cfg)
@@ -609,6 +639,8 @@ def train_mlp(cfg: MLPConfig, data, *,
             "epoch_seconds": t1 - t0,
             "eval_seconds": t2 - t1,
         }
+        if device is not None:
+            row["pulses"] = pulses
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -196,9 +196,6 @@ def run_train(args) -> int:
         if args.baseline == "mlp":
             if comm is not None:
                 raise UsageError("--baseline mlp runs in one process; start it without mpirun")
-            if not cfg.device.ideal:
-                raise UsageError("--baseline mlp on a device model is not implemented yet: the "
-                                 "baseline trains ideal weights")
             from ..baseline_run import train_baseline
             train_baseline(cfg, args.out, overwrite=args.overwrite)
             return 0
