@@ -247,7 +247,7 @@ def run_gradcheck(args) -> int:
             d["data"] = args.data
         cfg = TrainConfig(**d)
         net = LayeredNetwork.from_config(cfg.network)
-        params = net.init_params(np.random.default_rng(args.seed), cfg.network.init_lo, cfg.network.init_hi)
+        params = net.init_params(np.random.default_rng(args.seed), *cfg.network.init_range())
         data = load_data(cfg)
     X, y = data.x_test[:args.samples], data.y_test[:args.samples]
     say_compiling()
