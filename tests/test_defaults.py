@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastres.analysis import evaluate_run
 from fastres.baseline import MLPConfig, default_mlp_rates
 from fastres.config import (DIVERGENCE_PINNED_FRACTION, NetworkConfig, TrainConfig, config_from_stored,
                             default_init_range, default_rates)
@@ -101,6 +102,8 @@ def test_forced_divergence_is_reported(tmp_path):
     assert "DIVERGING" in lines[-1]
     stored = RunStore.open(tmp_path / "div.h5").metrics()
     assert stored["diverged"][-1] == 1 and stored["pinned_fraction"][-1] == pytest.approx(m["pinned_fraction"])
+    ev = evaluate_run(tmp_path / "div.h5")  # what `fastres eval --json` prints
+    assert ev["diverged"] == 1 and ev["pinned_fraction"] == pytest.approx(m["pinned_fraction"])
 
 
 @mnist

@@ -216,7 +216,8 @@ def run_eval(args) -> int:
     else:
         print(f"{r['run']} epoch {r['epoch']}: test error {100 * r['test_error']:.2f}% "
               f"(loss {r['test_loss']:.4f}), train error {100 * r['train_error']:.2f}% "
-              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s")
+              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s"
+              + (" | DIVERGED in training (see its metrics loss_growth, pinned_fraction)" if r["diverged"] else ""))
     if r["nonconverged"]:
         print(f"fastres: error: {args.run}: {r['nonconverged']} of {r['samples']} solves did not "
               f"converge; the error rates above count them as they ended", file=sys.stderr)
