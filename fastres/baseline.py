@@ -140,15 +140,15 @@ def default_mlp_rates(sizes, mirrored_inputs: bool = False, activation: str = "r
     Derivation (standard parameterisation, Glorot initialisation ``Var W_l = 2 / (fan_in +
     fan_out)``, SGD with momentum on the squared error). An output-layer step ``-lr e_k h_j``
     moves the output ``z_k`` by ``lr e_k sum_j h_j^2 ~ lr fan_in E[h^2]``: ``lr ~ 1/fan_in``
-    keeps that move size-independent (4/fan_in is 0.04 at 100 hidden units; measured 2 epochs
-    of full MNIST: 784-16-10 7.7 %, 784-32-10 6.4 % against 17.9 % and about 9 % with the former
-    fixed 0.01 / 0.002). A step of a hidden layer moves a unit's pre-activation by ``lr |x|^2
+    keeps that move size-independent (4/fan_in is 0.04 at 100 hidden units). A step of a hidden layer moves a unit's pre-activation by ``lr |x|^2
     delta_j`` with ``delta_j = sum_k W_jk e_k ~ sqrt(n_{l+1} Var W) ~ sqrt(2 n_{l+1} / (n_l +
     n_{l+1}))``: a narrow layer's units move several times further per step than a wide one's
     (6x from 1024 to 16 units), and too far a move leaves a relu dead. ``lr ~ sqrt((n_l +
     n_{l+1}) / n_{l+1})`` keeps the move of a unit, normalised at 0.01 for 784-100-10. Mirrored
     inputs double ``|x|^2`` (halve the first rate) and the output layer's fan-in without a
-    hidden layer.
+    hidden layer. Measured (2 epochs of full MNIST, batch 20, relu; README "Defaults across
+    network sizes"): 784-16-10 7.84 %, 784-32-10 6.05 %, 784-100-10 4.36 %, 784-1024-10 2.39 %,
+    against 17.86 %, 7.22 %, 5.10 % and 2.70 % with the former fixed 0.01 / 0.002.
 
     Other activations (``hardtanh``, ``sigmoid``) keep the former fixed rates,
     :data:`DEFAULT_HIDDEN_LR` into hidden layers and :data:`DEFAULT_OUTPUT_LR` for the output
