@@ -249,7 +249,7 @@ def test_a_fine_linear_device_follows_ideal_sgd():
     moved = 0.0
     for k in out["ideal"]:
         np.testing.assert_allclose(out["device"][k], out["ideal"][k], rtol=0, atol=1.5 * step, err_msg=k)
-        moved = max(moved, np.abs(out["ideal"][k] - TrainConfig().network.init_lo).max())
+        moved = max(moved, np.abs(out["ideal"][k] - TrainConfig().network.init_range()[0]).max())
     assert moved > 100 * step  # the step really moved the conductances
 
 

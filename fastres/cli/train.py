@@ -221,7 +221,8 @@ def run_eval(args) -> int:
     else:
         print(f"{r['run']} epoch {r['epoch']}: test error {100 * r['test_error']:.2f}% "
               f"(loss {r['test_loss']:.4f}), train error {100 * r['train_error']:.2f}% "
-              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s")
+              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s"
+              + (" | DIVERGED in training (see its metrics loss_growth, pinned_fraction)" if r["diverged"] else ""))
     if r["nonconverged"]:
         print(f"fastres: error: {args.run}: {r['nonconverged']} of {r['samples']} solves did not "
               f"converge; the error rates above count them as they ended", file=sys.stderr)
@@ -252,7 +253,7 @@ def run_gradcheck(args) -> int:
             d["data"] = args.data
         cfg = TrainConfig(**d)
         net = LayeredNetwork.from_config(cfg.network)
-        params = net.init_params(np.random.default_rng(args.seed), cfg.network.init_lo, cfg.network.init_hi)
+        params = net.init_params(np.random.default_rng(args.seed), *cfg.network.init_range())
         data = load_data(cfg)
     X, y = data.x_test[:args.samples], data.y_test[:args.samples]
     say_compiling()
