@@ -392,13 +392,15 @@ class SolverConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """``epochs`` to train, the ``seed`` of every random draw, ``store_samples`` test samples
-    whose node voltages each checkpoint keeps, and the MLP baseline's hidden activation
-    (``auto``: the one the diodes make)."""
+    whose node voltages each checkpoint keeps, the MLP baseline's hidden activation
+    (``auto``: the one the diodes make) and its learning rates ``mlp_lr`` (one per layer, or
+    one for all; None: the rule of :mod:`fastres.baseline`)."""
 
     epochs: int = 10
     seed: int = 0
     store_samples: int = 256
     mlp_activation: str = "auto"
+    mlp_lr: tuple | None = None
 
     def __post_init__(self):
         _plain(self)
@@ -406,6 +408,15 @@ class RunConfig:
         _int_at_least("run", 0, seed=self.seed, store_samples=self.store_samples)
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
+        if self.mlp_lr is not None:
+            lr = (self.mlp_lr,) if isinstance(self.mlp_lr, (int, float)) else self.mlp_lr
+            try:
+                lr = tuple(float(v) for v in lr)
+            except (TypeError, ValueError):
+                raise ConfigError(f"mlp_lr {self.mlp_lr!r}: expected numbers") from None
+            if not lr or any(not math.isfinite(v) or v <= 0 for v in lr):
+                raise ConfigError(f"mlp_lr {list(lr)}: the MLP's learning rates must be finite and > 0")
+            object.__setattr__(self, "mlp_lr", lr)
 
 
 DEVICE_MODELS = ("ideal", "linear", "soft-bounds", "exponential", "table")
@@ -537,7 +548,7 @@ def _coerce(name, value):
     """A flat option's value as its field expects it (ints from JSON floats like 2.0)."""
     if name in _INT_OPTIONS and isinstance(value, float) and value.is_integer():
         return int(value)
-    if name in ("lr",) and isinstance(value, list):
+    if name in ("lr", "mlp_lr") and isinstance(value, list):
         return tuple(value)
     return value
 
@@ -638,6 +649,8 @@ class TrainConfig:
             d = dataclasses.asdict(getattr(self, s))
             if s == "optimizer" and d["lr"] is not None:
                 d["lr"] = list(d["lr"])
+            if s == "run" and d["mlp_lr"] is not None:
+                d["mlp_lr"] = list(d["mlp_lr"])
             out[s] = d
         return out
 

@@ -122,3 +122,26 @@ def test_default_16_unit_network_loss_falls_in_its_first_epoch(tmp_path):
     assert m["test_loss"] < 0.5 * loss0 and m["test_error"] < 0.5 * err0
     assert m["loss_growth"] < 1  # the epoch's mean loss is below the first minibatch's
     assert m["diverged"] == 0 and "DIVERGING" not in lines[-1]
+
+
+def test_mlp_rates_are_an_option_stored_in_the_run_file():
+    """``--mlp-lr`` (``run.mlp_lr``) sets the MLP baseline's rates instead of the rule, so the
+    README rows measured with the former rates stay reproducible."""
+    cfg = TrainConfig(arch="784-16-10", mlp_lr=[0.01, 0.002])
+    assert cfg.run.mlp_lr == (0.01, 0.002)
+    assert TrainConfig.from_dict(cfg.resolved().to_dict()).run.mlp_lr == (0.01, 0.002)
+    assert TrainConfig(arch="784-16-10").run.mlp_lr is None  # the rule
+    with pytest.raises(ConfigError, match="mlp_lr"):
+        TrainConfig(arch="784-16-10", mlp_lr=[0.01, -0.002])
+
+
+@mnist
+def test_mlp_rates_reach_the_baseline(tmp_path):
+    from fastres.cli import main
+    out = tmp_path / "mlp.h5"
+    code = main(["train", "--baseline", "mlp", "--arch", "784-16-10", "--epochs", "1", "--n-train", "200",
+                 "--n-test", "100", "--mlp-lr", "0.03,0.004", "--data", str(MNIST), "--quiet",
+                 "--out", str(out)])
+    assert code in (0, None)
+    with RunStore.open(out) as st:
+        assert "lr=(0.03, 0.004)" in st.meta["mlp_config"]

@@ -77,6 +77,8 @@ def add_config_options(p):
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of options, flat or in "
                                                     "[network], [estimator], ... sections")
     p.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
+    p.add_argument("--mlp-lr", help="the MLP baseline's learning rates, one per layer or one for all, "
+                                    "comma separated (default: the rule of fastres.baseline)")
     p.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
                    help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
     p.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
@@ -141,6 +143,11 @@ def config_from_args(args, base=None):
             flags["lr"] = [float(v) for v in args.lr.split(",")]
         except ValueError:
             raise UsageError(f"--lr {args.lr!r}: expected numbers separated by commas") from None
+    if getattr(args, "mlp_lr", None):
+        try:
+            flags["mlp_lr"] = [float(v) for v in args.mlp_lr.split(",")]
+        except ValueError:
+            raise UsageError(f"--mlp-lr {args.mlp_lr!r}: expected numbers separated by commas") from None
     merged = merge(d, flags)
     if args.device:
         merged["device"]["preset"] = args.device
@@ -161,6 +168,7 @@ def check_resume_args(args):
     given = [f"--{n.replace('_', '-')}" for n in FLAGS if n not in RESUME_FLAGS
              and getattr(args, n, None) is not None]
     for flag, val in (("--out", args.out), ("--config", args.config), ("--lr", args.lr),
+                      ("--mlp-lr", getattr(args, "mlp_lr", None)),
                       ("--diode-param", args.diode_param), ("--baseline", args.baseline),
                       ("--device", args.device), ("--device-param", args.device_param),
                       ("--overwrite", args.overwrite)):
