@@ -1,7 +1,8 @@
 """asv benchmarks of one EqProp training step of deep, wide layered networks at the default
 minibatch of 20: 784-1024-1024-10 and 784-1024-1024-1024-10 (paired hidden layers), either
 diode, on the layered CG solver path (``linear = "cg"``, which ``auto`` picks for them), and
-784-100-100-10 on both paths (where ``auto`` keeps the dense Schur path).
+784-100-100-10 on both paths (where ``auto`` keeps the dense Schur path), and one wide hidden
+layer (784-2048-10 to 784-32768-10) on both paths.
 
 The inputs are synthetic MNIST-like pixels (seeded; about 80 % exact zeros, the rest U[0, 1]).
 ``benchmarks/deep_speed.py`` prints per-step medians, epoch estimates and the crossover.
@@ -80,4 +81,21 @@ class CrossoverStep(_Step):
         self._setup(arch, "pwl", linear)
 
     def time_step(self, arch, linear):
+        self._step()
+
+
+class WideStep(_Step):
+    """One wide hidden layer on either path (``auto`` picks CG from ``CG_FROM_WIDTH`` nodes);
+    ``peakmem`` the whole process (784-32768-10: conductances 0.4 GB, run file aside)."""
+
+    params = (["784-2048-10", "784-8192-10", "784-32768-10"], ["schur", "cg"])
+    param_names = ["arch", "linear"]
+
+    def setup(self, arch, linear):
+        self._setup(arch, "shockley", linear)
+
+    def time_step(self, arch, linear):
+        self._step()
+
+    def peakmem_step(self, arch, linear):
         self._step()

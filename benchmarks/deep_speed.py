@@ -4,6 +4,11 @@ path (``solver.linear``), per-step medians, the 60,000-sample epoch estimate, an
     OPENBLAS_NUM_THREADS=1 python benchmarks/deep_speed.py [--arch 784-1024-1024-10 ...]
         [--diode pwl shockley] [--linear schur cg] [--steps 10] [--warmup 5] [--repeats 3]
     python benchmarks/deep_speed.py --crossover [--widths 64 128 256 384 512]
+    python benchmarks/deep_speed.py --arch 784-8192-10 784-32768-10 --diode pwl --steps 3
+
+Wide single layers (784-8192-10, 784-32768-10) take several seconds a step on the dense
+path; give ``--schur-limit`` a larger value to time it anyway. ``rss`` is the process's peak
+resident memory so far (GiB), so run the largest network alone for its own figure.
 
 A step is ``Trainer.step`` on a minibatch of 20 (centered EqProp, default settings; paired
 hidden layers where there are two or more) on synthetic MNIST-like pixels (seeded, 80 % zeros),
@@ -16,6 +21,7 @@ take over ``--schur-limit`` seconds (measured on the first warm-up step).
 """
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -25,7 +31,7 @@ import numpy as np  # noqa: E402
 
 BATCH = 20
 EPOCH = 60000
-TARGETS_MIN = {"784-1024-1024-10": 10.0, "784-1024-1024-1024-10": 15.0}
+TARGETS_MIN = {"784-1024-1024-10": 10.0, "784-1024-1024-1024-10": 15.0, "784-32768-10": 20.0}
 
 
 def _pixels(rng, n, n_in=784):
@@ -54,6 +60,11 @@ class Runner:
         self.k += 1
         st.cpu_seconds = time.process_time() - c0
         return time.perf_counter() - t0, st
+
+
+def _rss_gib():
+    """Peak resident memory of this process so far, GiB (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure(arch, diode, linears, steps, warmup, repeats, schur_limit):
@@ -97,7 +108,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--schur-limit", type=float, default=2.0)
     ap.add_argument("--crossover", action="store_true")
-    ap.add_argument("--parallel", choices=["samples", "products"], default=None,
+    ap.add_argument("--parallel", choices=["auto", "samples", "products"], default=None,
                     help="LayeredSystem.PARALLEL: how the CG path shares a solve among threads")
     ap.add_argument("--widths", nargs="+", type=int, default=[64, 128, 192, 256, 384, 512])
     args = ap.parse_args()
@@ -120,7 +131,7 @@ def main():
                       f"{1e3 * cc:9.1f} {cc / sc:8.2f}", flush=True)
         return 0
     print(f"{'arch':>22} {'diode':>8} {'linear':>6} {'step ms':>8} {'repeats ms':>16} {'solver':>7} "
-          f"{'update':>7} {'cpu ms':>7} {'Newton/sample':>13} {'epoch min':>9} {'target':>12}")
+          f"{'update':>7} {'cpu ms':>7} {'Newton/sample':>13} {'epoch min':>9} {'target':>12} {'rss':>5}")
     for arch in args.arch:
         for diode in args.diode:
             m = measure(arch, diode, args.linear, args.steps, args.warmup, args.repeats, args.schur_limit)
@@ -130,7 +141,8 @@ def main():
                 verdict = "" if tgt is None or lin != "cg" else f"{'PASS' if ep <= tgt else 'MISS'} <= {tgt:.0f}"
                 reps_s = "/".join(f"{1e3 * v:.0f}" for v in reps)
                 print(f"{arch:>22} {diode:>8} {lin:>6} {1e3 * med:8.1f} {reps_s:>16} {1e3 * solver:7.1f} "
-                      f"{1e3 * update:7.1f} {1e3 * cpu:7.1f} {its:13.1f} {ep:9.2f} {verdict:>12}", flush=True)
+                      f"{1e3 * update:7.1f} {1e3 * cpu:7.1f} {its:13.1f} {ep:9.2f} {verdict:>12} {_rss_gib():5.2f}",
+                      flush=True)
             if len(m) == 2:
                 (a, ma), (b, mb) = m.items()
                 print(f"{'':>22} {'':>8} {b}/{a} = {mb[0] / ma[0]:.3f} (same run)", flush=True)

@@ -395,13 +395,16 @@ def evaluate_run(path, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> 
     ``{"run", "epoch", "test_error", "train_error", "test_loss", "train_loss" (V^2),
     "epoch_seconds", "nonconverged", "samples", "static_power_w" (the mean static power per
     test inference, W), "pulses" (programming pulses of that epoch, pulsed devices; else None),
-    "eval_seconds", "wire_ohms", "tile", "worst_line_drop_v" (the largest line IR drop over the
-    first ``crossbar.DROP_SAMPLES`` test samples, V; None without wires)}``. ``wire_ohms``,
-    ``tile``: evaluate the conductances on these crossbar wires instead of the run's own (an
-    ideal-trained run deployed on wires)."""
+    "eval_seconds", "diverged" (the epoch's divergence flag, 0 or 1; None in files from before
+    the detection), "pinned_fraction" (of the checkpoint's conductances, see
+    :func:`fastres.train.divergence`), "wire_ohms", "tile", "worst_line_drop_v" (the largest
+    line IR drop over the first ``crossbar.DROP_SAMPLES`` test samples, V; None without
+    wires)}``. ``wire_ohms``, ``tile``: evaluate the conductances on these crossbar wires
+    instead of the run's own (an ideal-trained run deployed on wires)."""
     run = open_run(path)
     if run.kind == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
+    from .train import pinned_fraction  # here: importing analysis does not load the trainer
     tn = run.network(epoch, wire_ohms, tile)
     cfg = tn.config
     data = load_run_data(run, data_dir)  # falls back to where the run was trained from
@@ -426,8 +429,17 @@ def evaluate_run(path, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> 
             "samples": int(data.x_test.shape[0] + data.x_train.shape[0]),
             "static_power_w": out["test"][3],
             "pulses": int(m["pulses"][rows[0]]) if len(rows) and "pulses" in m else None,
-            "eval_seconds": time.perf_counter() - t0, "wire_ohms": cfg.wires.wire_ohms,
-            "tile": cfg.wires.tile, "worst_line_drop_v": worst}
+            "eval_seconds": time.perf_counter() - t0,
+            "diverged": _stored_flag(m, "diverged", rows),
+            "pinned_fraction": pinned_fraction(tn.params, cfg.network.g_min, cfg.network.g_max),
+            "wire_ohms": cfg.wires.wire_ohms, "tile": cfg.wires.tile, "worst_line_drop_v": worst}
+
+
+def _stored_flag(m, name, rows):
+    """An integer metric of the given row, None where it is absent or NaN (back-filled)."""
+    if not len(rows) or name not in m or not np.isfinite(m[name][rows[0]]):
+        return None
+    return int(m[name][rows[0]])
 
 
 def export_netlist(path, out, sample, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> dict:

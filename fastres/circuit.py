@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +25,14 @@ from .errors import CircuitError
 __all__ = ["Circuit", "Resistor", "Diode", "VoltageSource", "CurrentSource", "Amplifier", "canonical_node"]
 
 GROUND_NAMES = ("0", "gnd")
+_BAD_NODE_CHAR = re.compile(r"[\s()=,]")  # white space as str.isspace, and ( ) = ,
+_SPACE = re.compile(r"\s")
 
 
 def canonical_node(name) -> str:
     """Node names are case-insensitive strings, stored lower-case; ``0`` and ``gnd`` are ground."""
     s = str(name).strip().lower()
-    if not s or any(ch.isspace() for ch in s) or any(ch in s for ch in "()=,"):
+    if not s or _BAD_NODE_CHAR.search(s):
         raise CircuitError(f"invalid node name {name!r}: must be non-empty, without spaces, '(', ')', '=' or ','")
     return "0" if s in GROUND_NAMES else s
 
@@ -88,7 +91,7 @@ class Circuit:
 
     def _add(self, elem, letter):
         name = str(elem.name).strip().lower()
-        if not name or any(ch.isspace() for ch in name):
+        if not name or _SPACE.search(name):
             raise CircuitError(f"invalid element name {elem.name!r}")
         if not name.startswith(letter):
             name = letter + name

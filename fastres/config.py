@@ -59,6 +59,73 @@ def parse_arch(arch) -> tuple:
     return sizes
 
 
+#: The network the default learning rates were tuned on (784-100-10, one hidden layer of 100):
+#: the reference width of the default rule (:func:`default_rates`).
+REFERENCE_WIDTH = 100
+#: Default learning rates at the reference width: the input layer's and every other layer's.
+REFERENCE_RATES = (100.0, 30.0)
+
+
+def default_rates(sizes) -> list:
+    """The default learning rate of each conductance layer of a network of layer ``sizes``.
+
+    The rule: ``lr_l = r_l * w_l / 100`` with ``r_1 = 100`` (input layer), ``r_l = 30``
+    (every other layer) and ``w_l`` the width of the hidden layer the layer touches on the
+    output side: the layer it feeds (``n_l``) for a layer into a hidden layer, the last hidden
+    layer (``n_{L-1}``) for the output layer. At the reference 784-100-10 (and 784-100-100-10)
+    every ``w_l / 100`` is 1: the rates tuned there (100, 30) are unchanged. A network without
+    hidden layers keeps ``r_l``.
+
+    Derivation (the mean-field scaling of a resistive network). In units of ``g_max``
+    (``gamma = g / g_max``) a step is ``d gamma = -lr dC/dgamma``. A node's voltage is the
+    conductance-weighted mean of its neighbours' voltages, ``V_k = sum_j gamma_jk V_j / Gamma_k``
+    with ``Gamma_k`` the node's total (relative) conductance, ``~ fan_in * mean(gamma)``; so every
+    node voltage is of the order of the sources' whatever the widths, and ``dV_k/dgamma_jk =
+    (V_j - V_k) / Gamma_k``. For the output layer fed by a hidden layer of width ``n``:
+    ``dC/dgamma_jk ~ 1/n``, each of the ``n`` conductances into an output moves by ``~lr/n``
+    and moves the output by ``1/n`` of that, coherently: ``dV_out ~ n (lr/n)(1/n) = lr/n``.
+    For the layer into that hidden layer: a hidden node carries ``1/n`` of every output mean, so
+    ``dC/dV_j ~ 1/n``, its node moves by ``~lr / (n fan_in)`` and the ``n`` of them move the
+    output by ``~lr / (n fan_in)`` again (the input layer's own ``1/fan_in`` is in its reference
+    rate; every supported dataset has 784 inputs). So a fixed rate moves the outputs per step
+    ``~1/n``: 6x faster at 16 hidden nodes than at the tuned 100 (the divergence of issue 14)
+    and 10x slower at 1024; ``lr ~ n`` keeps the tuned step. The conductance range enters only
+    through ``g_max`` (the unit of the rates) and the initial range (:func:`default_init_range`,
+    a fixed fraction of ``g_max``), so the rule holds for any range.
+    """
+    sizes = parse_arch(sizes)
+    L = len(sizes) - 1
+    if L == 1:
+        return [REFERENCE_RATES[0]]
+    out = []
+    for l in range(1, L + 1):
+        width = sizes[l] if l < L else sizes[L - 1]
+        out.append((REFERENCE_RATES[0] if l == 1 else REFERENCE_RATES[1]) * width / REFERENCE_WIDTH)
+    return out
+
+
+#: Divergence detection (reported, never acted on; see :func:`fastres.train.divergence`): a
+#: run is flagged when an epoch's mean training loss is this many times the lowest loss seen
+#: before it (the first minibatch's at the initial conductances, or an earlier epoch's) ...
+DIVERGENCE_LOSS_GROWTH = 10.0
+#: ... or when this fraction of all conductances sits at ``g_min`` or ``g_max`` ...
+DIVERGENCE_PINNED_FRACTION = 0.2
+#: ... "at" a bound meaning within this fraction of ``g_max - g_min`` of it. Measured on
+#: 784-16-10 pwl runs (10,000 MNIST samples): diverged ones had 24-29 % of their conductances
+#: there, healthy ones 1-3 %.
+PINNED_TOLERANCE = 1e-3
+
+
+def default_init_range(g_min: float, g_max: float) -> tuple:
+    """The default initial conductance range ``(g_min, g_max / 2)`` (S).
+
+    A node voltage is a ratio of conductances (a weighted mean), so the initial state depends
+    only on the spread of the draws relative to their mean, not on the widths: drawing from
+    ``[g_min, g_max / 2]`` gives every conductance room to grow and to fall (a mean of about
+    ``g_max / 4``), for any range and any network size."""
+    return float(g_min), 0.5 * float(g_max)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -99,7 +166,8 @@ class NetworkConfig:
     turn-on voltage, so hidden nodes clamp at 0 V; ``rail_hi`` at the inputs' full scale, so
     the upper diodes never conduct (a rectifier); ``paired`` None: paired hidden layers when
     there are two or more hidden layers, all of even size. Initial conductances are drawn
-    uniformly from ``[init_lo, init_hi]``; ``gmin`` (S) sits across every junction diode.
+    uniformly from ``[init_lo, init_hi]`` (None: the default rule, ``[g_min, g_max / 2]``, see
+    :func:`default_init_range`); ``gmin`` (S) sits across every junction diode.
     """
 
     arch: str = "784-100-10"
@@ -111,8 +179,8 @@ class NetworkConfig:
     rail_hi: float = 100.0
     g_min: float = 1e-7
     g_max: float = 1e-4
-    init_lo: float = 1e-7
-    init_hi: float = 5e-5
+    init_lo: float | None = None
+    init_hi: float | None = None
     gain: float = 1.0
     output_diodes: bool = False
     paired: bool | None = None
@@ -126,15 +194,19 @@ class NetworkConfig:
             raise ConfigError(f"network.diode_params={self.diode_params!r} must be a table of numbers")
         object.__setattr__(self, "diode_params", dict(self.diode_params or {}))
         _finite("network", input_volts=self.input_volts, bias_volts=self.bias_volts,
-                rail_hi=self.rail_hi, g_min=self.g_min, g_max=self.g_max, init_lo=self.init_lo,
-                init_hi=self.init_hi, gain=self.gain, gmin=self.gmin)
+                rail_hi=self.rail_hi, g_min=self.g_min, g_max=self.g_max, gain=self.gain, gmin=self.gmin)
+        for key in ("init_lo", "init_hi"):
+            if getattr(self, key) is not None:
+                _finite("network", **{key: getattr(self, key)})
         if self.rail_lo is not None:
             _finite("network", rail_lo=self.rail_lo)
         if not 0 < self.g_min < self.g_max:
             raise ConfigError(f"conductance bounds must satisfy 0 < g_min < g_max, got "
                               f"{self.g_min}, {self.g_max} S")
-        if not (0 < self.init_lo <= self.init_hi <= self.g_max and self.g_min <= self.init_lo):
-            raise ConfigError("initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max")
+        init_lo, init_hi = self.init_range()
+        if not (0 < init_lo <= init_hi <= self.g_max and self.g_min <= init_lo):
+            raise ConfigError(f"initial conductances must satisfy g_min <= init_lo <= init_hi <= g_max, "
+                              f"got [{init_lo}, {init_hi}] S in [{self.g_min}, {self.g_max}] S")
         if self.gain <= 0:
             raise ConfigError(f"network.gain={self.gain!r}: the amplifier gain must be > 0")
         if self.gmin < 0:
@@ -180,9 +252,17 @@ class NetworkConfig:
         reach = max(abs(self.input_volts), abs(self.bias_volts)) * max(1.0, self.gain) ** (len(self.sizes) - 2)
         return self.rail_hi >= reach
 
+    def init_range(self) -> tuple:
+        """``(init_lo, init_hi)`` (S): the given values, else :func:`default_init_range`."""
+        lo, hi = default_init_range(self.g_min, self.g_max)
+        return (lo if self.init_lo is None else float(self.init_lo),
+                hi if self.init_hi is None else float(self.init_hi))
+
     def resolved(self) -> "NetworkConfig":
-        """This config with the automatic choices made (``paired``); what a run file stores."""
-        return dataclasses.replace(self, paired=self.is_paired())
+        """This config with the automatic choices made (``paired``, the initial conductance
+        range); what a run file stores."""
+        lo, hi = self.init_range()
+        return dataclasses.replace(self, paired=self.is_paired(), init_lo=lo, init_hi=hi)
 
 
 @dataclass(frozen=True)
@@ -218,8 +298,9 @@ class EstimatorConfig:
 class OptimizerConfig:
     """SGD with momentum on the conductances, clipped to ``[g_min, g_max]``.
 
-    ``lr``: one dimensionless learning rate per layer (None: 100 for the input layer, which sees
-    ``2 n_in`` sources, and 30 for the others); decayed by ``lr_decay`` per epoch.
+    ``lr``: one dimensionless learning rate per layer (None: the default rule of
+    :func:`default_rates`, which scales with the hidden layers' widths); decayed by
+    ``lr_decay`` per epoch.
     """
 
     lr: tuple | None = None
@@ -245,10 +326,14 @@ class OptimizerConfig:
             raise ConfigError(f"momentum={self.momentum!r} must be in [0, 1)")
         _at_least_one("optimizer", batch_size=self.batch_size)
 
-    def rates(self, n_layers: int) -> list:
-        """The learning rate of each of ``n_layers`` conductance layers."""
+    def rates(self, sizes) -> list:
+        """The learning rate of each conductance layer of a network of layer ``sizes`` (input
+        first): ``lr`` as given (one value for all layers, or one per layer), else
+        :func:`default_rates`."""
+        sizes = parse_arch(sizes)
+        n_layers = len(sizes) - 1
         if self.lr is None:
-            return [100.0] + [30.0] * (n_layers - 1)
+            return default_rates(sizes)
         if len(self.lr) == 1 and n_layers > 1:
             return [self.lr[0]] * n_layers
         if len(self.lr) != n_layers:
@@ -308,13 +393,15 @@ class SolverConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """``epochs`` to train, the ``seed`` of every random draw, ``store_samples`` test samples
-    whose node voltages each checkpoint keeps, and the MLP baseline's hidden activation
-    (``auto``: the one the diodes make)."""
+    whose node voltages each checkpoint keeps, the MLP baseline's hidden activation
+    (``auto``: the one the diodes make) and its learning rates ``mlp_lr`` (one per layer, or
+    one for all; None: the rule of :mod:`fastres.baseline`)."""
 
     epochs: int = 10
     seed: int = 0
     store_samples: int = 256
     mlp_activation: str = "auto"
+    mlp_lr: tuple | None = None
 
     def __post_init__(self):
         _plain(self)
@@ -322,6 +409,15 @@ class RunConfig:
         _int_at_least("run", 0, seed=self.seed, store_samples=self.store_samples)
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
+        if self.mlp_lr is not None:
+            lr = (self.mlp_lr,) if isinstance(self.mlp_lr, (int, float)) else self.mlp_lr
+            try:
+                lr = tuple(float(v) for v in lr)
+            except (TypeError, ValueError):
+                raise ConfigError(f"mlp_lr {self.mlp_lr!r}: expected numbers") from None
+            if not lr or any(not math.isfinite(v) or v <= 0 for v in lr):
+                raise ConfigError(f"mlp_lr {list(lr)}: the MLP's learning rates must be finite and > 0")
+            object.__setattr__(self, "mlp_lr", lr)
 
 
 DEVICE_MODELS = ("ideal", "linear", "soft-bounds", "exponential", "table")
@@ -490,7 +586,7 @@ def _coerce(name, value):
     """A flat option's value as its field expects it (ints from JSON floats like 2.0)."""
     if name in _INT_OPTIONS and isinstance(value, float) and value.is_integer():
         return int(value)
-    if name in ("lr",) and isinstance(value, list):
+    if name in ("lr", "mlp_lr") and isinstance(value, list):
         return tuple(value)
     return value
 
@@ -533,7 +629,7 @@ class TrainConfig:
                 except TypeError as exc:
                     raise ConfigError(f"section {sec}: {exc}") from None
             object.__setattr__(self, sec, base)
-        self.optimizer.rates(len(self.network.sizes) - 1)  # one rate per layer
+        self.optimizer.rates(self.network.sizes)  # one rate per layer
 
     def __setattr__(self, name, value):
         raise AttributeError("TrainConfig is immutable: use cfg.replace(...)")
@@ -564,7 +660,7 @@ class TrainConfig:
     @property
     def lr(self) -> list:
         """Learning rates, one per conductance layer (dimensionless)."""
-        return self.optimizer.rates(len(self.sizes) - 1)
+        return self.optimizer.rates(self.sizes)
 
     def baseline_activation(self) -> str:
         """The MLP baseline's hidden activation: the one the diodes make."""
@@ -573,7 +669,9 @@ class TrainConfig:
         return "relu" if self.network.one_sided() else "hardtanh"
 
     def resolved(self) -> "TrainConfig":
-        """Automatic choices made (``paired``, the learning rates): what a run file stores."""
+        """Automatic choices made (``paired``, the initial conductance range, the learning
+        rates): what a run file stores, so a stored run keeps its values when the default rule
+        changes."""
         return self.replace(network=self.network.resolved(),
                             optimizer=dataclasses.replace(self.optimizer, lr=tuple(self.lr)))
 
@@ -589,6 +687,8 @@ class TrainConfig:
             d = dataclasses.asdict(getattr(self, s))
             if s == "optimizer" and d["lr"] is not None:
                 d["lr"] = list(d["lr"])
+            if s == "run" and d["mlp_lr"] is not None:
+                d["mlp_lr"] = list(d["mlp_lr"])
             out[s] = d
         return out
 

@@ -291,9 +291,12 @@ class LayeredNetwork:
     def linear_path(self, linear: str = "auto") -> str:
         """The Newton direction's linear solver, ``"schur"`` or ``"cg"``, for the choice
         ``linear`` (``"auto"``: ``cg`` once the dense Schur complement has at least
-        :data:`CG_FROM_NODES` nodes; see there and README "Speed" for the measured crossover)."""
+        :data:`CG_FROM_NODES` nodes, or the network has one hidden layer of at least
+        :data:`CG_FROM_WIDTH` nodes; see there and README "Deep, wide networks" for the
+        measured crossovers)."""
         if linear == "auto":
-            return "cg" if self.nK >= CG_FROM_NODES else "schur"
+            wide = self.L == 2 and self.nodes_per_layer[1] >= CG_FROM_WIDTH
+            return "cg" if self.nK >= CG_FROM_NODES or wide else "schur"
         if linear not in ("schur", "cg"):
             raise ConfigError(f"linear={linear!r}: use 'auto', 'schur' or 'cg'")
         return linear
@@ -448,6 +451,15 @@ class LayeredNetwork:
 #: and their bit-identical results (CG agrees to 1e-9 V, not bit for bit): linear = "cg" opts in.
 CG_FROM_NODES = 128
 
+#: auto picks the CG path for one hidden layer of at least this many nodes. There the dense
+#: Schur complement is only the output layer (2 n_classes nodes), but forming it costs
+#: (2 n_classes)^2 multiply-adds per hidden node, sample and Newton step, against two products
+#: with W_2 per CG iteration (about 2 per direction). Measured on the 2-core machine (training
+#: step, batch 20, interleaved, heavily shared): CG / dense 1.76 (pwl) and 1.31 (Shockley) at
+#: 784-2048-10, 0.91 and 0.71 at 784-8192-10. 784-1024-10 (a default network) keeps the dense
+#: path and its bit-identical results.
+CG_FROM_WIDTH = 8192
+
 
 class LayeredSystem:
     """A layered network's :class:`~fastres.system.KernelSystem` with its layer blocks, solved
@@ -465,9 +477,12 @@ class LayeredSystem:
     ETA_MAX = 0.0
     MAXCG = 1000
     #: how two or more threads share a solve: "samples" (each thread solves a chunk of the
-    #: minibatch, one parallel region) or "products" (every product split over the threads,
-    #: per-sample work over samples)
-    PARALLEL = "products"
+    #: minibatch, one parallel region), "products" (every product split over the threads,
+    #: per-sample work over samples) or "auto": "samples" for one hidden layer (the CG class
+    #: is the output layer, the products are small and the per-node loops over the wide hidden
+    #: layer dominate, which only "samples" splits), else "products" (deep networks, measured
+    #: faster there with free cores: README "Deep, wide networks")
+    PARALLEL = "auto"
     #: the adjoint's CG stops at this scaled residual relative to its right-hand side's
     ADJOINT_RTOL = 1e-14
 
@@ -505,7 +520,10 @@ class LayeredSystem:
             x0, gx0, ok0 = self._last
             ok = ok0 & np.all(x0 == x, axis=1)
             gx[ok] = gx0[ok]
-        n = min(B, t) if self.PARALLEL == "samples" else 1
+        mode = self.PARALLEL
+        if mode == "auto":
+            mode = "samples" if self.nl.shape[0] == 3 else "products"
+        n = min(B, t) if mode == "samples" else 1
         if n <= 1:  # one thread or one sample: products split over the threads instead
             _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
                                    gx, ok, it, res, st, cg)

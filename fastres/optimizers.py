@@ -73,6 +73,13 @@ class BoundedSGD:
             _updates.block_column_sums(params["W1"], self._blocks, self._colsum)
         return self._colsum
 
+    def sum_buffers(self, W1):
+        """Scratch ``(UPDATE_BLOCKS, n_to)`` and the column-sum buffer ``(n_to,)`` (S) for a
+        fused update of ``W1`` that writes its new column sums (the pulsed devices' step);
+        :meth:`column_sums` returns them afterwards."""
+        self._track(W1)
+        return self._blocks, self._colsum
+
     def _track(self, W) -> bool:
         """Make ``W`` the W1 whose column sums are kept (buffers for the fused update); True
         if it was not already, i.e. its sums are not known yet."""

@@ -2,9 +2,11 @@
 
 :class:`PulsedDevices` has the optimiser interface of :class:`~fastres.optimizers.BoundedSGD`
 (``init``, ``state``, ``load``, ``column_sums``, ``step``) and wraps it: SGD (with momentum)
-proposes each conductance's desired change, and the device turns it into what hardware does
-(see :mod:`fastres.kernels.pulses` for the models and the exact update; the parameters are
-:class:`~fastres.config.DeviceConfig`'s). Conductances in S.
+proposes each conductance's desired change, and the device turns it into what hardware does,
+both in one fused kernel pass (see :mod:`fastres.kernels.pulses` for the models and the exact
+update; the parameters are :class:`~fastres.config.DeviceConfig`'s). Conductances in S.
+:class:`WeightDevices` puts the MLP baseline's signed weights on the same devices;
+:func:`pulse_curve` gives a model's conductance against pulse count (the report's figure).
 
 State, all stored in the run file's checkpoint (optimiser group) so a killed run resumes
 bit-identically: per conductance array ``K``, the momentum ``K``, and ``K.lo``, ``K.hi``
@@ -28,7 +30,7 @@ import numba
 import numpy as np
 
 from .config import DeviceConfig
-from .errors import ConfigError
+from .errors import ConfigError, FastresError
 from .kernels import pulses as _kp
 from .optimizers import BoundedSGD
 
@@ -38,8 +40,14 @@ _PURPOSE_WRITE, _PURPOSE_READ, _PURPOSE_INIT = 1, 2, 3
 
 
 def stream_key(seed, step, array_index, purpose) -> np.uint64:
-    """The counter-based generator's key for one (seed, step, array, purpose) (uint64)."""
-    h = np.random.SeedSequence([int(seed), int(step), int(array_index), int(purpose)])
+    """The counter-based generator's key for one (seed, step, array, purpose) (uint64):
+    ``SeedSequence([seed, step, array, purpose]).generate_state(1, uint64)[0]``, by the
+    compiled twin of numpy's algorithm when all four are below 2^32 (bit-identical, tested;
+    4x cheaper a key)."""
+    words = (int(seed), int(step), int(array_index), int(purpose))
+    if all(0 <= w < 1 << 32 for w in words):
+        return np.uint64(_kp.seed_sequence_key(*(np.uint64(w) for w in words)))
+    h = np.random.SeedSequence(list(words))
     return np.uint64(int(h.generate_state(1, dtype=np.uint64)[0]))
 
 
@@ -90,6 +98,8 @@ class PulsedDevices:
         self.step_up = self.step_nominal * (1.0 + p["up_down"])
         self.step_down = self.step_nominal * (1.0 - p["up_down"])
         self.dev = None  # per array: dict of per-device state
+        self._pulses = {}  # per array: scratches of the fused step
+        self._idx = {}
         self.step_count = 0
         self.last_pulses = 0
 
@@ -158,28 +168,155 @@ class PulsedDevices:
             out[k] = np.clip(a, 1e-300, None).reshape(W.shape)
         return out
 
-    def step(self, params, ph, lr_factor: float):
-        """SGD's desired change of every conductance, then pulses (in place in ``params``)."""
-        desired = {k: W.copy() for k, W in params.items()}
-        self.sgd.step(desired, ph, lr_factor)  # its W1 sums now belong to the copy, not params
+    def _par(self) -> np.ndarray:
+        """The scalar device settings, packed as :mod:`fastres.kernels.pulses` takes them."""
         p = self.p
+        return np.array([self.model, self.step_nominal, self.step_up, self.step_down, self.p_max,
+                         1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
+                         float(p["write_noise"]), 1.0 if p["accumulate"] else 0.0])
+
+    def _dev(self, k) -> tuple:
+        d = self.dev[k]
+        if self._pulses.get(k) is None or self._pulses[k].shape != d["acc"].shape:
+            self._pulses[k] = np.empty(d["acc"].shape)  # scratch: each device's signed count
+            self._idx[k] = np.empty(d["acc"].shape, dtype=np.int64)  # scratch: the firing ones
+        return (d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], d["aup"], d["adown"], self.tab_up,
+                self.tab_down, self._pulses[k])
+
+    def step(self, params, ph, lr_factor: float):
+        """SGD's desired change of every conductance, turned into pulses in the same pass (in
+        place in ``params``; no copy, the change never materialised). Returns the pulse count.
+
+        Bit-identical to an unclipped :class:`BoundedSGD` step on a copy followed by
+        :meth:`apply` of the differences (tested)."""
+        sgd = self.sgd
+        gscale = self.g_max * self.g_max * lr_factor
+        par = self._par()
+        index = {k: j for j, k in enumerate(sorted(params))}
+
+        def key(k):
+            return stream_key(self.seed, self.step_count, index[k], _PURPOSE_WRITE)
+        blocks, colsum = sgd.sum_buffers(params["W1"])  # the fused step writes W1's column sums
+        counts = np.zeros(blocks.shape[0])
+        uT, d, col = ph.first
+        _kp.pulse_fixed(params["W1"], uT, d, col, ph.scale, sgd.vel["W1"], sgd.lr[0] * gscale,
+                        sgd.momentum, self._dev("W1"), par, key("W1"), counts, blocks, colsum,
+                        self._idx["W1"])
+        total = counts.sum()
+        counts = np.zeros(max(1, numba.get_num_threads()))
+        for l in range(1, len(sgd.lr) + 1):
+            for k in (f"W{l}", f"B{l}") if l > 1 else ("B1",):
+                row, col, prod = ph.terms[k]
+                W = params[k].reshape(len(row), len(col))
+                _kp.pulse_terms(W, row, col, prod, ph.scale, sgd.vel[k].reshape(W.shape),
+                                sgd.lr[l - 1] * gscale, sgd.momentum, self._dev(k), par, key(k), counts,
+                                self._idx[k])
+                total += counts.sum()
+        self.step_count += 1
+        self.last_pulses = int(total)
+        return self.last_pulses
+
+    def apply(self, params, desired) -> int:
+        """Program desired changes ``desired`` (dict like ``params``, S) by pulses, in place in
+        ``params`` (one step of the devices' random streams). Returns the pulse count. The
+        MLP baseline on devices updates through this; EqProp's :meth:`step` fuses it."""
         nchunks = max(1, numba.get_num_threads())
+        par = self._par()
         total = 0
         for j, (k, W) in enumerate(sorted(params.items())):
             d = self.dev[k]
-            flat = W.ravel()
-            delta = desired[k].ravel() - flat
+            if not W.flags.c_contiguous:
+                raise FastresError(f"pulsed devices: conductance array {k} must be C-contiguous")
+            flat = W.reshape(-1)
             pulses = np.empty(flat.size)
             key = stream_key(self.seed, self.step_count, j, _PURPOSE_WRITE)
-            _kp.pulse_update(flat, delta, d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
-                             self.model, self.step_nominal, self.step_up, self.step_down, d["aup"],
-                             d["adown"], self.p_max, self.tab_up, self.tab_down,
-                             1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
-                             float(p["write_noise"]), bool(p["accumulate"]), nchunks)
+            _kp.pulse_update(flat, np.ascontiguousarray(desired[k], dtype=np.float64).reshape(-1),
+                             d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
+                             int(par[0]), par[1], par[2], par[3], d["aup"], d["adown"], par[4],
+                             self.tab_up, self.tab_down, int(par[5]), par[6], par[7], bool(par[8]),
+                             nchunks)
             total += int(np.abs(pulses).sum())
         self.step_count += 1
         self.last_pulses = total
         return total
+
+
+def pulse_curve(cfg: DeviceConfig, g_min, g_max):
+    """Conductance (S) of one nominal device of ``cfg``'s model (its bounds ``g_min``,
+    ``g_max``, no spread, no noise) under ``P_max`` potentiating pulses from ``g_min`` and then
+    ``P_max`` depressing ones (``P_max = levels - 1``, or the table's pulse count): returns the
+    pulse numbers ``(2 P_max + 1,)`` and the conductances ``(2 P_max + 1,)`` (S)."""
+    dev = PulsedDevices(cfg, [1.0], 0.0, g_min, g_max, seed=0)
+    P = int(round(dev.p_max))
+    a_up, a_down = float(dev.p["a_up"]), float(dev.p["a_down"])
+    g = np.empty(2 * P + 1)
+    g[0] = dev.g_min
+    for k in range(2 * P):
+        n = 1.0 if k < P else -1.0
+        x = _kp.move(dev.model, g[k], n, dev.g_min, dev.g_max, 1.0, dev.step_up, dev.step_down, a_up,
+                     a_down, dev.p_max, dev.tab_up, dev.tab_down)
+        g[k + 1] = min(max(x, dev.g_min), dev.g_max)
+    return np.arange(2 * P + 1), g
+
+
+class WeightDevices:
+    """Signed weights (the MLP baseline's) stored in pulsed devices, one device a weight.
+
+    Mapping: ``w = w_max (g - g_mid) / (g_max - g_mid)`` with ``g_mid = (g_min + g_max) / 2``
+    (a reference conductance at mid-range, subtracted as a one-device-plus-reference crossbar
+    column does), so ``g_min .. g_max`` (S) holds ``-w_max .. w_max`` of each array (``w_max``
+    per array, dimensionless). The devices are :class:`PulsedDevices` (the same kernels,
+    presets, noise streams and state as EqProp's conductances): :meth:`init` programs the
+    initial weights onto them, :meth:`read` gives the weights a forward pass sees (read noise,
+    one draw per minibatch), :meth:`update` turns desired weight changes into pulses.
+    ``params`` dicts hold weights; the conductances live in ``self.g`` (S)."""
+
+    def __init__(self, cfg: DeviceConfig, w_max: dict, g_min, g_max, seed):
+        if cfg.ideal:
+            raise ConfigError("WeightDevices needs a pulsed device model, not ideal devices")
+        self.devices = PulsedDevices(cfg, [1.0], 0.0, g_min, g_max, seed)  # apply() takes changes
+        self.w_max = {k: float(v) for k, v in w_max.items()}
+        self.g_mid = 0.5 * (float(g_min) + float(g_max))
+        self.half = 0.5 * (float(g_max) - float(g_min))
+        self.g = None
+
+    def to_weight(self, k, g):
+        """Weights of array ``k`` for conductances ``g`` (S)."""
+        return (g - self.g_mid) * (self.w_max[k] / self.half)
+
+    def init(self, params):
+        """Program the weights ``params`` onto fresh devices (in place: the weights become the
+        programmed ones, on the device's levels and bounds, stuck devices at theirs)."""
+        missing = sorted(set(params) - set(self.w_max))
+        if missing:
+            raise ConfigError(f"no weight range for {', '.join(missing)}")
+        self.g = {k: np.ascontiguousarray(self.g_mid + w * (self.half / self.w_max[k]))
+                  for k, w in params.items()}
+        self.devices.init(self.g)
+        for k in params:
+            params[k][...] = self.to_weight(k, self.g[k])
+
+    def read(self, params) -> dict:
+        """The weights a forward pass sees: the devices' apparent conductances, mapped."""
+        seen = self.devices.apparent(self.g)
+        if seen is self.g:
+            return params
+        return {k: self.to_weight(k, seen[k]) for k in seen}
+
+    def update(self, params, changes) -> int:
+        """Program the desired weight changes ``changes`` (dict like ``params``) by pulses; the
+        weights in ``params`` become the programmed ones. Returns the pulse count."""
+        desired = {k: changes[k] * (self.half / self.w_max[k]) for k in self.g}
+        n = self.devices.apply(self.g, desired)
+        for k in params:
+            params[k][...] = self.to_weight(k, self.g[k])
+        return n
+
+    def state(self) -> dict:
+        """Device state for the run file: conductances ``g.K`` (S) and the devices' arrays."""
+        out = {f"g.{k}": v for k, v in self.g.items()}
+        out.update({k: v for k, v in self.devices.state().items() if k not in self.g})
+        return out
 
 
 def make_optimizer(cfg, lr, seed):

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Run, RunSnapshot, bound_fractions, layer_names, open_run
+from .config import DeviceConfig
 from .errors import FastresError
+from .pulsed import pulse_curve
 
 __all__ = ["make_report", "compare_runs", "make_panel", "format_summary", "default_out_dir"]
 
@@ -195,6 +197,41 @@ def parse_summary(text: str) -> dict:
 
 # --------------------------------------------------------------------------- the report
 
+#: The device models :func:`device_curves_figure` draws by default: (label, DeviceConfig fields).
+CURVE_MODELS = (("linear, 32 levels", {"model": "linear", "levels": 32}),
+                ("linear, 32 levels, up_down=0.3", {"model": "linear", "levels": 32, "up_down": 0.3}),
+                ("soft bounds, 32 levels", {"model": "soft-bounds", "levels": 32}),
+                ("exponential (realistic: A = 0.25 P_max)", {"preset": "realistic"}),
+                ("exponential, a_up=1, a_down=0.1", {"model": "exponential", "levels": 32, "a_up": 1.0,
+                                                      "a_down": 0.1}))
+
+
+def _draw_pulse_curve(ax, cfg, g_min, g_max, label):
+    P, g = pulse_curve(cfg, g_min, g_max)
+    ax.plot(P, g * 1e6, marker=".", markersize=3, lw=1, label=label)
+
+
+def device_curves_figure(out_png, models=CURVE_MODELS, g_min=1e-7, g_max=1e-4, table=None) -> str:
+    """Conductance against pulse count (potentiation from ``g_min``, then depression) of each
+    device model in ``models`` ((label, :class:`~fastres.config.DeviceConfig` fields) pairs),
+    and of a measured curve ``table`` (CSV ``pulse, g_up, g_down`` in S) if given; nominal
+    devices (no spread, no noise). Conductances in uS on the plot. Returns the PNG's path."""
+    items = [(label, DeviceConfig(**fields)) for label, fields in models]
+    if table is not None:
+        items.append((f"table {Path(table).name}", DeviceConfig(model="table", table=str(table))))
+    fig = _figure((7, 4.2))
+    ax = fig.subplots()
+    for label, cfg in items:
+        _draw_pulse_curve(ax, cfg, g_min, g_max, label)
+    ax.set_xlabel("pulse number (potentiation, then depression)")
+    ax.set_ylabel("conductance (uS)")
+    ax.set_title("pulsed device models: conductance against pulse count", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return str(_save(fig, Path(out_png)))
+
+
 def make_report(path, out_dir=None) -> list:
     """Write the report of run ``path`` into ``out_dir`` (default ``RUN_report/`` next to the
     file); returns the written files (PNGs, then ``summary.txt``)."""
@@ -219,6 +256,22 @@ def make_report(path, out_dir=None) -> list:
         written.append(_save(fig, out / "learning_curves.png"))
     else:
         notes.append("no finished epoch yet: learning curves skipped")
+
+    dcfg = run.train_config().device
+    if not dcfg.ideal:
+        net = run.train_config().network
+        fig = _figure((6, 4))
+        ax = fig.subplots()
+        try:
+            _draw_pulse_curve(ax, dcfg, net.g_min, net.g_max, f"{dcfg.preset}/{dcfg.resolved_params()['model']}")
+        except FastresError as exc:  # e.g. a measured curve's file no longer there
+            notes.append(f"device curve skipped: {exc}")
+        ax.set_xlabel("pulse number (potentiation, then depression)")
+        ax.set_ylabel("conductance (uS)")
+        ax.set_title("this run's device (nominal: no spread, no noise)", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out / "device_curve.png"))
 
     if is_net:
         g_min, g_max = float(cfg["g_min"]), float(cfg["g_max"])

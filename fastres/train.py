@@ -21,7 +21,8 @@ import numba
 import numpy as np
 
 from .version import __version__
-from .config import TrainConfig, run_config
+from .config import (DIVERGENCE_LOSS_GROWTH, DIVERGENCE_PINNED_FRACTION, PINNED_TOLERANCE,
+                     TrainConfig, run_config)
 from .datasets import load_data
 from .eqprop import EqProp, eqprop_gradient, exact_gradient, phases_from_states, relative_error
 from .errors import FastresError
@@ -71,6 +72,7 @@ class Trainer:
         self.params = None
         self.lr_factor = 1.0  # lr_decay ** (epoch - 1), set per epoch
         self.last_power = float("nan")  # W, mean static power per test inference (evaluate)
+        self.loss_floor = None  # V^2: the lowest loss seen (first minibatch, epochs); see divergence()
 
     @property
     def comm(self):
@@ -78,7 +80,7 @@ class Trainer:
 
     def init_state(self, rng):
         """Initial conductances (drawn from ``rng``) and a fresh optimiser state."""
-        self.params = self.net.init_params(rng, self.cfg.network.init_lo, self.cfg.network.init_hi)
+        self.params = self.net.init_params(rng, *self.cfg.network.init_range())
         self.optimizer.init(self.params)
 
     def load_state(self, params, optimizer_state):
@@ -160,6 +162,42 @@ class Trainer:
         return relative_error(g, exact)
 
 
+def pinned_fraction(params, g_min, g_max, tol=PINNED_TOLERANCE) -> float:
+    """Fraction of all conductances (every ``W{l}`` and ``B{l}``) within ``tol * (g_max -
+    g_min)`` (S) of ``g_min`` or ``g_max``: pinned at a bound, where a clipped step stops."""
+    band = tol * (g_max - g_min)
+    pinned = total = 0
+    for a in params.values():
+        pinned += int(np.count_nonzero((a <= g_min + band) | (a >= g_max - band)))
+        total += a.size
+    return pinned / max(total, 1)
+
+
+def divergence(train_loss, loss_floor, params, g_min, g_max) -> dict:
+    """Is the run diverging? ``train_loss`` (V^2, this epoch's mean) against ``loss_floor``
+    (the lowest loss seen before: the first minibatch's at the initial conductances or an
+    earlier epoch's mean) and the conductances ``params`` (S) against ``[g_min, g_max]``.
+
+    Returns ``loss_growth`` (``train_loss / loss_floor``), ``pinned_fraction``
+    (:func:`pinned_fraction`) and ``diverged`` (1 when the loss is not finite, grew by
+    :data:`~fastres.config.DIVERGENCE_LOSS_GROWTH` or more, or at least
+    :data:`~fastres.config.DIVERGENCE_PINNED_FRACTION` of the conductances are pinned; else 0).
+    """
+    growth = float(train_loss) / loss_floor if loss_floor and loss_floor > 0 else float("nan")
+    pinned = pinned_fraction(params, g_min, g_max)
+    diverged = (not np.isfinite(train_loss) or (np.isfinite(growth) and growth >= DIVERGENCE_LOSS_GROWTH)
+                or pinned >= DIVERGENCE_PINNED_FRACTION)
+    return {"loss_growth": growth, "pinned_fraction": pinned, "diverged": int(diverged)}
+
+
+def divergence_note(d: dict) -> str:
+    """The epoch line's report of a diverging run ('' when it is not)."""
+    if not d["diverged"]:
+        return ""
+    return (f" | DIVERGING: loss {d['loss_growth']:.3g}x its lowest, "
+            f"{100 * d['pinned_fraction']:.1f}% of conductances at their bounds (lower the learning rates)")
+
+
 class Progress:
     """A one-line progress display on stderr (samples/s, loss, error)."""
 
@@ -220,7 +258,10 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
         bar = Progress(N, epoch, epochs, progress and rank == 0)
         for k in range(0, N, bs):
             idx = perm[k:k + bs]
-            tot += trainer.step(data.x_train[idx], data.y_train[idx], rng)
+            st = trainer.step(data.x_train[idx], data.y_train[idx], rng)
+            if trainer.loss_floor is None and np.isfinite(st.loss):  # the first minibatch: the
+                trainer.loss_floor = st.loss / st.samples                # initial conductances' loss
+            tot += st
             step += 1
             done = min(k + bs, N)
             bar.update(done, tot.loss / done, tot.errors / done)
@@ -239,6 +280,11 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
             "free_phase_seconds": tot.free_seconds, "nudged_phase_seconds": tot.nudged_seconds,
             "ranks": size, "static_power_w": trainer.last_power,
         }
+        div = divergence(metrics["train_loss"], trainer.loss_floor, trainer.params, cfg.network.g_min,
+                         cfg.network.g_max)
+        metrics.update(div)
+        if np.isfinite(metrics["train_loss"]):
+            trainer.loss_floor = min(trainer.loss_floor or np.inf, metrics["train_loss"])
         if trainer.net.wired:
             metrics["worst_line_drop_v"] = trainer.last_worst_drop
         if not cfg.device.ideal:
@@ -250,13 +296,14 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
             samples = {"test_pred": test_pred.astype(np.int16), "test_label": data.y_test.astype(np.int16)}
             samples.update(trainer.hidden_voltages(data.x_test[:cfg.run.store_samples]))
             store.write_checkpoint(epoch, trainer.params, trainer.optimizer.state(), generator_state(rng),
-                                   extra={"step": step}, metrics=metrics, extra_arrays=samples)
+                                   extra={"step": step, "loss_floor": trainer.loss_floor}, metrics=metrics,
+                                   extra_arrays=samples)
             log(f"epoch {epoch}/{epochs}: train loss {metrics['train_loss']:.4f} error "
                 f"{100 * metrics['train_error']:.2f}% | test loss {test_loss:.4f} error {100 * test_err:.2f}% | "
                 f"{t_train:.1f} s ({metrics['samples_per_second']:,.0f} samples/s; solver {tot.solver_seconds:.1f} s, "
                 f"update {tot.update_seconds:.1f} s"
                 + (f", comm {tot.comm_seconds:.1f} s, {size} ranks" if size > 1 else "")
-                + f") | non-converged {int(tot.nonconverged)}")
+                + f") | non-converged {int(tot.nonconverged)}" + divergence_note(div))
         if comm is not None:
             comm.Barrier()  # the checkpoint is on disk before any rank starts the next epoch
     return metrics
@@ -325,6 +372,7 @@ def resume(path, *, epochs=None, data_dir=None, log=print, progress=True, comm=N
     except FastresError as exc:
         raise FastresError(f"{path}: checkpoint {ck.epoch} cannot be resumed: {exc}") from None
     rng = restore_generator(ck.rng_state)
+    trainer.loss_floor = ck.extra.get("loss_floor")  # absent in files from before it: the next minibatch's
     if rank == 0:
         log(f"resuming {path} from epoch {ck.epoch} (of {cfg.run.epochs})"
             + (f" on {comm.Get_size()} MPI ranks" if comm is not None else ""))

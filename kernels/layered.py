@@ -75,10 +75,7 @@ def _dot_rows(W, v, out, nchunks):
         lo = c * per
         hi = min(n0, lo + per)
         if lo < hi:
-            p = np.dot(rows(W, lo, hi - lo), v)
-            for i in range(hi - lo):
-                for j in range(v.shape[1]):
-                    out[lo + i, j] = p[i, j]
+            np.dot(rows(W, lo, hi - lo), v, rows(out, lo, hi - lo))
 
 
 @njit(cache=True, parallel=True)
@@ -94,7 +91,7 @@ def _dot_trans(W, v, out, nchunks):
         lo = c * per
         hi = min(n0, lo + per)
         if lo < hi:
-            part[c] = np.dot(rows(W, lo, hi - lo).T, rows(v, lo, hi - lo))
+            np.dot(rows(W, lo, hi - lo).T, rows(v, lo, hi - lo), part[c])
     for i in range(n1):
         for j in range(m):
             s = 0.0
@@ -119,9 +116,9 @@ def product(W, v, trans, t):
         else:
             _dot_rows(W, v, out, t)
     elif trans:
-        out[:, :] = np.dot(W.T, v)
+        np.dot(W.T, v, out)
     else:
-        out[:, :] = np.dot(W, v)
+        np.dot(W, v, out)
     return out
 
 
@@ -159,13 +156,23 @@ def offdiag(v, Ws, gains, off, nl, nt, src, out):
                     q[i, j] -= A * p[i, j]
 
 
+#: nodes per block of a sample-major <-> node-major transpose: a block of the (n, m) node-major
+#: side (BLOCK x m floats) stays in cache while every sample's row segment is visited, instead
+#: of one strided pass over all n rows per sample (which, for a 32,768-node layer, streams the
+#: whole array from memory once per sample)
+BLOCK = 128
+
+
 @njit(cache=True)
 def gather_t(a, cols, out):
     """``out[:, j] = a[cols[j], :]``: (B, n) sample-major rows to (n, m) node-major columns."""
-    for j in range(cols.shape[0]):
-        s = cols[j]
-        for i in range(a.shape[1]):
-            out[i, j] = a[s, i]
+    n = a.shape[1]
+    for i0 in range(0, n, BLOCK):
+        i1 = min(n, i0 + BLOCK)
+        for j in range(cols.shape[0]):
+            s = cols[j]
+            for i in range(i0, i1):
+                out[i, j] = a[s, i]
 
 
 @njit(cache=True)
@@ -179,10 +186,12 @@ def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
     y = np.zeros((nF, m))
     src = np.ones(L + 1, dtype=np.bool_)
     offdiag(xt, Ws, gains, off, nl, nt, src, y)
-    for j in range(m):
-        s = cols[j]
-        for i in range(nF):
-            out[s, i] = d[i] * x[s, i] + y[i, j]
+    for i0 in range(0, nF, BLOCK):
+        i1 = min(nF, i0 + BLOCK)
+        for j in range(m):
+            s = cols[j]
+            for i in range(i0, i1):
+                out[s, i] = d[i] * x[s, i] + y[i, j]
 
 
 @njit(cache=True)
@@ -244,7 +253,8 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
     for j in range(m):
         ok[j] = True
         cgit[j] = 0
-        for i in range(nF):
+    for i in range(nF):
+        for j in range(m):
             if not (D[i, j] > 0.0 and math.isfinite(D[i, j])):
                 ok[j] = False
     w = np.zeros((nF, m))  # E part: D_E^-1 r_E
@@ -325,16 +335,19 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
             if e <= target[j]:
                 done[j] = True
     # back-substitute E: dx_E = D_E^-1 (-r_E - C^T z); G dx = J dx - (Jd - d) dx
-    for j in range(m):
-        s = cols[j]
-        for i in range(nK):
-            v = z[i, j]
-            dx[s, i] = v
-            Gdx[s, i] = -rt[i, j] - res[i, j] - (D[i, j] - d[i]) * v
-        for i in range(nK, nF):
-            v = (-rt[i, j] - ctz[i - nK, j]) / D[i, j]
-            dx[s, i] = v
-            Gdx[s, i] = -rt[i, j] - (D[i, j] - d[i]) * v
+    for i0 in range(0, nF, BLOCK):
+        i1 = min(nF, i0 + BLOCK)
+        for j in range(m):
+            s = cols[j]
+            for i in range(i0, i1):
+                if i < nK:
+                    v = z[i, j]
+                    dx[s, i] = v
+                    Gdx[s, i] = -rt[i, j] - res[i, j] - (D[i, j] - d[i]) * v
+                else:
+                    v = (-rt[i, j] - ctz[i - nK, j]) / D[i, j]
+                    dx[s, i] = v
+                    Gdx[s, i] = -rt[i, j] - (D[i, j] - d[i]) * v
 
 
 # -- the per-sample line search (as in kernels/newton.py) -------------------------------------

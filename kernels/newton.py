@@ -28,6 +28,23 @@ voltage error there, and the last term is the round-off floor of evaluating ``J 
 residual of that test is formed from every device's current and conductance computed afresh at
 the final point, never from values carried between trial points.
 
+Round-off floor of the step test: on an ill-conditioned circuit (a tightly coupled cluster tied
+to the rest by a few pS or nS) the residual's round-off alone, through ``J^-1``, moves the
+Newton step by far more than ``tol_v``; the iterates then bounce at that level while the
+residual test passes, until the iteration limit. Where the residual test passes but the step
+test does not, the step is compared node by node with ``tol_v + J^-1 dr``
+(:func:`_step_noise`: ``dr`` bounds the residual's evaluation error from the magnitudes of
+its terms; ``J`` is an M-matrix, so ``J^-1 >= 0`` and this bounds the step any such error can
+cause). That bound is pessimistic, so the steps count as stalled at round-off only after
+``STALLS`` consecutive steps within it that did not shrink by ``STALL`` as Newton's steps do
+near a solution. This changes no iterate: Newton goes on, and a step that falls below
+``tol_v`` still ends in CONVERGED as before. But a solve that then reaches the iteration limit
+at a point that passes the fresh residual test ends in ROUNDOFF, not MAXITER: its answer, left
+in place, is as accurate as double-precision nodal arithmetic allows for that circuit, which
+can be far looser than ``reltol`` (ngspice's answers to the same circuits are off by as much,
+and ngspice calls them converged). It is never reported as converged; the continuation aids
+are tried as for any failure, and if none converges the sample keeps this answer and status.
+
 Continuation aids (SPICE's fallbacks, only for a sample plain Newton does not solve, so that
 every other sample's result is unchanged): gmin stepping (a shunt conductance from every free
 node to ground, large at first, then divided by 10 per solve down to nothing, each solve
@@ -37,7 +54,7 @@ test; ``aid`` reports per sample which one succeeded (:data:`AID_GMIN`, :data:`A
 
 Status codes per sample (:class:`~fastres.kernels.status.Status`, texts there): 0 converged,
 1 iteration limit, 2 line search failed, 3 singular or non-finite Jacobian/residual, 4 converged
-with a Shockley diode beyond its ``imax`` guard.
+with a Shockley diode beyond its ``imax`` guard, 5 stopped at the round-off limit (see above).
 """
 import math
 from collections import namedtuple
@@ -54,6 +71,7 @@ from .status import Status
 # plain ints (Numba freezes them as constants in the kernels); equal to the Status members
 CONVERGED = int(Status.CONVERGED)
 MAXITER = int(Status.MAXITER)
+ROUNDOFF = int(Status.ROUNDOFF)
 LINESEARCH = int(Status.LINESEARCH)
 SINGULAR = int(Status.SINGULAR)
 BEYOND_IMAX = int(Status.BEYOND_IMAX)
@@ -68,11 +86,15 @@ EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
+NOISE = 4.0
+STALL = 0.25
+STALLS = 2
 
 Workspace = namedtuple("Workspace", [
     "residual", "residual_lin", "step", "g_step", "jac_kk", "jac_e",
     "schur_u", "schur_factor", "schur_rhs", "jac_e_rsqrt",
-    "diode_i", "diode_g", "diode_ev", "trial_i", "trial_g", "trial_ev", "factor_g"])
+    "diode_i", "diode_g", "diode_ev", "trial_i", "trial_g", "trial_ev", "factor_g",
+    "noise_r", "noise_dx"])
 Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`), float64, by name.
 
 ``nF = nK + nE`` free nodes, ``nXd`` fixed nodes touched by diodes, ``nD`` diodes:
@@ -97,6 +119,9 @@ Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`
 - ``trial_i`` (nD,) A, ``trial_g`` (nD,) S, ``trial_ev`` (nD,) 1: the same at the line
   search's trial point.
 - ``factor_g`` (nD,) S: the diode conductances ``schur_factor`` was formed with.
+- ``noise_r`` (nF,) A: round-off bound of the residual's evaluation, node by node
+  (:func:`_step_noise`).
+- ``noise_dx`` (nF,) V: the step that residual noise alone produces, ``J^-1 noise_r``.
 """
 
 
@@ -139,6 +164,53 @@ def _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
         jii = JKK[i, i] if i < nK else dE[i - nK]
         if not (abs(r[i]) <= max(abstol, jii * tol_v) + 16.0 * EPS * jii * xabs):  # NaN fails
             return False
+    return True
+
+
+@njit(cache=True)
+def _step_noise(GKE, b, vext, da, db, di, dg, JKK, dE, S, w):
+    """The step (V) that round-off in the residual alone produces, node by node, into
+    ``w.noise_dx`` (nF,): ``J^-1 dr`` with ``dr_i = NOISE eps (sum_j |J_ij x_j| + |b_i| +
+    sum_d (|i_d| + g_d |v_fixed|))`` (A), the evaluation error bound of ``r_i`` at the point
+    ``vext`` (V) (its terms' magnitudes; the ``J x`` terms include the quantisation of every
+    voltage to one ulp). The Jacobian of resistors and diodes is an M-matrix, so ``J^-1 >= 0``
+    and ``J^-1 dr`` bounds ``|J^-1 e|`` for every error ``|e| <= dr``: a Newton step below it
+    (plus the step tolerance) is indistinguishable from round-off. Uses the Schur factor of
+    the current Jacobian, ``S`` (nK, nK), which must hold this Jacobian's factor. Returns
+    False if the solve fails."""
+    nK = JKK.shape[0]
+    nE = dE.shape[0]
+    nF = nK + nE
+    dr = w.noise_r
+    for i in range(nK):
+        s = abs(b[i])
+        for j in range(nK):
+            s += abs(JKK[i, j] * vext[j])
+        for e in range(nE):
+            s += abs(GKE[i, e] * vext[nK + e])
+        dr[i] = s
+    for e in range(nE):
+        dr[nK + e] = abs(b[nK + e]) + abs(dE[e] * vext[nK + e])
+    for i in range(nK):
+        xi = abs(vext[i])
+        for e in range(nE):
+            dr[nK + e] += abs(GKE[i, e]) * xi
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        ai = abs(di[k])
+        if a < nF:
+            dr[a] += ai + (dg[k] * abs(vext[c]) if c >= nF else 0.0)
+        if c < nF:
+            dr[c] += ai + (dg[k] * abs(vext[a]) if a >= nF else 0.0)
+    for i in range(nF):
+        dr[i] = -NOISE * EPS * dr[i]  # the direction solves J dx = -r
+    nd = w.noise_dx
+    if not schur_newton_direction(JKK, GKE, dE, dr, nd, w.schur_u, S, w.schur_rhs,
+                                  w.jac_e_rsqrt, False):
+        return False
+    for i in range(nF):
+        nd[i] = abs(nd[i])  # J^-1 >= 0: only round-off of the solve makes an entry negative
     return True
 
 
@@ -239,6 +311,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
     _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True)
     it = 0
+    noise_prev = 0.0  # the last step (V) found within round-off noise (0: the last one was not)
+    stalls = 0  # consecutive such steps that did not shrink by STALL
+    limited = False  # steps have stalled at the round-off floor (see the module docstring)
     step_small = nF == 0  # nothing free (every node held): converged as it stands
     while True:
         if step_small:
@@ -258,6 +333,17 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                     return it, rmax, BEYOND_IMAX, valid
             return it, rmax, CONVERGED, valid
         if it >= maxiter:
+            if limited:
+                # the steps stalled at the round-off floor: judge the last point afresh; if the
+                # residual test passes, it is the round-off-limited answer, left in place
+                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+                rmax = 0.0
+                for i in range(nF):
+                    a = abs(r[i])
+                    if a > rmax or a != a:
+                        rmax = a
+                if _residual_small(r, JKK, dE, x, reltol, vntol, abstol):
+                    return it, rmax, ROUNDOFF, valid
             return it, rmax, MAXITER, valid
         refactor = not valid
         if valid:
@@ -291,6 +377,33 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             return it, rmax, SINGULAR, False
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
+        stalled = False
+        if not tiny and _residual_small(r, JKK, dE, x, reltol, vntol, abstol) \
+                and _step_noise(GKE, b, vext, da, db, di, dg, JKK, dE, S, w):
+            # the residual passes but the step does not: is the step within what round-off
+            # in the residual alone produces (ill-conditioned circuits, whose iterates bounce
+            # at that level for ever)?
+            nd = w.noise_dx
+            within = True
+            for i in range(nF):
+                if not (abs(dx[i]) <= tol_step + nd[i]):
+                    within = False
+                    break
+            if within:
+                # STALLS times in a row without the step shrinking as Newton's does near a
+                # solution: the iteration has stalled at round-off; this point is as close
+                # as the arithmetic resolves, and the test at the loop's top judges it afresh
+                stalls = stalls + 1 if noise_prev > 0.0 and dxmax >= STALL * noise_prev else 0
+                stalled = stalls >= STALLS
+                noise_prev = dxmax
+            else:
+                noise_prev = 0.0
+                stalls = 0
+        else:
+            noise_prev = 0.0
+            stalls = 0
+        if stalled:
+            limited = True  # from now on, an iteration limit is reported as ROUNDOFF
         t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
         lo = 0.0
         hi = math.inf
@@ -350,7 +463,7 @@ def workspace(nK, nE, nD, nXd):
                      schur_rhs=np.empty(nK), jac_e_rsqrt=np.empty(nE),
                      diode_i=np.empty(nD), diode_g=np.empty(nD), diode_ev=np.empty(nD),
                      trial_i=np.empty(nD), trial_g=np.empty(nD), trial_ev=np.empty(nD),
-                     factor_g=np.empty(nD))
+                     factor_g=np.empty(nD), noise_r=np.empty(nF), noise_dx=np.empty(nF))
 
 
 @njit(cache=True)

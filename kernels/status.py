@@ -10,6 +10,7 @@ class Status(enum.IntEnum):
     LINESEARCH = 2
     SINGULAR = 3
     BEYOND_IMAX = 4
+    ROUNDOFF = 5
 
     @property
     def text(self) -> str:
@@ -22,4 +23,8 @@ _TEXT = {
     Status.LINESEARCH: "line search failed (no energy decrease along the Newton step)",
     Status.SINGULAR: "singular or non-finite Jacobian/residual",
     Status.BEYOND_IMAX: "a Shockley diode carries more than its imax guard current",
+    Status.ROUNDOFF: ("stopped at the round-off limit: the residual test passes but the Newton "
+                      "steps stall above the step tolerance (an ill-conditioned circuit); the "
+                      "answer is as close as double precision resolves, which can be far looser "
+                      "than reltol, so it is not reported as converged"),
 }

@@ -161,6 +161,12 @@ def dense_conductance(GKK, GKE, gEE):
     return np.block([[GKK, GKE], [GKE.T, np.diag(gEE)]])
 
 
+def linear_solve(GKK, GKE, gEE, b):
+    """The resistor network alone: ``x`` (B, nF) V solving ``G_FF x = b`` for source currents
+    ``b`` (B, nF) A (twin of ``kernels/guess.py``)."""
+    return np.linalg.solve(dense_conductance(GKK, GKE, gEE), np.asarray(b, dtype=np.float64).T).T
+
+
 def incidence(da, db, nF):
     """(nF, nD) diode incidence on the free nodes: +1 at the anode, -1 at the cathode (an
     index >= nF is a fixed node, which has no row)."""
@@ -214,6 +220,27 @@ def source_currents(U, P, col0, b0, inj):
 def newton_direction(J, r):
     """Newton direction ``dx = -J^-1 r`` (V): ``J`` (..., nF, nF) S, ``r`` (..., nF) A."""
     return -np.linalg.solve(J, r[..., None])[..., 0]
+
+
+def step_noise(GKK, GKE, gEE, b, x, vdfix, da, db, dkind, dpar, factor):
+    """The Newton step (V) that round-off in the residual alone can produce, per free node:
+    ``J^-1 dr`` with ``dr = factor eps (|J| |x| + |b| + |A| |i| + g |v_fixed|)`` (A), ``x``
+    (nF,) V, ``b`` (nF,) A, ``vdfix`` (nXd,) V; ``|A| |i|`` sums each diode's current magnitude
+    at its free ends, ``g |v_fixed|`` its conductance times the voltage of a fixed end. The
+    twin of ``kernels/newton.py``'s ``_step_noise``."""
+    r, J = kcl(GKK, GKE, gEE, b, x[None], vdfix[None], da, db, dkind, dpar)
+    J = J[0]
+    nF = x.shape[0]
+    vext = np.concatenate([x, vdfix])
+    i, g, _ = diode(dkind, dpar, vext[da] - vext[db])
+    dr = np.abs(J) @ np.abs(x) + np.abs(b) + np.abs(incidence(da, db, nF)) @ np.abs(i)
+    for k in range(da.shape[0]):
+        a, c = da[k], db[k]
+        if a < nF and c >= nF:
+            dr[a] += g[k] * abs(vext[c])
+        if c < nF and a >= nF:
+            dr[c] += g[k] * abs(vext[a])
+    return np.abs(np.linalg.solve(J, factor * np.finfo(float).eps * dr))
 
 
 def adjoint_solve(J, rhs):
@@ -626,3 +653,86 @@ def pulsed_move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max,
                 x = lo[idx] + r[idx] * np.interp(pos, pulses, tab_down)
         out[idx] = x
     return out
+
+
+def pulsed_sgd_step(W, grad, vel, lr, momentum, acc, lo, hi, s, stuck, model, step_nominal, step_up,
+                    step_down, a_up, a_down, p_max, tab_up, tab_down, max_pulses, accumulate):
+    """Twin of the fused pulsed step (``kernels.pulses.pulse_terms`` / ``pulse_fixed``) with
+    deterministic rounding and no write noise, in numpy: momentum SGD's desired change
+    ``-lr (momentum vel + grad)`` of every conductance ``W`` (S), rounded to whole pulses (with
+    accumulate-then-pulse: added to ``acc``, whole steps fired towards zero), at most
+    ``max_pulses``, applied one pulse at a time by :func:`pulsed_move`, clipped to the device's
+    ``[lo, hi]``; stuck devices keep their conductance. Returns ``(W, vel, acc, pulses)`` new
+    (the per-device arrays flat, in ``W``'s row-major order)."""
+    vel = momentum * vel + grad if momentum > 0 else vel.copy()
+    step = vel if momentum > 0 else grad
+    desired = ((W - lr * step) - W).ravel()
+    acc = acc.copy()
+    if accumulate:
+        acc = acc + np.where(stuck != 0, 0.0, desired)
+        n = np.trunc(acc / step_nominal)
+    else:
+        n = np.floor(desired / step_nominal + 0.5)
+    n = np.clip(n, -max_pulses, max_pulses)
+    n = np.where(stuck != 0, 0.0, n)
+    if accumulate:
+        acc = acc - n * step_nominal
+    g = pulsed_move(model, W.ravel(), n, lo, hi, s, step_up, step_down, a_up, a_down, p_max,
+                    tab_up, tab_down)
+    g = np.where(n != 0, np.clip(g, lo, hi), W.ravel())
+    return g.reshape(W.shape), vel, acc, n
+
+
+_M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """splitmix64 on a Python int (mod 2^64), twin of ``kernels.pulses.splitmix64``."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _ziggurat(layers=128, r=3.442619855899, v=9.91256303526217e-3):
+    x = [v / np.exp(-0.5 * r * r), r]
+    f = np.exp(-0.5 * r * r)
+    for _ in range(2, layers):
+        x.append(np.sqrt(-2.0 * np.log(v / x[-1] + f)))
+        f = np.exp(-0.5 * x[-1] ** 2)
+    x.append(0.0)
+    return np.array(x), r
+
+
+def normal_zig(key, i):
+    """Twin of ``kernels.pulses.normal_zig`` in plain Python: the ziggurat (Doornik's layout)
+    on the counter-based draws ``splitmix64(splitmix64(key ^ i) + k)``, k = 16, 17, ..."""
+    X, R = _ziggurat()
+    base = splitmix64(int(key) ^ int(i))
+    k = 16
+
+    def draw():
+        nonlocal k
+        h = splitmix64((base + k) & _M64)
+        k += 1
+        return h
+
+    def unit(h):  # (0, 1)
+        return ((h >> 11) + 0.5) * 2.0 ** -53
+    while True:
+        h = draw()
+        layer = h & 127
+        u = 2.0 * unit(h) - 1.0
+        if abs(u) < X[layer + 1] / X[layer]:
+            return u * X[layer]
+        if layer == 0:
+            while True:
+                x = np.log(unit(draw())) / R
+                y = np.log(unit(draw()))
+                if -2.0 * y >= x * x:
+                    return x - R if u < 0 else R - x
+        x = u * X[layer]
+        f0 = np.exp(-0.5 * (X[layer] ** 2 - x * x))
+        f1 = np.exp(-0.5 * (X[layer + 1] ** 2 - x * x))
+        if f1 + unit(draw()) * (f0 - f1) < 1.0:
+            return x

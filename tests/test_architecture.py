@@ -20,7 +20,7 @@ LAYERS = [
     ("learning", ["fastres.eqprop", "fastres.estimators", "fastres.reducers", "fastres.optimizers", "fastres.pulsed",
                   "fastres.evaluate", "fastres.crossbar"]),
     ("training", ["fastres.train", "fastres.baseline", "fastres.baseline_run"]),
-    ("analysis", ["fastres.analysis", "fastres.report"]),
+    ("analysis", ["fastres.analysis", "fastres.report", "fastres.sweep"]),
     ("cli", ["fastres.cli"]),
 ]
 

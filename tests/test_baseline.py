@@ -242,3 +242,102 @@ def test_bad_data_raises_valueerror():
         train_mlp(MLPConfig(sizes=(6, 3, 2)), bad)
     with pytest.raises(ValueError, match="activation"):
         mlp_predict({"W1": np.zeros((6, 2)), "b1": np.zeros(2)}, data.x_test, "tanhh")
+
+
+# --------------------------------------------------------------------------- on pulsed devices
+
+G_MIN, G_MAX = 1e-7, 1e-4
+
+
+def _devices(cfg, **device):
+    from fastres.baseline import device_weight_ranges
+    from fastres.config import DeviceConfig
+    from fastres.pulsed import WeightDevices
+    return WeightDevices(DeviceConfig(**device), device_weight_ranges(cfg), G_MIN, G_MAX, seed=3)
+
+
+def test_mlp_on_a_fine_linear_device_follows_exact_training():
+    """2^20 levels, deterministic rounding, no noise: the weights stay within a few device
+    steps of exact backprop's (the desired changes are the momentum steps)."""
+    from fastres.baseline import device_weight_ranges
+    data = _blobs(n_train=200, n_test=50)
+    cfg = MLPConfig(sizes=(6, 5, 2), lr=0.05, epochs=1, batch_size=20, seed=2)
+    exact, _ = train_mlp(cfg, data)
+    dev = _devices(cfg, model="linear", levels=2 ** 20 + 1, rounding="deterministic", max_pulses=10 ** 6)
+    on_dev, hist = train_mlp(cfg, data, device=dev)
+    w_max = device_weight_ranges(cfg)
+    moved = 0.0
+    for k in exact:
+        step_w = 2 * w_max[k] / 2 ** 20
+        np.testing.assert_allclose(on_dev[k], exact[k], rtol=0, atol=10 * step_w, err_msg=k)
+        moved = max(moved, np.abs(exact[k] - init_params(cfg, np.random.Generator(np.random.PCG64(2)))[k]).max() / step_w)
+    assert moved > 1000  # training really moved the weights by many device steps
+    assert hist[0]["pulses"] > 0
+
+
+def test_mlp_on_a_coarse_device_holds_its_levels_and_range():
+    """16 levels: every weight sits on a device level within +-w_max, and the devices' state
+    (conductances) maps back to the weights."""
+    from fastres.baseline import device_weight_ranges
+    data = _blobs(n_train=200, n_test=50)
+    cfg = MLPConfig(sizes=(6, 5, 2), lr=0.05, epochs=2, batch_size=20, seed=2)
+    dev = _devices(cfg, model="linear", levels=16)
+    params, hist = train_mlp(cfg, data, device=dev)
+    w_max = device_weight_ranges(cfg)
+    for k, w in params.items():
+        assert np.all(np.abs(w) <= w_max[k] * (1 + 1e-12)), k
+        level = (w + w_max[k]) / (2 * w_max[k]) * 15
+        np.testing.assert_allclose(level, np.round(level), atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(dev.to_weight(k, dev.g[k]), w, rtol=0, atol=1e-15)
+        assert np.array_equal(dev.state()[f"g.{k}"], dev.g[k])
+    assert all(r["pulses"] > 0 for r in hist)
+    assert hist[-1]["test_error"] < 0.2  # separable blobs still learnt on 16 levels
+
+
+def test_mlp_read_noise_reaches_the_forward_pass_and_runs_are_reproducible():
+    cfg = MLPConfig(sizes=(6, 5, 2), lr=0.05, epochs=1, batch_size=20, seed=2)
+    dev = _devices(cfg, preset="realistic")
+    params = init_params(cfg, np.random.Generator(np.random.PCG64(2)))
+    dev.init(params)
+    seen = dev.read(params)
+    for k in params:
+        g_seen = dev.g_mid + seen[k] * dev.half / dev.w_max[k]
+        rel = g_seen / dev.g[k] - 1
+        assert np.all(rel != 0) and np.abs(rel).max() < 6 * 0.01, k  # 1 % read noise
+    data = _blobs(n_train=200, n_test=50)
+    runs = [train_mlp(cfg, data, device=_devices(cfg, preset="realistic")) for _ in range(2)]
+    for k in runs[0][0]:
+        np.testing.assert_array_equal(runs[0][0][k], runs[1][0][k])
+    assert runs[0][1][0]["pulses"] == runs[1][1][0]["pulses"] > 0
+
+
+def test_cli_trains_the_mlp_on_a_device_and_stores_its_state(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastres.store import RunStore
+    root = Path(__file__).resolve().parents[1]
+    mnist = root.parent / "shared" / "data" / "mnist"
+    if not (mnist / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("MNIST not found")
+    out = tmp_path / "mlp.h5"
+    r = subprocess.run([sys.executable, "-m", "fastres.cli", "train", "--baseline", "mlp", "--arch", "784-10-10",
+                        "--n-train", "300", "--n-test", "50", "--epochs", "2", "--device", "realistic",
+                        "--device-param", "accumulate=true", "--data", str(mnist), "--out", str(out)],
+                       capture_output=True, text=True, cwd=root, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr
+    assert "realistic/exponential devices" in r.stdout and "pulses" in r.stdout
+    store = RunStore.open(out)
+    assert store.config["device"]["preset"] == "realistic" and store.meta["kind"] == "mlp"
+    m = store.metrics()
+    assert np.all(m["pulses"] > 0)
+    ck = store.load_checkpoint()
+    for k in ("W1", "b1", "W2", "b2"):  # the device state: conductances and per-device arrays
+        g = ck.optimizer[f"g.{k}"]
+        assert g.shape == ck.params[k].shape and np.all((g >= 1e-7) & (g <= 1e-4)), k
+        assert ck.optimizer[f"{k}.acc"].size == g.size
+    from fastres.report import make_report
+    written = [Path(f).name for f in make_report(out, tmp_path / "report")]
+    assert "device_curve.png" in written and "learning_curves.png" in written

@@ -249,5 +249,143 @@ def test_a_fine_linear_device_follows_ideal_sgd():
     moved = 0.0
     for k in out["ideal"]:
         np.testing.assert_allclose(out["device"][k], out["ideal"][k], rtol=0, atol=1.5 * step, err_msg=k)
-        moved = max(moved, np.abs(out["ideal"][k] - TrainConfig().network.init_lo).max())
+        moved = max(moved, np.abs(out["ideal"][k] - TrainConfig().network.init_range()[0]).max())
     assert moved > 100 * step  # the step really moved the conductances
+
+
+def _device_arrays(rng, N, stuck_frac=0.05):
+    lo = LO + (HI - LO) * rng.uniform(0, 0.05, N)
+    hi = HI - (HI - LO) * rng.uniform(0, 0.05, N)
+    s = rng.uniform(0.8, 1.2, N)
+    stuck = (rng.random(N) < stuck_frac).astype(np.float64)
+    return lo, hi, s, stuck, rng.uniform(0.1, 1.0, N), rng.uniform(0.1, 1.0, N)
+
+
+@pytest.mark.parametrize("model,accumulate,momentum", [("linear", False, 0.9), ("soft-bounds", True, 0.9),
+                                                       ("exponential", False, 0.0), ("linear", True, 0.0)])
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fused_pulsed_step_matches_its_numpy_twin(model, accumulate, momentum, fixed):
+    """The fused kernels (desired change and pulses in one pass) against naive SGD + pulses."""
+    rng = np.random.default_rng(3)
+    n_from, n_to, B = 37, 11, 5
+    N = n_from * n_to
+    p_max = 31.0
+    step = (HI - LO) / p_max
+    up_down = 0.1 if model == "linear" else 0.0
+    lo, hi, s, stuck, a_up, a_down = _device_arrays(rng, N)
+    W = rng.uniform(LO + 0.1 * (HI - LO), HI - 0.1 * (HI - LO), (n_from, n_to))
+    vel = rng.normal(0, 1e-3, (n_from, n_to))
+    acc = rng.uniform(-0.5, 0.5, N) * step
+    if fixed:
+        uT = rng.uniform(-1, 1, (n_from, B))
+        uT[rng.random(uT.shape) < 0.5] = 0.0
+        d, col = rng.normal(0, 1, (B, n_to)), rng.normal(0, 1, n_to)
+        grad = 0.7 * (col[None, :] - 2.0 * uT @ d)
+    else:
+        row, col, prod = rng.normal(0, 1, n_from), rng.normal(0, 1, n_to), rng.normal(0, 1, (n_from, n_to))
+        grad = 0.7 * (row[:, None] + col[None, :] - 2.0 * prod)
+    lr = 3 * step / np.abs(grad).mean()  # a few pulses a device
+    zeros = np.zeros(2)
+    want_W, want_vel, want_acc, want_n = naive.pulsed_sgd_step(
+        W, grad, vel, lr, momentum, acc, lo, hi, s, stuck, model, step, step * (1 + up_down),
+        step * (1 - up_down), a_up, a_down, p_max, zeros, zeros, 8.0, accumulate)
+    par = np.array([CODES[model], step, step * (1 + up_down), step * (1 - up_down), p_max, 0, 8.0, 0.0,
+                    float(accumulate)])
+    got_W, got_vel, got_acc = W.copy(), vel.copy(), acc.copy()
+    dev = (got_acc, lo, hi, s, stuck, a_up, a_down, zeros, zeros, np.empty(N))
+    if fixed:
+        counts, partial, colsum = np.zeros(4), np.empty((4, n_to)), np.empty(n_to)
+        kp.pulse_fixed(got_W, uT, d, col, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
+                       partial, colsum, np.empty(N, dtype=np.int64))
+        np.testing.assert_allclose(colsum, got_W.sum(axis=0), rtol=1e-14)
+    else:
+        counts = np.zeros(3)
+        kp.pulse_terms(got_W, row, col, prod, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
+                       np.empty(N, dtype=np.int64))
+    assert np.abs(want_n).sum() > N  # the step moved most devices by several pulses
+    assert counts.sum() == np.abs(want_n).sum()
+    np.testing.assert_allclose(got_vel, want_vel, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_acc, want_acc, rtol=0, atol=1e-9 * step)
+    np.testing.assert_allclose(got_W, want_W, rtol=0, atol=1e-12 * (HI - LO))
+    assert np.array_equal(got_W.ravel()[stuck > 0], W.ravel()[stuck > 0])
+
+
+@pytest.mark.parametrize("extra", [{}, {"accumulate": True}, {"rounding": "deterministic", "read_noise": 0.0}])
+def test_fused_pulsed_step_is_bit_identical_to_sgd_on_a_copy_then_pulses(extra):
+    """The fused step equals the unfused path it replaced (an unclipped SGD step on a copy of
+    the conductances, the differences programmed by pulses), bit for bit, noise on."""
+    cfg = TrainConfig(arch="30-12-4", input_volts=20.0, preset="realistic", **extra)
+    rng = np.random.default_rng(4)
+    X = rng.uniform(0, 1, (24, 30))
+    y = np.arange(24) % 4
+    tr = Trainer(cfg)
+    tr.init_state(np.random.default_rng(5))
+    net = cfg.network
+    twin = PulsedDevices(cfg.device, cfg.lr, cfg.optimizer.momentum, net.g_min, net.g_max, cfg.run.seed)
+    twin_params = {k: v.copy() for k, v in tr.params.items()}
+    twin.load({k: np.array(v) for k, v in tr.optimizer.state().items()}, twin_params)
+    seen = []
+    fused_step = tr.optimizer.step
+    tr.optimizer.step = lambda params, ph, f: (seen.append(ph), fused_step(params, ph, f))[1]
+    for k in range(3):
+        n = tr.step(X[8 * k:8 * k + 8], y[8 * k:8 * k + 8], rng).pulses
+        desired = {key: v.copy() for key, v in twin_params.items()}
+        twin.sgd.step(desired, seen[-1], tr.lr_factor)
+        assert twin.apply(twin_params, {key: desired[key] - twin_params[key] for key in desired}) == n > 0
+        for key in twin_params:
+            assert np.array_equal(tr.params[key], twin_params[key]), key
+            assert np.array_equal(tr.optimizer.dev[key]["acc"], twin.dev[key]["acc"]), key
+            assert np.array_equal(tr.optimizer.sgd.vel[key], twin.sgd.vel[key]), key
+    # the column sums the fused step wrote are those of the new W1 (the next Jacobian's)
+    np.testing.assert_allclose(tr.optimizer.column_sums(tr.params), tr.params["W1"].sum(axis=0), rtol=1e-13)
+
+
+def test_read_noise_matches_its_twin_and_is_normal():
+    """The ziggurat read noise against its plain-Python twin (fast path, wedges and tail), and
+    its statistics against the standard normal."""
+    from scipy import stats
+    N = 20000
+    g = np.linspace(1e-6, 1e-4, N)
+    out = np.empty(N)
+    kp.read_noise(g, out, np.uint64(11), 0.01)
+    xi = (out / g - 1) / 0.01
+    want = np.array([naive.normal_zig(11, i) for i in range(N)])
+    np.testing.assert_allclose(xi, want, rtol=1e-9, atol=1e-9)
+    assert np.sum(np.abs(want) > kp.ZIG_TAIL) >= 3  # the tail branch was exercised
+    big = np.empty(10 ** 6)
+    kp.read_noise(np.ones(10 ** 6), big, np.uint64(12), 1.0)
+    x = big - 1
+    assert abs(x.mean()) < 5e-3 and abs(x.std() - 1) < 5e-3
+    assert stats.kstest(x, "norm").pvalue > 1e-3
+    assert abs(np.mean(np.abs(x) > 3.0) - 2 * stats.norm.sf(3.0)) < 4e-4
+
+
+def test_pulse_curve_follows_each_model(tmp_path):
+    """The report's conductance-against-pulse-count curve: the linear ramp, the exponential
+    formula, and the measured table reproduced pulse by pulse (up, then down)."""
+    from fastres.pulsed import pulse_curve
+    from fastres.report import device_curves_figure
+    P, g = pulse_curve(DeviceConfig(model="linear", levels=32), LO, HI)
+    np.testing.assert_allclose(g, np.r_[LO + (HI - LO) * np.arange(32) / 31, HI - (HI - LO) * np.arange(1, 32) / 31],
+                               rtol=0, atol=1e-12 * HI)
+    P, g = pulse_curve(DeviceConfig(preset="realistic"), LO, HI)
+    A = 0.25 * 31
+    B = (HI - LO) / (1 - np.exp(-31 / A))
+    np.testing.assert_allclose(g[:32], LO + B * (1 - np.exp(-np.arange(32) / A)), rtol=1e-9)
+    path = _table(tmp_path)
+    P, g = pulse_curve(DeviceConfig(model="table", table=str(path)), LO, HI)
+    t = np.loadtxt(path, delimiter=",")
+    np.testing.assert_allclose(g, np.r_[t[:, 1], t[1:, 2]], rtol=1e-9)
+    out = device_curves_figure(tmp_path / "curves.png", table=path)
+    assert Path(out).stat().st_size > 10000
+
+
+def test_stream_keys_are_numpy_seed_sequence_bit_for_bit():
+    from fastres.pulsed import stream_key
+    rng = np.random.default_rng(6)
+    cases = [(0, 0, 0, 1), (2 ** 32 - 1, 5, 3, 2), (2 ** 40, 1, 0, 1)]  # the last: numpy's path
+    cases += [tuple(int(v) for v in rng.integers(0, 2 ** 32, 4)) for _ in range(300)]
+    cases += [(int(rng.integers(0, 100)), int(rng.integers(0, 10 ** 7)), int(rng.integers(0, 8)), 1) for _ in range(300)]
+    for c in cases:
+        want = np.random.SeedSequence(list(c)).generate_state(1, dtype=np.uint64)[0]
+        assert stream_key(*c) == want and isinstance(stream_key(*c), np.uint64), c

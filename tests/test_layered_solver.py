@@ -11,7 +11,7 @@ from fastres.config import ConfigError, SolverConfig
 from fastres.errors import ConvergenceError
 from fastres.eqprop import exact_gradient, gradcheck, relative_error
 from fastres.kernels.status import Status
-from fastres.network import CG_FROM_NODES, LayeredNetwork, LayeredSystem, NetworkSpec
+from fastres.network import CG_FROM_NODES, CG_FROM_WIDTH, LayeredNetwork, LayeredSystem, NetworkSpec
 from fastres.train import TrainConfig, Trainer
 
 from naive import kcl, reference_solve
@@ -146,6 +146,32 @@ def test_training_steps_agree_between_paths():
         np.testing.assert_allclose(out["cg"][k], out["schur"][k], rtol=1e-7, err_msg=k)
 
 
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_wide_single_layer_cg_matches_dense(diode):
+    """One wide hidden layer (the CG class is the output layer, the hidden layer is eliminated):
+    CG agrees with the dense path, with threads splitting the samples (the automatic parallel
+    mode for one hidden layer) and with one thread, and a nudged phase reusing the free state."""
+    net, p, X = deep_net((30, 600, 4), diode, False, B=7)
+    assert net.nK == 8 and net.nE == 600
+    a = solve(net.problem(p, X), SCHUR)
+    prob = net.problem(p, X)
+    b = solve(prob, CG)
+    assert np.all(b.status == Status.CONVERGED)
+    assert np.abs(a.x - b.x).max() <= TOL
+    c = solve(net.problem(p, X), Newton(linear="cg", threads=1))
+    assert np.abs(c.x - b.x).max() <= TOL
+    for mode in ("samples", "products"):
+        ls = net.problem(p, X).system(CG)
+        ls.PARALLEL = mode
+        x = net.initial_guess(prob.b, p, prob.system_)
+        it, res, st = ls.solve_batch(prob.b, net.vdfix, x, CG)
+        assert np.all(st == Status.CONVERGED) and np.abs(x - a.x).max() <= TOL, mode
+    inj = net.output_injection(1e-7 * np.ones((X.shape[0], 4)))
+    nud = solve(prob.nudged(inj, b.x), CG)
+    ref = solve(net.problem(p, X, x0=b.x).nudged(inj, b.x), SCHUR)
+    assert np.abs(nud.x - ref.x).max() <= TOL
+
+
 def test_statuses_and_errors():
     net, p, X = deep_net((24, 12, 10, 4), "shockley", False)
     r = solve(net.problem(p, X), Newton(linear="cg", maxiter=1), check=False)
@@ -159,6 +185,12 @@ def test_auto_choice_and_config():
         net = LayeredNetwork.from_config(TrainConfig(arch=arch).network)
         assert net.linear_path("auto") == "schur", arch
         assert net.linear_path("cg") == "cg"
+    for arch in (f"784-{CG_FROM_WIDTH}-10", "784-32768-10"):  # one wide hidden layer
+        wide = LayeredNetwork.from_config(TrainConfig(arch=arch).network)
+        assert wide.nK == 20 and wide.linear_path("auto") == "cg", arch
+        assert wide.linear_path("schur") == "schur"
+    narrow = LayeredNetwork.from_config(TrainConfig(arch=f"784-{CG_FROM_WIDTH - 2}-10").network)
+    assert narrow.linear_path("auto") == "schur"
     big = LayeredNetwork.from_config(TrainConfig(arch="784-1024-1024-10").network)
     assert big.nK >= CG_FROM_NODES and big.linear_path("auto") == "cg"
     assert big.linear_path("schur") == "schur"

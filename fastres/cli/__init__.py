@@ -1,8 +1,8 @@
 """The ``fastres`` command line: parse, call the library, print.
 
 Subcommands: ``op`` (DC operating point of a SPICE deck; :mod:`.op`), ``train``, ``eval``,
-``gradcheck`` (:mod:`.train`), ``report``, ``compare``, ``export``, ``watch``
-(:mod:`.analysis`). One error handler (:func:`main`): the project's own errors
+``gradcheck`` (:mod:`.train`), ``sweep`` (:mod:`.sweep`), ``report``, ``compare``, ``export``,
+``watch`` (:mod:`.analysis`). One error handler (:func:`main`): the project's own errors
 (:class:`~fastres.errors.FastresError`) and unreadable files print ``fastres: error: ...``
 and exit with status 2, a DC solve that does not converge exits with status 1, and anything
 else is a bug and shows its traceback.
@@ -26,12 +26,13 @@ EXIT_NOT_CONVERGED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     from ..version import __version__
-    from . import analysis, op, train
+    from . import analysis, op, sweep, train
     p = argparse.ArgumentParser(prog="fastres", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"fastres {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     op.add_commands(sub)
     train.add_commands(sub)
+    sweep.add_commands(sub)
     analysis.add_commands(sub)
     return p
 

@@ -32,7 +32,8 @@ _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (def
                    "more hidden layers of even sizes)",
          "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)",
          "linear": "auto | schur | cg: the Newton direction's linear solver (auto: cg for wide "
-                   "multi-layer networks, see README 'Solver')",
+                   "multi-layer networks and very wide single hidden layers, see README "
+                   "'Deep, wide networks')",
          "wire_ohms": "R: crossbar wires of R ohm per segment (default 0: ideal wires; see README "
                       "'Crossbar wires')",
          "tile": "T: crossbar tiles of at most T x T cells, or whole (one tile per matrix, the default)",
@@ -56,23 +57,12 @@ def add_commands(sub):
                                    "(see fastres.config.TrainConfig).")
     t.add_argument("--out", metavar="RUN.h5", help="the run file to create (all state goes there)")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last checkpoint")
-    t.add_argument("--config", metavar="FILE", help="TOML or JSON file of options, flat or in "
-                                                    "[network], [estimator], ... sections")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    t.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
-    t.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
-    t.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
-                   "or realistic (see fastres.config.DeviceConfig)")
-    t.add_argument("--device-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="device setting overriding the preset, e.g. model=soft-bounds, levels=64, "
-                        "write_noise=0.01, accumulate=true, table=curve.csv")
+    add_config_options(t)
     t.add_argument("--baseline", choices=["mlp"], help="train the same-size software MLP with "
                    "backpropagation on the same data and schedule instead")
     t.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name, typ in FLAGS.items():
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
     t.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on the train and test sets")
@@ -95,6 +85,25 @@ def add_commands(sub):
     g.add_argument("--json", action="store_true")
     add_wire_args(g)
     g.set_defaults(func=run_gradcheck)
+
+
+def add_config_options(p):
+    """The options that make a TrainConfig (``--config``, ``--lr``, ``--arch``, ...; read back
+    by :func:`config_from_args`): shared by ``train`` and ``sweep``."""
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of options, flat or in "
+                                                    "[network], [estimator], ... sections")
+    p.add_argument("--lr", help="learning rates, one per layer, comma separated (dimensionless)")
+    p.add_argument("--mlp-lr", help="the MLP baseline's learning rates, one per layer or one for all, "
+                                    "comma separated (default: the rule of fastres.baseline)")
+    p.add_argument("--diode-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="diode model parameter, e.g. IS=1e-14, N=1 (shockley) or ron=10 (pwl)")
+    p.add_argument("--device", metavar="PRESET", help="programmable-conductance model: ideal (default) "
+                   "or realistic (see fastres.config.DeviceConfig)")
+    p.add_argument("--device-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="device setting overriding the preset, e.g. model=soft-bounds, levels=64, "
+                        "write_noise=0.01, accumulate=true, table=curve.csv")
+    for name, typ in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
 
 
 def add_wire_args(p):
@@ -147,16 +156,22 @@ def _parse_device(items):
     return out
 
 
-def config_from_args(args):
-    """The TrainConfig of ``--config FILE`` overridden by the flags."""
+def config_from_args(args, base=None):
+    """The TrainConfig of ``base`` (a config dict) overridden by ``--config FILE``, overridden
+    by the flags."""
     from ..config import TrainConfig, merge
-    d = TrainConfig.read_file(args.config) if args.config else {}
+    d = merge(base or {}, TrainConfig.read_file(args.config) if args.config else {})
     flags = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
     if args.lr:
         try:
             flags["lr"] = [float(v) for v in args.lr.split(",")]
         except ValueError:
             raise UsageError(f"--lr {args.lr!r}: expected numbers separated by commas") from None
+    if getattr(args, "mlp_lr", None):
+        try:
+            flags["mlp_lr"] = [float(v) for v in args.mlp_lr.split(",")]
+        except ValueError:
+            raise UsageError(f"--mlp-lr {args.mlp_lr!r}: expected numbers separated by commas") from None
     merged = merge(d, flags)
     if args.device:
         merged["device"]["preset"] = args.device
@@ -177,6 +192,7 @@ def check_resume_args(args):
     given = [f"--{n.replace('_', '-')}" for n in FLAGS if n not in RESUME_FLAGS
              and getattr(args, n, None) is not None]
     for flag, val in (("--out", args.out), ("--config", args.config), ("--lr", args.lr),
+                      ("--mlp-lr", getattr(args, "mlp_lr", None)),
                       ("--diode-param", args.diode_param), ("--baseline", args.baseline),
                       ("--device", args.device), ("--device-param", args.device_param),
                       ("--overwrite", args.overwrite)):
@@ -212,9 +228,6 @@ def run_train(args) -> int:
         if args.baseline == "mlp":
             if comm is not None:
                 raise UsageError("--baseline mlp runs in one process; start it without mpirun")
-            if not cfg.device.ideal:
-                raise UsageError("--baseline mlp on a device model is not implemented yet: the "
-                                 "baseline trains ideal weights")
             from ..baseline_run import train_baseline
             train_baseline(cfg, args.out, overwrite=args.overwrite)
             return 0
@@ -240,7 +253,8 @@ def run_eval(args) -> int:
     else:
         print(f"{r['run']} epoch {r['epoch']}: test error {100 * r['test_error']:.2f}% "
               f"(loss {r['test_loss']:.4f}), train error {100 * r['train_error']:.2f}% "
-              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s")
+              f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s"
+              + (" | DIVERGED in training (see its metrics loss_growth, pinned_fraction)" if r["diverged"] else ""))
         if r["worst_line_drop_v"] is not None:
             print(f"on crossbar wires of {r['wire_ohms']:g} ohm per segment, tile "
                   f"{r['tile'] or 'whole'}: worst line IR drop {r['worst_line_drop_v']:.4g} V (first test samples)")
@@ -274,7 +288,7 @@ def run_gradcheck(args) -> int:
             d["data"] = args.data
         cfg = with_wires(TrainConfig(**d), args.wire_ohms, args.tile)
         net = make_network(cfg)
-        params = net.init_params(np.random.default_rng(args.seed), cfg.network.init_lo, cfg.network.init_hi)
+        params = net.init_params(np.random.default_rng(args.seed), *cfg.network.init_range())
         data = load_data(cfg)
     X, y = data.x_test[:args.samples], data.y_test[:args.samples]
     say_compiling()
