@@ -45,6 +45,7 @@ from .config import TrainConfig, run_config
 from .datasets import DatasetError, load_data
 from .errors import FastresError
 from .evaluate import evaluate
+from .crossbar import DROP_SAMPLES, evaluate_wired, make_network, with_wires
 from .network import LayeredNetwork
 from .solver import Newton, solve
 from .store import RunStore, Snapshot, StoreError
@@ -264,13 +265,15 @@ class Run:
             epoch = store.latest_checkpoint
         return store.samples(epoch)
 
-    def network(self, epoch=None) -> TrainedNetwork:
-        """The network rebuilt from the config with checkpoint ``epoch``'s conductances."""
+    def network(self, epoch=None, wire_ohms=None, tile=None) -> TrainedNetwork:
+        """The network rebuilt from the config with checkpoint ``epoch``'s conductances;
+        ``wire_ohms`` (ohm), ``tile`` (cells or "whole"): deployed on these crossbar wires
+        instead of the stored ones (:func:`fastres.crossbar.with_wires`)."""
         if self.kind == "mlp":
             raise StoreError(f"{self.path}: a backprop MLP baseline run has no analog network")
-        cfg = self.train_config()
+        cfg = with_wires(self.train_config(), wire_ohms, tile)
         ck = self.checkpoint(epoch)
-        net = LayeredNetwork.from_config(cfg.network)
+        net = make_network(cfg)
         params = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in ck.params.items()}
         try:
             net.check_params(params)
@@ -387,25 +390,34 @@ def load_run_data(run: Run, data_dir=None):
     return data
 
 
-def evaluate_run(path, epoch=None, data_dir=None) -> dict:
+def evaluate_run(path, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> dict:
     """Test and train error of a run's checkpoint, recomputed from its conductances:
     ``{"run", "epoch", "test_error", "train_error", "test_loss", "train_loss" (V^2),
     "epoch_seconds", "nonconverged", "samples", "static_power_w" (the mean static power per
     test inference, W), "pulses" (programming pulses of that epoch, pulsed devices; else None),
     "eval_seconds", "diverged" (the epoch's divergence flag, 0 or 1; None in files from before
     the detection), "pinned_fraction" (of the checkpoint's conductances, see
-    :func:`fastres.train.divergence`)}``."""
+    :func:`fastres.train.divergence`), "wire_ohms", "tile", "worst_line_drop_v" (the largest
+    line IR drop over the first ``crossbar.DROP_SAMPLES`` test samples, V; None without
+    wires)}``. ``wire_ohms``, ``tile``: evaluate the conductances on these crossbar wires
+    instead of the run's own (an ideal-trained run deployed on wires)."""
     run = open_run(path)
     if run.kind == "mlp":
         raise FastresError(f"{path}: an MLP baseline run; its errors are in its metrics")
     from .train import pinned_fraction  # here: importing analysis does not load the trainer
-    tn = run.network(epoch)
+    tn = run.network(epoch, wire_ohms, tile)
     cfg = tn.config
     data = load_run_data(run, data_dir)  # falls back to where the run was trained from
     t0 = time.perf_counter()
     out = {}
+    worst = None
     for split, X, y in (("test", data.x_test, data.y_test), ("train", data.x_train, data.y_train)):
-        ev = evaluate(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg, cfg.solver.eval_batch)
+        if tn.net.wired:
+            ev = evaluate_wired(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg,
+                                cfg.solver.eval_batch, drop_samples=DROP_SAMPLES if split == "test" else 0)
+            worst = ev.worst_drop if split == "test" else worst
+        else:
+            ev = evaluate(tn.net, tn.params, X, y, cfg.estimator.target_volts, tn.alg, cfg.solver.eval_batch)
         out[split] = (ev.loss_sum / X.shape[0], float(np.mean(ev.pred != y)), ev.nonconverged,
                       ev.power_sum / X.shape[0])
     m = run.metrics
@@ -419,7 +431,8 @@ def evaluate_run(path, epoch=None, data_dir=None) -> dict:
             "pulses": int(m["pulses"][rows[0]]) if len(rows) and "pulses" in m else None,
             "eval_seconds": time.perf_counter() - t0,
             "diverged": _stored_flag(m, "diverged", rows),
-            "pinned_fraction": pinned_fraction(tn.params, cfg.network.g_min, cfg.network.g_max)}
+            "pinned_fraction": pinned_fraction(tn.params, cfg.network.g_min, cfg.network.g_max),
+            "wire_ohms": cfg.wires.wire_ohms, "tile": cfg.wires.tile, "worst_line_drop_v": worst}
 
 
 def _stored_flag(m, name, rows):
@@ -429,13 +442,14 @@ def _stored_flag(m, name, rows):
     return int(m[name][rows[0]])
 
 
-def export_netlist(path, out, sample, epoch=None, data_dir=None) -> dict:
+def export_netlist(path, out, sample, epoch=None, data_dir=None, wire_ohms=None, tile=None) -> dict:
     """Write the run's network (checkpoint ``epoch``, default latest) driven by test sample
-    ``sample`` as an ngspice deck ``out``. Returns ``{"epoch", "sample", "label", "pred",
+    ``sample`` as an ngspice deck ``out`` (with crossbar wires, every wire segment; ``wire_ohms``,
+    ``tile``: on these wires instead of the run's own). Returns ``{"epoch", "sample", "label", "pred",
     "outputs" (V, per class), "nodes" ({name: V} of the output nodes), "text"}``."""
     from .netlist import write_netlist
     run = open_run(path)
-    tn = run.network(epoch)
+    tn = run.network(epoch, wire_ohms, tile)
     data = load_run_data(run, data_dir)
     n = data.x_test.shape[0]
     if not 0 <= sample < n:

@@ -8,6 +8,7 @@ A run is described by six sections, each a small frozen dataclass::
     data       which dataset, where, how many samples
     solver     Newton tolerances (V, A) and the evaluation batch
     run        epochs, seed, what the run file keeps, the MLP baseline's activation
+    wires      crossbar wires (ohms) and tile size; absent in older run files: ideal wires
 
 This module is the ONE source of the defaults: :class:`~fastres.network.NetworkSpec` and the
 command line take theirs from here. Every option has a unique name across the sections, so
@@ -531,8 +532,45 @@ class DeviceConfig:
         return self.resolved_params()["model"] == "ideal"
 
 
+@dataclass(frozen=True)
+class WiresConfig:
+    """Crossbar wires (see :mod:`fastres.crossbar`; ``wire_ohms`` 0: ideal wires, no crossbar).
+
+    ``wire_ohms`` (ohm) per wire segment between neighbouring cells of a line (and from a
+    line's end cell to its driver or sense node); ``tile`` the tile side in cells (None: one
+    tile for the whole matrix); ``driver_ohms``, ``sense_ohms`` (ohm) in series at the row
+    lines' driven ends and the column lines' summed ends."""
+
+    wire_ohms: float = 0.0
+    tile: int | None = None
+    driver_ohms: float = 0.0
+    sense_ohms: float = 0.0
+
+    def __post_init__(self):
+        _plain(self)
+        if isinstance(self.tile, str) and self.tile.strip().lower() == "whole":
+            object.__setattr__(self, "tile", None)
+        _finite("wires", wire_ohms=self.wire_ohms, driver_ohms=self.driver_ohms,
+                sense_ohms=self.sense_ohms)
+        for key in ("wire_ohms", "driver_ohms", "sense_ohms"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"wires.{key}={getattr(self, key)!r}: a resistance must be >= 0 ohm")
+        if self.tile is not None:
+            _at_least_one("wires", tile=self.tile)
+        if self.wire_ohms == 0 and (self.driver_ohms or self.sense_ohms):
+            raise ConfigError("wires.driver_ohms / sense_ohms need crossbar wires: set wire_ohms > 0")
+
+    @property
+    def active(self) -> bool:
+        return self.wire_ohms > 0
+
+    def tile_cells(self) -> int | None:
+        return self.tile
+
+
 SECTIONS = {"network": NetworkConfig, "estimator": EstimatorConfig, "optimizer": OptimizerConfig,
-            "data": DataConfig, "solver": SolverConfig, "run": RunConfig, "device": DeviceConfig}
+            "data": DataConfig, "solver": SolverConfig, "run": RunConfig, "device": DeviceConfig,
+            "wires": WiresConfig}
 
 #: flat option name -> its section (names are unique across sections)
 OPTION_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -540,7 +578,7 @@ OPTION_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclas
 #: names of both a section and an option in it: ``data`` (directory), ``estimator`` (method)
 _SHARED_NAMES = tuple(s for s in SECTIONS if s in OPTION_SECTION)
 
-_INT_OPTIONS = {"levels", "max_pulses", "epochs", "seed", "store_samples", "batch_size", "n_train", "n_test", "maxiter",
+_INT_OPTIONS = {"tile", "levels", "max_pulses", "epochs", "seed", "store_samples", "batch_size", "n_train", "n_test", "maxiter",
                 "eval_batch", "gradcheck_every", "gradcheck_samples"}
 
 
@@ -565,9 +603,9 @@ class TrainConfig:
     __slots__ = tuple(SECTIONS)
 
     def __init__(self, network=None, estimator=None, optimizer=None, data=None, solver=None,
-                 run=None, device=None, **options):
+                 run=None, device=None, wires=None, **options):
         given = {"network": network, "estimator": estimator, "optimizer": optimizer,
-                 "data": data, "solver": solver, "run": run, "device": device}
+                 "data": data, "solver": solver, "run": run, "device": device, "wires": wires}
         for name in _SHARED_NAMES:  # `data` and `estimator` name a section and an option
             v = given[name]
             if v is not None and not isinstance(v, (dict, SECTIONS[name])):

@@ -126,6 +126,9 @@ class LayeredNetwork:
     :meth:`layer` slices one layer out of them, :meth:`outputs` the class outputs.
     """
 
+    #: crossbar wires (:class:`fastres.crossbar.WiredNetwork`): False for ideal wires
+    wired = False
+
     def __init__(self, spec: NetworkSpec):
         self.spec = spec
         n = spec.layer_nodes()
@@ -411,15 +414,22 @@ class LayeredNetwork:
                     c.add_amplifier(f"{s}", s, t, self.gains[l])
                 src = amp
             mirrored = self.mirrored(l)
+            self._add_conductances(c, l, src, names[l], W, Bv)
             for j, node in enumerate(names[l]):
-                for i, s in enumerate(src):
-                    c.add_resistor(f"w{l}_{i}_{j}", s, node, g=float(W[i, j]))
-                c.add_resistor(f"b{l}_{j}", "bias", node, g=float(Bv[j]))
                 if l < L or spec.output_diodes:
                     neg = mirrored[j]
                     c.add_diode(f"{node}_hi", node, "rail_nhi" if neg else "rail_hi", model, mname)
                     c.add_diode(f"{node}_lo", "rail_nlo" if neg else "rail_lo", node, model, mname)
         return c
+
+    def _add_conductances(self, c: Circuit, l, src, dst, W, Bv):
+        """Layer ``l``'s conductances ``W`` (S, (len(src), len(dst))) from nodes ``src`` to
+        ``dst``, and ``Bv`` from the bias source, into circuit ``c`` (a subclass lays them out
+        differently: :class:`fastres.crossbar.WiredNetwork`)."""
+        for j, node in enumerate(dst):
+            for i, s in enumerate(src):
+                c.add_resistor(f"w{l}_{i}_{j}", s, node, g=float(W[i, j]))
+            c.add_resistor(f"b{l}_{j}", "bias", node, g=float(Bv[j]))
 
     def node_names(self) -> list:
         """Names (as in :meth:`to_circuit`) of the free nodes in kernel order."""

@@ -28,7 +28,8 @@ from .eqprop import EqProp, eqprop_gradient, exact_gradient, phases_from_states,
 from .errors import FastresError
 from .estimators import make_estimator
 from .evaluate import evaluate, layer_voltages
-from .network import LayeredNetwork
+from .crossbar import DROP_SAMPLES, evaluate_wired, make_network, wired_gradcheck, wired_phases
+from .network import LayeredNetwork  # noqa: F401 (the ideal network; make_network picks)
 from .pulsed import make_optimizer
 from .reducers import make_reducer
 from .solver import Newton
@@ -63,7 +64,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, comm=None):
         self.cfg = cfg
-        self.net = LayeredNetwork.from_config(cfg.network)
+        self.net = make_network(cfg)  # with crossbar wires when cfg.wires has them
         self.alg = Newton.from_config(cfg.solver)
         self.estimator = make_estimator(cfg.estimator)
         self.reducer = make_reducer(comm)
@@ -111,7 +112,10 @@ class Trainer:
         t1 = time.perf_counter()
         st = self.reducer.reduce(st, B, lo, hi)
         t2 = time.perf_counter()
-        ph = phases_from_states(self.net, U, y, st, self.cfg.estimator.target_volts, fused_first=True)
+        if self.net.wired:  # each device's own drop, wire nodes recovered from the states
+            ph = wired_phases(self.net, system, U, y, st, self.cfg.estimator.target_volts)
+        else:
+            ph = phases_from_states(self.net, U, y, st, self.cfg.estimator.target_volts, fused_first=True)
         pred = np.argmax(self.net.outputs(ph.free), axis=1)
         pulses = self.optimizer.step(self.params, ph, self.lr_factor) or 0
         t3 = time.perf_counter()
@@ -127,8 +131,10 @@ class Trainer:
         if comm is not None:
             bounds = np.linspace(0, X.shape[0], comm.Get_size() + 1).astype(int)
             lo, hi = bounds[comm.Get_rank()], bounds[comm.Get_rank() + 1]
-        ev = evaluate(self.net, self.params, X[lo:hi], y[lo:hi], self.cfg.estimator.target_volts,
-                      self.alg, self.cfg.solver.eval_batch)
+        run_eval = evaluate_wired if self.net.wired else evaluate
+        extra = {"drop_samples": DROP_SAMPLES} if self.net.wired else {}
+        ev = run_eval(self.net, self.params, X[lo:hi], y[lo:hi], self.cfg.estimator.target_volts,
+                      self.alg, self.cfg.solver.eval_batch, **extra)
         pred, loss_sum, bad, power = ev.pred, ev.loss_sum, ev.nonconverged, ev.power_sum
         if comm is not None:
             pred = np.concatenate(comm.allgather(pred))
@@ -136,6 +142,8 @@ class Trainer:
             bad = comm.allreduce(bad)
             power = comm.allreduce(power)
         self.last_power = power / X.shape[0]  # W, mean static power per inference
+        if self.net.wired:  # V, on this rank's first samples (see evaluate_wired)
+            self.last_worst_drop = getattr(ev, "worst_drop", float("nan"))
         return loss_sum / X.shape[0], float(np.mean(pred != y)), pred, bad
 
     def hidden_voltages(self, X):
@@ -145,9 +153,11 @@ class Trainer:
         """Relative error of the configured EqProp estimator (centered for random-sign and
         exact) against the exact gradient on ``X``, ``y``."""
         tv = self.cfg.estimator.target_volts
-        exact, _, _ = exact_gradient(self.net, self.params, X, y, tv, self.alg)
         est = self.cfg.estimator.estimator
         est = "centered" if est in ("random-sign", "exact") else est
+        if self.net.wired:
+            return wired_gradcheck(self.net, self.params, X, y, tv, self.beta(), est, self.alg)
+        exact, _, _ = exact_gradient(self.net, self.params, X, y, tv, self.alg)
         g, _, _, _ = eqprop_gradient(self.net, self.params, X, y, EqProp(self.beta(), est), tv, self.alg)
         return relative_error(g, exact)
 
@@ -275,6 +285,8 @@ def run_epochs(trainer: Trainer, store: RunStore | None, data, rng, first_epoch,
         metrics.update(div)
         if np.isfinite(metrics["train_loss"]):
             trainer.loss_floor = min(trainer.loss_floor or np.inf, metrics["train_loss"])
+        if trainer.net.wired:
+            metrics["worst_line_drop_v"] = trainer.last_worst_drop
         if not cfg.device.ideal:
             metrics["pulses"] = int(tot.pulses)
         if rank == 0:

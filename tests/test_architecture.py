@@ -18,7 +18,7 @@ LAYERS = [
                 "fastres.solver", "fastres.netlist", "fastres.ngspice", "fastres.generators"]),
     ("network", ["fastres.network"]),
     ("learning", ["fastres.eqprop", "fastres.estimators", "fastres.reducers", "fastres.optimizers", "fastres.pulsed",
-                  "fastres.evaluate"]),
+                  "fastres.evaluate", "fastres.crossbar"]),
     ("training", ["fastres.train", "fastres.baseline", "fastres.baseline_run"]),
     ("analysis", ["fastres.analysis", "fastres.report", "fastres.sweep"]),
     ("cli", ["fastres.cli"]),

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
+from .train import add_wire_args
 
 
 def add_commands(sub):
@@ -32,6 +33,7 @@ def add_commands(sub):
                    help="index of the test sample (in the run's test set) driving the inputs")
     e.add_argument("--data", metavar="DIR", help="dataset directory (default: the run's config, "
                                                  "then the search path, then the run's data_root)")
+    add_wire_args(e)
     e.set_defaults(func=run_export)
 
     w = sub.add_parser("watch", help="follow a (live) training run in the terminal")
@@ -67,7 +69,7 @@ def run_export(args) -> int:
     from ..analysis import export_netlist
     from . import say_compiling
     say_compiling()
-    r = export_netlist(args.run, args.out, args.sample, args.epoch, args.data)
+    r = export_netlist(args.run, args.out, args.sample, args.epoch, args.data, args.wire_ohms, args.tile)
     print(f"wrote {args.out}: checkpoint epoch {r['epoch']}, test sample {r['sample']} "
           f"(label {r['label']}); run it with: ngspice -b {args.out}")
     print(f"fastres predicted class: {r['pred']}")

@@ -20,12 +20,25 @@ def _yes_no(text):
 
 _yes_no.__name__ = "yes/no value"  # argparse's error: "invalid yes/no value: 'x'"
 
+
+def _tile(text):
+    """--tile: cells per tile side (an integer; 0 and below are refused by the config) or whole."""
+    return "whole" if text.strip().lower() == "whole" else int(text)
+
+
+_tile.__name__ = "tile size (cells, or whole)"
+
 _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (default: yes for two or "
                    "more hidden layers of even sizes)",
          "estimator": "centered | one-sided | random-sign (EqProp) | exact (implicit differentiation)",
          "linear": "auto | schur | cg: the Newton direction's linear solver (auto: cg for wide "
                    "multi-layer networks and very wide single hidden layers, see README "
-                   "'Deep, wide networks')"}
+                   "'Deep, wide networks')",
+         "wire_ohms": "R: crossbar wires of R ohm per segment (default 0: ideal wires; see README "
+                      "'Crossbar wires')",
+         "tile": "T: crossbar tiles of at most T x T cells, or whole (one tile per matrix, the default)",
+         "driver_ohms": "driver resistance (ohm) at each row line's driven end (needs --wire-ohms)",
+         "sense_ohms": "sense resistance (ohm) at each column line's summed end (needs --wire-ohms)"}
 
 # command-line flag -> TrainConfig option (fastres.config; values parsed by type below)
 FLAGS = {
@@ -34,6 +47,7 @@ FLAGS = {
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
     "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no, "linear": str,
+    "wire_ohms": float, "tile": _tile, "driver_ohms": float, "sense_ohms": float,
 }
 
 
@@ -57,6 +71,7 @@ def add_commands(sub):
     e.add_argument("--json", action="store_true", help="print the result as JSON (exit status 1 "
                                                        "if any solve did not converge)")
     e.add_argument("--data", help="dataset directory (default: the search path)")
+    add_wire_args(e)
     e.set_defaults(func=run_eval)
 
     g = sub.add_parser("gradcheck", help="EqProp vs exact (adjoint) gradient agreement for a network")
@@ -68,6 +83,7 @@ def add_commands(sub):
     g.add_argument("--diode", default=None)
     g.add_argument("--data", help="dataset directory (default: the search path)")
     g.add_argument("--json", action="store_true")
+    add_wire_args(g)
     g.set_defaults(func=run_gradcheck)
 
 
@@ -88,6 +104,14 @@ def add_config_options(p):
                         "write_noise=0.01, accumulate=true, table=curve.csv")
     for name, typ in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
+
+
+def add_wire_args(p):
+    """``--wire-ohms R --tile T`` of eval and export: deploy a run's conductances on wires."""
+    p.add_argument("--wire-ohms", type=float, metavar="R", help="evaluate on crossbar wires of R ohm "
+                   "per segment instead of the run's own wires (0: ideal wires)")
+    p.add_argument("--tile", type=_tile, metavar="T", help="with --wire-ohms: tiles of at most "
+                   "T x T cells, or whole")
 
 
 def set_threads(n):
@@ -223,7 +247,7 @@ def run_eval(args) -> int:
     from ..analysis import evaluate_run
     from . import say_compiling
     say_compiling()
-    r = evaluate_run(args.run, args.epoch, args.data)
+    r = evaluate_run(args.run, args.epoch, args.data, args.wire_ohms, args.tile)
     if args.json:
         print(json.dumps(r))
     else:
@@ -231,6 +255,9 @@ def run_eval(args) -> int:
               f"(loss {r['test_loss']:.4f}), train error {100 * r['train_error']:.2f}% "
               f"(loss {r['train_loss']:.4f}), epoch time {r['epoch_seconds']} s"
               + (" | DIVERGED in training (see its metrics loss_growth, pinned_fraction)" if r["diverged"] else ""))
+        if r["worst_line_drop_v"] is not None:
+            print(f"on crossbar wires of {r['wire_ohms']:g} ohm per segment, tile "
+                  f"{r['tile'] or 'whole'}: worst line IR drop {r['worst_line_drop_v']:.4g} V (first test samples)")
     if r["nonconverged"]:
         print(f"fastres: error: {args.run}: {r['nonconverged']} of {r['samples']} solves did not "
               f"converge; the error rates above count them as they ended", file=sys.stderr)
@@ -241,8 +268,8 @@ def run_eval(args) -> int:
 def run_gradcheck(args) -> int:
     from ..config import TrainConfig
     from ..datasets import load_data
+    from ..crossbar import make_network, wired_gradcheck_table, with_wires
     from ..eqprop import gradcheck
-    from ..network import LayeredNetwork
     from ..solver import Newton
     from . import say_compiling
     if args.samples < 1:
@@ -250,7 +277,7 @@ def run_gradcheck(args) -> int:
     if args.run:
         from ..analysis import load_run_data, open_run
         run = open_run(args.run)
-        tn = run.network(args.epoch)
+        tn = run.network(args.epoch, args.wire_ohms, args.tile)
         cfg, net, params = tn.config, tn.net, tn.params
         data = load_run_data(run, args.data)
     else:
@@ -259,17 +286,20 @@ def run_gradcheck(args) -> int:
             d["diode"] = args.diode
         if args.data:
             d["data"] = args.data
-        cfg = TrainConfig(**d)
-        net = LayeredNetwork.from_config(cfg.network)
+        cfg = with_wires(TrainConfig(**d), args.wire_ohms, args.tile)
+        net = make_network(cfg)
         params = net.init_params(np.random.default_rng(args.seed), *cfg.network.init_range())
         data = load_data(cfg)
     X, y = data.x_test[:args.samples], data.y_test[:args.samples]
     say_compiling()
-    res = gradcheck(net, params, X, y, cfg.estimator.target_volts, alg=Newton.from_config(cfg.solver))
+    check = wired_gradcheck_table if net.wired else gradcheck
+    res = check(net, params, X, y, cfg.estimator.target_volts, alg=Newton.from_config(cfg.solver))
     if args.json:
         print(json.dumps(res, default=lambda o: list(o) if isinstance(o, tuple) else float(o)))
         return 0
-    print(f"EqProp vs exact gradient (implicit differentiation), {cfg.network.arch}, {args.samples} samples")
+    wires = (f", crossbar wires {cfg.wires.wire_ohms:g} ohm, tile {cfg.wires.tile or 'whole'}"
+             if net.wired else "")
+    print(f"EqProp vs exact gradient (implicit differentiation), {cfg.network.arch}{wires}, {args.samples} samples")
     print(f"{'beta/G_out':>11} {'beta (S)':>11} {'one-sided rel err':>18} {'centered rel err':>17}")
     for r in res["eqprop"]:
         print(f"{r['beta_rel']:11.0e} {r['beta']:11.3e} {r['one-sided']:18.3e} {r['centered']:17.3e}")
