@@ -146,6 +146,20 @@ def _at_least_one(section, **values):
     _int_at_least(section, 1, **values)
 
 
+def _rates(name, value, positive) -> tuple:
+    """Learning rates ``value`` (a number or a sequence) as a tuple of floats; a ConfigError
+    naming option ``name`` if they are not finite and >= 0 (> 0 if ``positive``)."""
+    lr = (value,) if isinstance(value, (int, float)) else value
+    try:
+        lr = tuple(float(v) for v in lr)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r}: expected numbers") from None
+    bound = "> 0" if positive else ">= 0"
+    if not lr or any(not math.isfinite(v) or v < 0 or (positive and v == 0) for v in lr):
+        raise ConfigError(f"{name} {list(lr)}: learning rates must be finite and {bound}")
+    return lr
+
+
 def _plain(obj):
     """numpy scalars as Python numbers (a config is stored as JSON)."""
     for f in dataclasses.fields(obj):
@@ -311,14 +325,7 @@ class OptimizerConfig:
     def __post_init__(self):
         _plain(self)
         if self.lr is not None:
-            lr = (self.lr,) if isinstance(self.lr, (int, float)) else self.lr
-            try:
-                lr = tuple(float(v) for v in lr)
-            except (TypeError, ValueError):
-                raise ConfigError(f"lr {self.lr!r}: expected numbers") from None
-            if any(not math.isfinite(v) or v < 0 for v in lr):
-                raise ConfigError(f"lr {list(lr)}: learning rates must be finite and >= 0")
-            object.__setattr__(self, "lr", lr)
+            object.__setattr__(self, "lr", _rates("lr", self.lr, positive=False))
         _finite("optimizer", momentum=self.momentum, lr_decay=self.lr_decay)
         if not (0 < self.lr_decay <= 1):
             raise ConfigError(f"lr_decay={self.lr_decay!r} must be in (0, 1] (a factor per epoch)")
@@ -410,14 +417,7 @@ class RunConfig:
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ConfigError(f"mlp_activation={self.mlp_activation!r}: use auto, hardtanh or relu")
         if self.mlp_lr is not None:
-            lr = (self.mlp_lr,) if isinstance(self.mlp_lr, (int, float)) else self.mlp_lr
-            try:
-                lr = tuple(float(v) for v in lr)
-            except (TypeError, ValueError):
-                raise ConfigError(f"mlp_lr {self.mlp_lr!r}: expected numbers") from None
-            if not lr or any(not math.isfinite(v) or v <= 0 for v in lr):
-                raise ConfigError(f"mlp_lr {list(lr)}: the MLP's learning rates must be finite and > 0")
-            object.__setattr__(self, "mlp_lr", lr)
+            object.__setattr__(self, "mlp_lr", _rates("mlp_lr", self.mlp_lr, positive=True))
 
 
 DEVICE_MODELS = ("ideal", "linear", "soft-bounds", "exponential", "table")
