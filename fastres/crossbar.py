@@ -39,7 +39,7 @@ import scipy.sparse.linalg as spla
 
 from .circuit import Circuit
 from .config import ConfigError, TrainConfig, WiresConfig
-from .eqprop import (EqProp, Phases, eqprop_states, exact_states, loss_and_grad,
+from .eqprop import (EqProp, Phases, eqprop_states, exact_states, gradcheck_table, loss_and_grad,
                      relative_error)
 from .errors import FastresError
 from .network import LayeredNetwork, NetworkSpec
@@ -549,26 +549,8 @@ def wired_gradcheck_table(net: WiredNetwork, params, X, y, target_volts, betas=(
     conductance), and finite differences of the loss against the exact gradient."""
     rng = np.random.default_rng(0) if rng is None else rng
     exact = wired_gradient(net, params, X, y, target_volts, alg)
-    G_out = float(np.mean(params[f"W{net.L}"].sum(axis=0) + params[f"B{net.L}"]))
-    rows = []
-    for rb in betas:
-        row = {"beta_rel": rb, "beta": rb * G_out}
-        for est in ("one-sided", "centered"):
-            g = wired_gradient(net, params, X, y, target_volts, alg, EqProp(rb * G_out, est))
-            row[est] = relative_error(g, exact)
-        rows.append(row)
-    fd = []
-    keys = sorted(params)
-    for _ in range(n_fd):
-        k = keys[int(rng.integers(len(keys)))]
-        idx = tuple(int(rng.integers(n)) for n in params[k].shape)
-        h = 1e-4 * params[k][idx]
-        losses = []
-        for s in (1.0, -1.0):
-            q = {kk: vv.copy() for kk, vv in params.items()}
-            q[k][idx] += s * h
-            losses.append(wired_loss(net, q, X, y, target_volts, alg))
-        num = (losses[0] - losses[1]) / (2 * h)
-        fd.append({"param": k, "index": idx, "exact": float(exact[k][idx]), "finite_difference": num,
-                   "rel_error": abs(num - exact[k][idx]) / max(abs(num), abs(exact[k][idx]), 1e-300)})
-    return {"eqprop": rows, "finite_difference": fd}
+    return gradcheck_table(
+        params, exact,
+        lambda beta, est: wired_gradient(net, params, X, y, target_volts, alg, EqProp(beta, est)),
+        lambda p: wired_loss(net, p, X, y, target_volts, alg),
+        net.L, betas, n_fd, rng)

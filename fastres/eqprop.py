@@ -295,24 +295,18 @@ def relative_error(a, b) -> float:
     return float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fb), 1e-300))
 
 
-def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4, 1e-5, 1e-6),
-              n_fd=6, rng=None, alg: Newton = Newton()):
-    """Agreement table: EqProp (one-sided, centered) vs the exact gradient for each beta, and
-    finite differences of the loss vs the exact gradient on ``n_fd`` random conductances.
-
-    Betas are relative to the mean output-node conductance (S), so that ``beta * 1 V`` of error
-    moves the outputs by about ``beta`` volts.
-    """
-    rng = np.random.default_rng(0) if rng is None else rng
-    exact, _, _ = exact_gradient(net, params, X, y, target_volts, alg)
-    G_out = float(np.mean(params[f"W{net.L}"].sum(axis=0) + params[f"B{net.L}"]))
+def gradcheck_table(params, exact, estimate, loss, L, betas, n_fd, rng) -> dict:
+    """The agreement table of :func:`gradcheck` for any network: ``estimate(beta, estimator)``
+    gives EqProp's gradient (dict of arrays), ``loss(params)`` the mean loss (V^2), ``exact``
+    the exact gradient, ``L`` the output layer's index. Betas are relative to the mean
+    output-node conductance (S); finite differences on ``n_fd`` random conductances."""
+    G_out = float(np.mean(params[f"W{L}"].sum(axis=0) + params[f"B{L}"]))
     rows = []
     for rb in betas:
         beta = rb * G_out
         row = {"beta_rel": rb, "beta": beta}
         for est in ("one-sided", "centered"):
-            g, _, _, _ = eqprop_gradient(net, params, X, y, EqProp(beta, est), target_volts, alg)
-            row[est] = relative_error(g, exact)
+            row[est] = relative_error(estimate(beta, est), exact)
         rows.append(row)
     fd = []
     keys = sorted(params)
@@ -325,10 +319,26 @@ def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4
         def mean_loss(val):
             p = {kk: vv.copy() for kk, vv in params.items()}
             p[k][idx] = val
-            _, _, C = exact_gradient(net, p, X, y, target_volts, alg)
-            return float(C.mean())
+            return loss(p)
 
         num = (mean_loss(g0 + h) - mean_loss(g0 - h)) / (2 * h)
         fd.append({"param": k, "index": idx, "exact": float(exact[k][idx]), "finite_difference": num,
                    "rel_error": abs(num - exact[k][idx]) / max(abs(num), abs(exact[k][idx]), 1e-300)})
     return {"eqprop": rows, "finite_difference": fd}
+
+
+def gradcheck(net: LayeredNetwork, params, X, y, target_volts, betas=(1e-3, 1e-4, 1e-5, 1e-6),
+              n_fd=6, rng=None, alg: Newton = Newton()):
+    """Agreement table: EqProp (one-sided, centered) vs the exact gradient for each beta, and
+    finite differences of the loss vs the exact gradient on ``n_fd`` random conductances.
+
+    Betas are relative to the mean output-node conductance (S), so that ``beta * 1 V`` of error
+    moves the outputs by about ``beta`` volts.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    exact, _, _ = exact_gradient(net, params, X, y, target_volts, alg)
+    return gradcheck_table(
+        params, exact,
+        lambda beta, est: eqprop_gradient(net, params, X, y, EqProp(beta, est), target_volts, alg)[0],
+        lambda p: float(exact_gradient(net, p, X, y, target_volts, alg)[2].mean()),
+        net.L, betas, n_fd, rng)
