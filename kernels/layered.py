@@ -547,13 +547,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     B, nF = x.shape
     nD = da.shape[0]
     L = nl.shape[0] - 1
-    srcK = np.zeros(L + 1, dtype=np.bool_)
-    srcE = np.zeros(L + 1, dtype=np.bool_)
-    for l in range(1, L + 1):
-        if off[l] < nK:
-            srcK[l] = True
-        else:
-            srcE[l] = True
+    srcK, srcE = _source_sides(off, nK, L)
     di = np.empty((B, nD))
     dg = np.empty((B, nD))
     ev = np.empty((B, nD))
@@ -721,13 +715,9 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
 
 
 @njit(cache=True)
-def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x, rhs, out, rtol, maxcg):
-    """``out[s] = J(x[s])^-1 rhs[s]`` (B, nF) by the same reduced CG, to a scaled residual of
-    ``rtol`` times the right-hand side's (or until ``maxcg`` iterations); rows NaN where the
-    Jacobian is not positive definite. Returns the CG iterations (B,)."""
-    B, nF = x.shape
-    nD = da.shape[0]
-    L = nl.shape[0] - 1
+def _source_sides(off, nK, L):
+    """(L + 1,) bool masks: layer ``l`` (1..L) lies among the K nodes (``srcK``) or the E nodes
+    (``srcE``) of the layer-parity split, by its offset ``off[l]``."""
     srcK = np.zeros(L + 1, dtype=np.bool_)
     srcE = np.zeros(L + 1, dtype=np.bool_)
     for l in range(1, L + 1):
@@ -735,6 +725,18 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
             srcK[l] = True
         else:
             srcE[l] = True
+    return srcK, srcE
+
+
+@njit(cache=True)
+def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x, rhs, out, rtol, maxcg):
+    """``out[s] = J(x[s])^-1 rhs[s]`` (B, nF) by the same reduced CG, to a scaled residual of
+    ``rtol`` times the right-hand side's (or until ``maxcg`` iterations); rows NaN where the
+    Jacobian is not positive definite. Returns the CG iterations (B,)."""
+    B, nF = x.shape
+    nD = da.shape[0]
+    L = nl.shape[0] - 1
+    srcK, srcE = _source_sides(off, nK, L)
     di = np.empty((B, nD))
     dg = np.empty((B, nD))
     ev = np.empty((B, nD))
