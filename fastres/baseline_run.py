@@ -31,7 +31,7 @@ def train_baseline(cfg, path, *, overwrite=False, log=print):
     data = load_data(cfg)
     try:
         mcfg = MLPConfig(sizes=cfg.sizes, batch_size=cfg.optimizer.batch_size, epochs=cfg.run.epochs, seed=cfg.run.seed,
-                         activation=cfg.baseline_activation(),
+                         activation=cfg.baseline_activation(), target_scale=cfg.run.mlp_target,
                          **({"lr": cfg.run.mlp_lr if len(cfg.run.mlp_lr) > 1 else cfg.run.mlp_lr[0]}
                             if cfg.run.mlp_lr is not None else {}))
     except ValueError as exc:  # MLPConfig's own validation: a bad option, not a bug

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastres.analysis import evaluate_run
-from fastres.baseline import MLPConfig, default_mlp_rates
+from fastres.baseline import MLPConfig, default_mlp_rates, default_mlp_target
 from fastres.config import (DIVERGENCE_PINNED_FRACTION, NetworkConfig, TrainConfig, config_from_stored,
                             default_init_range, default_rates)
 from fastres.errors import ConfigError
@@ -23,11 +23,25 @@ def test_rates_keep_the_tuned_reference_and_scale_with_width():
     assert default_rates("784-100-10") == [100.0, 30.0]  # the network they were tuned on
     assert default_rates("784-100-100-10") == [100.0, 30.0, 30.0]
     assert default_rates("784-16-10") == pytest.approx([16.0, 4.8])
-    assert default_rates("784-1024-10") == pytest.approx([1024.0, 307.2])
+    # above the reference width the factor is sqrt(w / 100), not w / 100
+    assert default_rates("784-1024-10") == [320.0, 96.0]
+    assert default_rates("784-400-10") == pytest.approx([200.0, 60.0])
+    assert default_rates("784-1024-1024-10") == [320.0, 96.0, 96.0]
     # a layer into a hidden layer scales with that layer, the output layer with the last one
-    assert default_rates("784-50-200-10") == pytest.approx([50.0, 60.0, 60.0])
+    assert default_rates("784-50-200-10") == pytest.approx([50.0, 30 * 2 ** 0.5, 30 * 2 ** 0.5])
+    assert default_rates("784-50-16-10") == pytest.approx([50.0, 4.8, 4.8])
     assert default_rates("784-10") == [100.0]  # no hidden layer: the reference rate
     assert TrainConfig(arch="784-16-10").lr == pytest.approx([16.0, 4.8])
+
+
+def test_rates_up_to_the_reference_width_are_the_former_rules_bits():
+    # the default results of 784-16-10 ... 784-100-10 (and tests/data/bitident.json) rely on it
+    for w in range(1, 101):
+        assert default_rates(f"784-{w}-10") == [100.0 * w / 100, 30.0 * w / 100]
+        assert default_rates(f"784-{w}-{w}-10")[1:] == [30.0 * w / 100] * 2
+    # the factor is continuous at the reference width and grows more slowly beyond it
+    below, at, above = (default_rates(f"784-{w}-10")[0] for w in (99, 100, 101))
+    assert below < at < above and above - at < at - below
 
 
 def test_explicit_rates_win_and_are_stored_resolved():
@@ -74,6 +88,18 @@ def test_mlp_rates_follow_the_fans():
     assert MLPConfig(sizes=(784, 32, 10), activation="relu").layer_lrs == pytest.approx(
         (0.01 * (42 / 110) ** 0.5, 4 / 32))
     assert MLPConfig(sizes=(784, 32, 10), lr=0.01).layer_lrs == (0.01, 0.01)  # explicit wins
+
+
+def test_mlp_target_rule():
+    # relu: the one-hot target 1.5 at every size; hardtanh and sigmoid keep 1
+    assert default_mlp_target("relu") == 1.5
+    assert default_mlp_target("hardtanh") == default_mlp_target("sigmoid") == 1.0
+    for sizes in ((784, 16, 10), (784, 1024, 10), (784, 32, 32, 10)):
+        assert MLPConfig(sizes=sizes, activation="relu").target_scale == 1.5
+    assert MLPConfig(sizes=(784, 100, 10)).target_scale == 1.0  # hardtanh, the class default
+    assert MLPConfig(sizes=(784, 100, 10), activation="relu", target_scale=1.0).target_scale == 1.0
+    with pytest.raises(ValueError, match="target_scale"):
+        MLPConfig(sizes=(784, 100, 10), activation="relu", target_scale=-1.0)
 
 
 def test_divergence_flags_loss_growth_and_pinned_conductances():
@@ -135,13 +161,32 @@ def test_mlp_rates_are_an_option_stored_in_the_run_file():
         TrainConfig(arch="784-16-10", mlp_lr=[0.01, -0.002])
 
 
-@mnist
-def test_mlp_rates_reach_the_baseline(tmp_path):
+def test_mlp_target_is_an_option_stored_in_the_run_file():
+    """``--mlp-target`` (``run.mlp_target``) sets the MLP baseline's one-hot target instead of
+    the rule, so the rows measured with the former target 1 stay reproducible."""
+    cfg = TrainConfig(arch="784-16-10", mlp_target=1)
+    assert cfg.run.mlp_target == 1.0 and isinstance(cfg.run.mlp_target, float)
+    assert TrainConfig.from_dict(cfg.resolved().to_dict()).run.mlp_target == 1.0
+    assert TrainConfig(arch="784-16-10").run.mlp_target is None  # the rule
+    for bad in (0, -1.5, float("nan"), "x"):
+        with pytest.raises(ConfigError, match="mlp_target"):
+            TrainConfig(arch="784-16-10", mlp_target=bad)
+
+
+def _mlp_run(path, *flags):
+    """A 1-epoch 784-16-10 MLP baseline on 200 samples with ``flags``: (meta, config) stored."""
     from fastres.cli import main
-    out = tmp_path / "mlp.h5"
     code = main(["train", "--baseline", "mlp", "--arch", "784-16-10", "--epochs", "1", "--n-train", "200",
-                 "--n-test", "100", "--mlp-lr", "0.03,0.004", "--data", str(MNIST), "--quiet",
-                 "--out", str(out)])
+                 "--n-test", "100", *flags, "--data", str(MNIST), "--quiet", "--out", str(path)])
     assert code in (0, None)
-    with RunStore.open(out) as st:
-        assert "lr=(0.03, 0.004)" in st.meta["mlp_config"]
+    with RunStore.open(path) as st:
+        return st.meta["mlp_config"], st.config
+
+
+@mnist
+def test_mlp_rates_and_target_reach_the_baseline(tmp_path):
+    meta, _ = _mlp_run(tmp_path / "mlp.h5", "--mlp-lr", "0.03,0.004")
+    assert "lr=(0.03, 0.004)" in meta
+    assert "target_scale=1.5" in meta  # relu (default rails): the rule
+    meta, config = _mlp_run(tmp_path / "mlp2.h5", "--mlp-target", "1")
+    assert "target_scale=1.0" in meta and config["run"]["mlp_target"] == 1.0

@@ -38,7 +38,9 @@ _HELP = {"paired": "yes|no: hidden layers of rectifying and mirrored halves (def
                       "'Crossbar wires')",
          "tile": "T: crossbar tiles of at most T x T cells, or whole (one tile per matrix, the default)",
          "driver_ohms": "driver resistance (ohm) at each row line's driven end (needs --wire-ohms)",
-         "sense_ohms": "sense resistance (ohm) at each column line's summed end (needs --wire-ohms)"}
+         "sense_ohms": "sense resistance (ohm) at each column line's summed end (needs --wire-ohms)",
+         "mlp_target": "the MLP baseline's one-hot target value (default: 1.5 for relu, 1 for "
+                       "hardtanh; see docs/defaults.md)"}
 
 # command-line flag -> TrainConfig option (fastres.config; values parsed by type below)
 FLAGS = {
@@ -46,7 +48,7 @@ FLAGS = {
     "momentum": float, "lr_decay": float, "beta_rel": float, "estimator": str, "target_volts": float,
     "input_volts": float, "bias_volts": float, "rail_lo": float, "rail_hi": float,
     "g_min": float, "g_max": float, "gain": float, "seed": int, "n_train": int, "n_test": int,
-    "gradcheck_every": int, "mlp_activation": str, "paired": _yes_no, "linear": str,
+    "gradcheck_every": int, "mlp_activation": str, "mlp_target": float, "paired": _yes_no, "linear": str,
     "wire_ohms": float, "tile": _tile, "driver_ohms": float, "sense_ohms": float,
 }
 
