@@ -285,7 +285,7 @@ class WeightDevices:
     Mapping: ``w = w_max (g - g_mid) / (g_max - g_mid)`` with ``g_mid = (g_min + g_max) / 2``
     (a reference conductance at mid-range, subtracted as a one-device-plus-reference crossbar
     column does), so ``g_min .. g_max`` (S) holds ``-w_max .. w_max`` of each array (``w_max``
-    per array, dimensionless). The devices are :class:`PulsedDevices` (the same kernels,
+    per array, dimensionless: the given range times the device setting ``weight_scale``). The devices are :class:`PulsedDevices` (the same kernels,
     presets, noise streams and state as EqProp's conductances): :meth:`init` programs the
     initial weights onto them, :meth:`read` gives the weights a forward pass sees (read noise,
     one draw per minibatch), :meth:`update` turns desired weight changes into pulses.
@@ -295,7 +295,8 @@ class WeightDevices:
         if cfg.ideal:
             raise ConfigError("WeightDevices needs a pulsed device model, not ideal devices")
         self.devices = PulsedDevices(cfg, [1.0], 0.0, g_min, g_max, seed)  # apply() takes changes
-        self.w_max = {k: float(v) for k, v in w_max.items()}
+        scale = float(cfg.resolved_params()["weight_scale"])
+        self.w_max = {k: float(v) * scale for k, v in w_max.items()}
         self.g_mid = 0.5 * (float(g_min) + float(g_max))
         self.half = 0.5 * (float(g_max) - float(g_min))
         self.g = None

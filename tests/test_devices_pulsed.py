@@ -427,3 +427,31 @@ def test_error_against_levels_table_and_figure_from_run_files(tmp_path):
     assert Path(png).stat().st_size > 10000
     with pytest.raises(FastresError, match="no such|not found|exist|cannot"):
         levels_table([tmp_path / "missing.h5"])
+
+
+def test_weight_scale_widens_the_mlp_weight_range_and_is_checked():
+    """``weight_scale`` multiplies the weights a device holds: the same devices and conductances
+    read as scaled weights; the setting is stored with the config and checked."""
+    from fastres.pulsed import WeightDevices
+    w_max = {"W1": 0.3, "b1": 0.3}
+    params = {"W1": np.full((6, 4), 0.05), "b1": np.zeros(4)}
+    out = {}
+    for scale in (1.0, 2.5):
+        cfg = DeviceConfig(model="linear", levels=1025, rounding="deterministic", weight_scale=scale)
+        wd = WeightDevices(cfg, w_max, LO, HI, seed=1)
+        assert wd.w_max == {k: v * scale for k, v in w_max.items()}
+        p = {k: v.copy() for k, v in params.items()}
+        wd.init(p)
+        out[scale] = (wd, p)
+    wd1, wd2 = out[1.0][0], out[2.5][0]
+    g = np.linspace(LO, HI, 7)
+    np.testing.assert_allclose(wd2.to_weight("W1", g), 2.5 * wd1.to_weight("W1", g), rtol=1e-12)
+    # the same weight sits 2.5x closer to the mid-range conductance
+    mid = 0.5 * (LO + HI)
+    np.testing.assert_allclose(wd2.g["W1"] - mid, (wd1.g["W1"] - mid) / 2.5, rtol=0, atol=2 * (HI - LO) / 1024)
+    tc = TrainConfig(arch="20-8-3", model="linear", levels=64, weight_scale=2.0)
+    assert tc.device.resolved_params()["weight_scale"] == 2.0
+    assert TrainConfig.from_dict(tc.to_dict()).device == tc.device
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(FastresError, match="weight_scale"):
+            DeviceConfig(model="linear", levels=8, weight_scale=bad)
