@@ -477,7 +477,11 @@ class DeviceConfig:
     ``d2d_nonlinearity`` (device-to-device relative spreads, drawn once from the run's seed),
     ``stuck`` (fraction of devices stuck, half at ``g_min``, half at ``g_max``), ``read_noise``
     (relative spread of the conductances a training step's solves see, drawn once per
-    minibatch and shared by its free and nudged phases).
+    minibatch and shared by its free and nudged phases). ``weight_scale`` (the MLP baseline on
+    devices only, ``--baseline mlp``): the largest weight a device holds, ``w_max``, in units of
+    the baseline's default range (3 Glorot bounds of the layer, see
+    :class:`fastres.pulsed.WeightDevices`); 2 maps twice the weights onto the same conductance
+    range, so a pulse moves a weight twice as far.
 
     The ``realistic`` preset: NeuroSim V3.0's default real device (31 pulses from ``g_min`` to
     ``g_max``, so 32 levels; nonlinearity NL = +-4.22, whose normalised A is about 0.25 in
@@ -502,11 +506,12 @@ class DeviceConfig:
     d2d_nonlinearity: float | None = None
     stuck: float | None = None
     read_noise: float | None = None
+    weight_scale: float | None = None
 
     _DEFAULTS = {"model": "ideal", "levels": None, "up_down": 0.0, "a_up": 0.25, "a_down": 0.25,
                  "table": None, "rounding": "stochastic", "max_pulses": 16, "accumulate": False,
                  "write_noise": 0.0, "d2d_step": 0.0, "d2d_bounds": 0.0, "d2d_nonlinearity": 0.0,
-                 "stuck": 0.0, "read_noise": 0.0}
+                 "stuck": 0.0, "read_noise": 0.0, "weight_scale": 1.0}
 
     def __post_init__(self):
         _plain(self)
@@ -529,8 +534,11 @@ class DeviceConfig:
         if not isinstance(r["accumulate"], bool):
             raise ConfigError(f"device.accumulate={r['accumulate']!r} must be true or false")
         for key in ("up_down", "a_up", "a_down", "write_noise", "d2d_step", "d2d_bounds",
-                    "d2d_nonlinearity", "stuck", "read_noise"):
+                    "d2d_nonlinearity", "stuck", "read_noise", "weight_scale"):
             _finite("device", **{key: r[key]})
+        if not r["weight_scale"] > 0:
+            raise ConfigError(f"device.weight_scale={r['weight_scale']!r} must be > 0 (a factor on "
+                              f"the MLP weights' range)")
         if not -1 < r["up_down"] < 1:
             raise ConfigError(f"device.up_down={r['up_down']!r} must be in (-1, 1)")
         if not (r["a_up"] > 0 and r["a_down"] > 0):

@@ -14,13 +14,16 @@ bit-identically: per conductance array ``K``, the momentum ``K``, and ``K.lo``, 
 (0/1), drawn once at the start from the run's seed; ``K.acc`` the accumulator (S); and the
 totals ``pulses`` (per step counter) kept as a metric by the trainer. Random numbers are
 counter-based (seed, step, array, purpose, device), so they do not depend on threads or MPI
-ranks, and every rank applies the same update.
+ranks, and every rank applies the same update. Stuck devices get (and count) their pulses but
+do not move: the programming circuit does not know they are stuck.
 
 Read noise (:meth:`apparent`): the conductances a training step's solves see are the
 programmed ones times ``1 + read_noise * xi``, drawn once per minibatch and shared by its
 free and nudged phases -- EqProp differences two phases of ONE circuit, so resampling between
 them would add noise of the size of the signal; a read of a memristor array lasts
-microseconds, a minibatch's phases happen within one read.
+microseconds, a minibatch's phases happen within one read. One draw per device per minibatch
+is also all the noise costs: ~1 ms of CPU for 158,000 conductances (ziggurat on a counter-based
+hash, :func:`fastres.kernels.pulses.read_noise`), into buffers reused step after step.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from .optimizers import BoundedSGD
 MODEL_CODES = {"linear": _kp.MODEL_LINEAR, "soft-bounds": _kp.MODEL_SOFT,
                "exponential": _kp.MODEL_EXP, "table": _kp.MODEL_TABLE}
 _PURPOSE_WRITE, _PURPOSE_READ, _PURPOSE_INIT = 1, 2, 3
+PARALLEL_MIN_DEVICES = 1 << 16  # devices: below this an array's pass runs serially (the same
+# result: the kernels' draws and sums do not depend on the split)
 
 
 def stream_key(seed, step, array_index, purpose) -> np.uint64:
@@ -98,8 +103,8 @@ class PulsedDevices:
         self.step_up = self.step_nominal * (1.0 + p["up_down"])
         self.step_down = self.step_nominal * (1.0 - p["up_down"])
         self.dev = None  # per array: dict of per-device state
-        self._pulses = {}  # per array: scratches of the fused step
-        self._idx = {}
+        self._seen = {}  # per array: the read noise's output and scratch
+        self._packed = {}  # per array: (its lo array, the packed per-device parameters)
         self.step_count = 0
         self.last_pulses = 0
 
@@ -157,15 +162,25 @@ class PulsedDevices:
 
     # -- reading and writing -----------------------------------------------------------------
     def apparent(self, params) -> dict:
-        """The conductances a step's solves see (S): programmed, times read noise."""
+        """The conductances a step's solves see (S): programmed, times read noise, at least
+        1e-300 S. The arrays are buffers of this object, overwritten by the next call."""
         sigma = self.p["read_noise"]
         if sigma <= 0:
             return params
+        nchunks = max(1, numba.get_num_threads())
         out = {}
         for j, (k, W) in enumerate(sorted(params.items())):
-            a = np.empty(W.size)
-            _kp.read_noise(W.ravel(), a, stream_key(self.seed, self.step_count, j, _PURPOSE_READ), sigma)
-            out[k] = np.clip(a, 1e-300, None).reshape(W.shape)
+            buf = self._seen.get(k)
+            if buf is None or buf[0].shape != (W.size,):  # reused step after step (the step's
+                buf = (np.empty(W.size), np.empty(W.size, dtype=np.int64))  # solves only read it)
+                self._seen[k] = buf
+            flat = np.ascontiguousarray(W).reshape(-1)
+            key = stream_key(self.seed, self.step_count, j, _PURPOSE_READ)
+            if nchunks == 1 or W.size < PARALLEL_MIN_DEVICES:  # no parallel launch: ~30 us saved
+                _kp.read_noise_span(flat, buf[0], key, sigma, buf[1], 0, W.size)
+            else:
+                _kp.read_noise(flat, buf[0], key, sigma, buf[1], nchunks)
+            out[k] = buf[0].reshape(W.shape)
         return out
 
     def _par(self) -> np.ndarray:
@@ -175,13 +190,17 @@ class PulsedDevices:
                          1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
                          float(p["write_noise"]), 1.0 if p["accumulate"] else 0.0])
 
-    def _dev(self, k) -> tuple:
+    def _prm(self, k) -> np.ndarray:
+        """Array ``k``'s per-device parameters packed for the kernels (constant after
+        :meth:`init` / :meth:`load`; :func:`~fastres.kernels.pulses.pack_devices`)."""
         d = self.dev[k]
-        if self._pulses.get(k) is None or self._pulses[k].shape != d["acc"].shape:
-            self._pulses[k] = np.empty(d["acc"].shape)  # scratch: each device's signed count
-            self._idx[k] = np.empty(d["acc"].shape, dtype=np.int64)  # scratch: the firing ones
-        return (d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], d["aup"], d["adown"], self.tab_up,
-                self.tab_down, self._pulses[k])
+        if self._packed.get(k) is None or self._packed[k][0] is not d["lo"]:
+            self._packed[k] = (d["lo"], _kp.pack_devices(d["lo"], d["hi"], d["s"], d["aup"],
+                                                         d["adown"], d["stuck"]))
+        return self._packed[k][1]
+
+    def _dev(self, k) -> tuple:
+        return (self.dev[k]["acc"], self._prm(k), self.tab_up, self.tab_down)
 
     def step(self, params, ph, lr_factor: float):
         """SGD's desired change of every conductance, turned into pulses in the same pass (in
@@ -200,18 +219,20 @@ class PulsedDevices:
         counts = np.zeros(blocks.shape[0])
         uT, d, col = ph.first
         _kp.pulse_fixed(params["W1"], uT, d, col, ph.scale, sgd.vel["W1"], sgd.lr[0] * gscale,
-                        sgd.momentum, self._dev("W1"), par, key("W1"), counts, blocks, colsum,
-                        self._idx["W1"])
+                        sgd.momentum, self._dev("W1"), par, key("W1"), counts, blocks, colsum)
         total = counts.sum()
         counts = np.zeros(max(1, numba.get_num_threads()))
         for l in range(1, len(sgd.lr) + 1):
             for k in (f"W{l}", f"B{l}") if l > 1 else ("B1",):
                 row, col, prod = ph.terms[k]
                 W = params[k].reshape(len(row), len(col))
-                _kp.pulse_terms(W, row, col, prod, ph.scale, sgd.vel[k].reshape(W.shape),
-                                sgd.lr[l - 1] * gscale, sgd.momentum, self._dev(k), par, key(k), counts,
-                                self._idx[k])
-                total += counts.sum()
+                args = (W, row, col, prod, ph.scale, sgd.vel[k].reshape(W.shape), sgd.lr[l - 1] * gscale,
+                        sgd.momentum, self._dev(k), par, key(k))
+                if len(counts) == 1 or W.size < PARALLEL_MIN_DEVICES:  # no parallel launch
+                    total += _kp.pulse_terms_rows(*args, 0, W.shape[0])
+                else:
+                    _kp.pulse_terms(*args, counts)
+                    total += counts.sum()
         self.step_count += 1
         self.last_pulses = int(total)
         return self.last_pulses
@@ -231,10 +252,9 @@ class PulsedDevices:
             pulses = np.empty(flat.size)
             key = stream_key(self.seed, self.step_count, j, _PURPOSE_WRITE)
             _kp.pulse_update(flat, np.ascontiguousarray(desired[k], dtype=np.float64).reshape(-1),
-                             d["acc"], d["lo"], d["hi"], d["s"], d["stuck"], pulses, key,
-                             int(par[0]), par[1], par[2], par[3], d["aup"], d["adown"], par[4],
-                             self.tab_up, self.tab_down, int(par[5]), par[6], par[7], bool(par[8]),
-                             nchunks)
+                             d["acc"], self._prm(k), pulses, key, int(par[0]), par[1], par[2], par[3],
+                             par[4], self.tab_up, self.tab_down, int(par[5]), par[6], par[7],
+                             bool(par[8]), nchunks)
             total += int(np.abs(pulses).sum())
         self.step_count += 1
         self.last_pulses = total
@@ -265,7 +285,7 @@ class WeightDevices:
     Mapping: ``w = w_max (g - g_mid) / (g_max - g_mid)`` with ``g_mid = (g_min + g_max) / 2``
     (a reference conductance at mid-range, subtracted as a one-device-plus-reference crossbar
     column does), so ``g_min .. g_max`` (S) holds ``-w_max .. w_max`` of each array (``w_max``
-    per array, dimensionless). The devices are :class:`PulsedDevices` (the same kernels,
+    per array, dimensionless: the given range times the device setting ``weight_scale``). The devices are :class:`PulsedDevices` (the same kernels,
     presets, noise streams and state as EqProp's conductances): :meth:`init` programs the
     initial weights onto them, :meth:`read` gives the weights a forward pass sees (read noise,
     one draw per minibatch), :meth:`update` turns desired weight changes into pulses.
@@ -275,7 +295,8 @@ class WeightDevices:
         if cfg.ideal:
             raise ConfigError("WeightDevices needs a pulsed device model, not ideal devices")
         self.devices = PulsedDevices(cfg, [1.0], 0.0, g_min, g_max, seed)  # apply() takes changes
-        self.w_max = {k: float(v) for k, v in w_max.items()}
+        scale = float(cfg.resolved_params()["weight_scale"])
+        self.w_max = {k: float(v) * scale for k, v in w_max.items()}
         self.g_mid = 0.5 * (float(g_min) + float(g_max))
         self.half = 0.5 * (float(g_max) - float(g_min))
         self.g = None

@@ -29,7 +29,8 @@ from .config import DeviceConfig
 from .errors import FastresError
 from .pulsed import pulse_curve
 
-__all__ = ["make_report", "compare_runs", "make_panel", "format_summary", "default_out_dir"]
+__all__ = ["make_report", "compare_runs", "make_panel", "format_summary", "default_out_dir",
+           "levels_figure", "levels_table"]
 
 
 def _figure(figsize):
@@ -228,6 +229,56 @@ def device_curves_figure(out_png, models=CURVE_MODELS, g_min=1e-7, g_max=1e-4, t
     ax.set_title("pulsed device models: conductance against pulse count", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return str(_save(fig, Path(out_png)))
+
+
+def levels_table(paths) -> list:
+    """One row per run file of ``paths``: ``(path, levels, epochs, test_error, train_error,
+    pulses)`` from its last finished epoch (errors as fractions, ``pulses`` the last epoch's
+    count; ``levels`` None for an ideal device). Runs without a finished epoch are errors."""
+    rows = []
+    for p in paths:
+        run = open_run(p)
+        m = run.snapshot().metrics
+        if not len(m) or "test_error" not in m:
+            raise FastresError(f"{p}: no finished epoch with a test error")
+        dcfg = run.train_config().device
+        levels = None if dcfg.ideal else dcfg.resolved_params()["levels"]
+        pulses = float(m["pulses"][-1]) if "pulses" in m else 0.0
+        rows.append((str(p), levels, int(m["epoch"][-1]), float(m["test_error"][-1]),
+                     float(m["train_error"][-1]), pulses))
+    return rows
+
+
+def levels_figure(paths, out_png) -> str:
+    """Test error (%) against the device's level count (log-2 axis) of the run files
+    ``paths`` (their last finished epoch; ideal-device runs drawn as a horizontal line), one
+    point a run, labelled with its epoch count. Returns the PNG's path."""
+    rows = levels_table(paths)
+    fig = _figure((6, 4))
+    ax = fig.subplots()
+    dev = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
+    if dev:
+        ax.plot([r[1] for r in dev], [100 * r[3] for r in dev], "-o", label="pulsed device (test)")
+        ax.plot([r[1] for r in dev], [100 * r[4] for r in dev], ":s", ms=4,
+                label="pulsed device (train, during the last epoch)")
+        for r in dev:
+            ax.annotate(f"{100 * r[3]:.2f} %", (r[1], 100 * r[3]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r[1] for r in dev])
+        ax.set_xticklabels([str(r[1]) for r in dev])
+    for r in rows:
+        if r[1] is None:
+            ax.axhline(100 * r[3], color="tab:gray", ls="--", lw=1,
+                       label=f"ideal device (test, {r[2]} epochs): {100 * r[3]:.2f} %")
+    epochs = sorted({r[2] for r in rows})
+    ax.set_xlabel("device levels (linear model)")
+    ax.set_ylabel("error (%)")
+    ax.set_title(f"error against level count ({', '.join(map(str, epochs))} epochs)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return str(_save(fig, Path(out_png)))
 

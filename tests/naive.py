@@ -662,24 +662,24 @@ def pulsed_sgd_step(W, grad, vel, lr, momentum, acc, lo, hi, s, stuck, model, st
     ``-lr (momentum vel + grad)`` of every conductance ``W`` (S), rounded to whole pulses (with
     accumulate-then-pulse: added to ``acc``, whole steps fired towards zero), at most
     ``max_pulses``, applied one pulse at a time by :func:`pulsed_move`, clipped to the device's
-    ``[lo, hi]``; stuck devices keep their conductance. Returns ``(W, vel, acc, pulses)`` new
+    ``[lo, hi]``; stuck devices get their pulses but keep their conductance. Returns
+    ``(W, vel, acc, pulses)`` new
     (the per-device arrays flat, in ``W``'s row-major order)."""
     vel = momentum * vel + grad if momentum > 0 else vel.copy()
     step = vel if momentum > 0 else grad
     desired = ((W - lr * step) - W).ravel()
     acc = acc.copy()
     if accumulate:
-        acc = acc + np.where(stuck != 0, 0.0, desired)
+        acc = acc + desired
         n = np.trunc(acc / step_nominal)
     else:
         n = np.floor(desired / step_nominal + 0.5)
     n = np.clip(n, -max_pulses, max_pulses)
-    n = np.where(stuck != 0, 0.0, n)
     if accumulate:
         acc = acc - n * step_nominal
     g = pulsed_move(model, W.ravel(), n, lo, hi, s, step_up, step_down, a_up, a_down, p_max,
                     tab_up, tab_down)
-    g = np.where(n != 0, np.clip(g, lo, hi), W.ravel())
+    g = np.where((n != 0) & (stuck == 0), np.clip(g, lo, hi), W.ravel())
     return g.reshape(W.shape), vel, acc, n
 
 
@@ -704,16 +704,23 @@ def _ziggurat(layers=128, r=3.442619855899, v=9.91256303526217e-3):
     return np.array(x), r
 
 
+def device_bits(key, i):
+    """Twin of ``kernels.pulses.device_bits``: the ``i``-th output of splitmix64 started at
+    ``key``, ``splitmix64(key + i gamma)``."""
+    return splitmix64((int(key) + int(i) * 0x9E3779B97F4A7C15) & _M64)
+
+
 def normal_zig(key, i):
     """Twin of ``kernels.pulses.normal_zig`` in plain Python: the ziggurat (Doornik's layout)
-    on the counter-based draws ``splitmix64(splitmix64(key ^ i) + k)``, k = 16, 17, ..."""
+    on the counter-based draws ``h0 = device_bits(key, i)``, then ``splitmix64(h0 + k)``,
+    k = 1, 2, ..."""
     X, R = _ziggurat()
-    base = splitmix64(int(key) ^ int(i))
-    k = 16
+    h0 = device_bits(key, i)
+    k = 0
 
     def draw():
         nonlocal k
-        h = splitmix64((base + k) & _M64)
+        h = h0 if k == 0 else splitmix64((h0 + k) & _M64)
         k += 1
         return h
 

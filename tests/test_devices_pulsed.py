@@ -42,9 +42,10 @@ def _run_kernel(model, g, n, s, a_up, a_down, p_max, tab_up=None, tab_down=None,
     d = n * step
     tab_up = np.zeros(2) if tab_up is None else tab_up
     tab_down = np.zeros(2) if tab_down is None else tab_down
-    kp.pulse_update(g, d, np.zeros(N), np.full(N, LO), np.full(N, HI), s, np.zeros(N), np.empty(N),
-                    np.uint64(5), CODES[model], step, step * (1 + up_down), step * (1 - up_down),
-                    a_up, a_down, float(p_max), tab_up, tab_down, 0, 1e9, 0.0, False, 2)
+    prm = kp.pack_devices(np.full(N, LO), np.full(N, HI), s, a_up, a_down, np.zeros(N))
+    kp.pulse_update(g, d, np.zeros(N), prm, np.empty(N), np.uint64(5), CODES[model], step,
+                    step * (1 + up_down), step * (1 - up_down), float(p_max), tab_up, tab_down, 0, 1e9,
+                    0.0, False, 2)
     return g
 
 
@@ -127,29 +128,34 @@ def test_stochastic_rounding_and_write_noise_statistics():
     p_max = 100.0
     step = (HI - LO) / p_max
     g0 = np.full(N, 0.5 * (LO + HI))
+    PRM = kp.pack_devices(np.full(N, LO), np.full(N, HI), np.ones(N), np.ones(N), np.ones(N), np.zeros(N))
     # stochastic rounding: 0.3 step wanted -> 1 pulse with probability 0.3
     g = g0.copy()
     pulses = np.empty(N)
-    kp.pulse_update(g, np.full(N, 0.3 * step), np.zeros(N), np.full(N, LO), np.full(N, HI), np.ones(N),
-                    np.zeros(N), pulses, np.uint64(11), kp.MODEL_LINEAR, step, step, step, np.ones(N),
-                    np.ones(N), p_max, np.zeros(2), np.zeros(2), 1, 16.0, 0.0, False, 2)
+    kp.pulse_update(g, np.full(N, 0.3 * step), np.zeros(N), PRM, pulses,
+                    np.uint64(11), kp.MODEL_LINEAR, step, step, step, p_max,
+                    np.zeros(2), np.zeros(2), 1, 16.0, 0.0, False, 2)
     assert set(np.unique(pulses)) == {0.0, 1.0}
     assert abs(pulses.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / N)
+    # each device's draw is the twin's counter-based uniform: splitmix64's i-th output from the key
+    u = np.array([((naive.device_bits(11, i) >> 11) + 0.5) * 2.0 ** -53 for i in range(2000)])
+    x = (0.3 * step) / step
+    np.testing.assert_array_equal(pulses[:2000], np.floor(x) + (u < x - np.floor(x)))
     # write noise: 4 pulses with sigma 1 % of the range each: spread sigma r sqrt(4)
     g = g0.copy()
     sigma = 0.01
-    kp.pulse_update(g, np.full(N, 4 * step), np.zeros(N), np.full(N, LO), np.full(N, HI), np.ones(N),
-                    np.zeros(N), pulses, np.uint64(12), kp.MODEL_LINEAR, step, step, step, np.ones(N),
-                    np.ones(N), p_max, np.zeros(2), np.zeros(2), 0, 16.0, sigma, False, 2)
+    kp.pulse_update(g, np.full(N, 4 * step), np.zeros(N), PRM, pulses,
+                    np.uint64(12), kp.MODEL_LINEAR, step, step, step, p_max,
+                    np.zeros(2), np.zeros(2), 0, 16.0, sigma, False, 2)
     dev = (g - g0 - 4 * step) / (HI - LO)
     assert abs(dev.mean()) < 4 * 2 * sigma / np.sqrt(N)
     assert dev.std() == pytest.approx(2 * sigma, rel=0.02)
     # the stream depends on the key only, not on the number of chunks
     g1, g2 = g0.copy(), g0.copy()
     for g_, ch in ((g1, 1), (g2, 7)):
-        kp.pulse_update(g_, np.full(N, 2.5 * step), np.zeros(N), np.full(N, LO), np.full(N, HI), np.ones(N),
-                        np.zeros(N), pulses, np.uint64(13), kp.MODEL_LINEAR, step, step, step, np.ones(N),
-                        np.ones(N), p_max, np.zeros(2), np.zeros(2), 1, 16.0, sigma, False, ch)
+        kp.pulse_update(g_, np.full(N, 2.5 * step), np.zeros(N), PRM, pulses,
+                        np.uint64(13), kp.MODEL_LINEAR, step, step, step, p_max,
+                        np.zeros(2), np.zeros(2), 1, 16.0, sigma, False, ch)
     assert np.array_equal(g1, g2)
 
 
@@ -161,8 +167,9 @@ def test_accumulate_then_pulse_fires_whole_steps():
     pulses = np.empty(1)
     fired = []
     for _ in range(10):  # 0.25 step wanted each time: one pulse every 4 calls
-        kp.pulse_update(g, np.array([0.25 * step]), acc, np.full(N, LO), np.full(N, HI), np.ones(N), np.zeros(N),
-                        pulses, np.uint64(1), kp.MODEL_LINEAR, step, step, step, np.ones(N), np.ones(N), 10.0,
+        kp.pulse_update(g, np.array([0.25 * step]), acc,
+                        kp.pack_devices(np.full(N, LO), np.full(N, HI), np.ones(N), np.ones(N), np.ones(N), np.zeros(N)),
+                        pulses, np.uint64(1), kp.MODEL_LINEAR, step, step, step, 10.0,
                         np.zeros(2), np.zeros(2), 1, 16.0, 0.0, True, 1)
         fired.append(pulses[0])
     assert fired == [0, 0, 0, 1, 0, 0, 0, 1, 0, 0]
@@ -292,16 +299,15 @@ def test_fused_pulsed_step_matches_its_numpy_twin(model, accumulate, momentum, f
     par = np.array([CODES[model], step, step * (1 + up_down), step * (1 - up_down), p_max, 0, 8.0, 0.0,
                     float(accumulate)])
     got_W, got_vel, got_acc = W.copy(), vel.copy(), acc.copy()
-    dev = (got_acc, lo, hi, s, stuck, a_up, a_down, zeros, zeros, np.empty(N))
+    dev = (got_acc, kp.pack_devices(lo, hi, s, a_up, a_down, stuck), zeros, zeros)
     if fixed:
         counts, partial, colsum = np.zeros(4), np.empty((4, n_to)), np.empty(n_to)
         kp.pulse_fixed(got_W, uT, d, col, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
-                       partial, colsum, np.empty(N, dtype=np.int64))
+                       partial, colsum)
         np.testing.assert_allclose(colsum, got_W.sum(axis=0), rtol=1e-14)
     else:
         counts = np.zeros(3)
-        kp.pulse_terms(got_W, row, col, prod, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts,
-                       np.empty(N, dtype=np.int64))
+        kp.pulse_terms(got_W, row, col, prod, 0.7, got_vel, lr, momentum, dev, par, np.uint64(9), counts)
     assert np.abs(want_n).sum() > N  # the step moved most devices by several pulses
     assert counts.sum() == np.abs(want_n).sum()
     np.testing.assert_allclose(got_vel, want_vel, rtol=1e-12, atol=0)
@@ -347,14 +353,21 @@ def test_read_noise_matches_its_twin_and_is_normal():
     N = 20000
     g = np.linspace(1e-6, 1e-4, N)
     out = np.empty(N)
-    kp.read_noise(g, out, np.uint64(11), 0.01)
+    kp.read_noise(g, out, np.uint64(11), 0.01, np.empty(N, dtype=np.int64), 3)
     xi = (out / g - 1) / 0.01
     want = np.array([naive.normal_zig(11, i) for i in range(N)])
     np.testing.assert_allclose(xi, want, rtol=1e-9, atol=1e-9)
     assert np.sum(np.abs(want) > kp.ZIG_TAIL) >= 3  # the tail branch was exercised
+    # a read never gives a conductance <= 0: 1 + sigma xi below 0 reads 1e-300 S
+    kp.read_noise(np.ones(N), out, np.uint64(11), 1.0, np.empty(N, dtype=np.int64), 2)
+    np.testing.assert_allclose(out, np.maximum(1.0 + want, 1e-300), rtol=1e-9, atol=1e-9)
+    assert np.sum(out == 1e-300) == np.sum(want < -1.0) > 0
     big = np.empty(10 ** 6)
-    kp.read_noise(np.ones(10 ** 6), big, np.uint64(12), 1.0)
-    x = big - 1
+    kp.read_noise(np.ones(10 ** 6), big, np.uint64(12), 1e-3, np.empty(10 ** 6, dtype=np.int64), 2)
+    one = np.empty(10 ** 6)  # the same draws on one chunk (threads, ranks)
+    kp.read_noise(np.ones(10 ** 6), one, np.uint64(12), 1e-3, np.empty(10 ** 6, dtype=np.int64), 1)
+    assert np.array_equal(big, one)
+    x = (big - 1) / 1e-3
     assert abs(x.mean()) < 5e-3 and abs(x.std() - 1) < 5e-3
     assert stats.kstest(x, "norm").pvalue > 1e-3
     assert abs(np.mean(np.abs(x) > 3.0) - 2 * stats.norm.sf(3.0)) < 4e-4
@@ -389,3 +402,56 @@ def test_stream_keys_are_numpy_seed_sequence_bit_for_bit():
     for c in cases:
         want = np.random.SeedSequence(list(c)).generate_state(1, dtype=np.uint64)[0]
         assert stream_key(*c) == want and isinstance(stream_key(*c), np.uint64), c
+
+
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="MNIST not found")
+def test_error_against_levels_table_and_figure_from_run_files(tmp_path):
+    from fastres.report import levels_figure, levels_table
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    args = ["--arch", "784-10-10", "--n-train", "200", "--n-test", "50", "--epochs", "1", "--threads",
+            "1", "--quiet", "--data", str(MNIST)]
+    runs = []
+    for name, extra in (("ideal", []), ("l8", ["--device-param", "model=linear", "--device-param", "levels=8"])):
+        out = tmp_path / f"{name}.h5"
+        r = subprocess.run([sys.executable, "-m", "fastres.cli", "train", *args, *extra, "--out", str(out)],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        runs.append(out)
+    rows = levels_table(runs)
+    assert [r[1] for r in rows] == [None, 8] and all(r[2] == 1 for r in rows)
+    for (path, levels, epochs, test, train, pulses), run in zip(rows, runs):
+        m = RunStore.open(run).metrics()
+        assert test == m["test_error"][-1] and train == m["train_error"][-1]
+    assert rows[0][5] == 0 and rows[1][5] > 0  # the ideal run spends no pulses
+    png = levels_figure(runs, tmp_path / "levels.png")
+    assert Path(png).stat().st_size > 10000
+    with pytest.raises(FastresError, match="no such|not found|exist|cannot"):
+        levels_table([tmp_path / "missing.h5"])
+
+
+def test_weight_scale_widens_the_mlp_weight_range_and_is_checked():
+    """``weight_scale`` multiplies the weights a device holds: the same devices and conductances
+    read as scaled weights; the setting is stored with the config and checked."""
+    from fastres.pulsed import WeightDevices
+    w_max = {"W1": 0.3, "b1": 0.3}
+    params = {"W1": np.full((6, 4), 0.05), "b1": np.zeros(4)}
+    out = {}
+    for scale in (1.0, 2.5):
+        cfg = DeviceConfig(model="linear", levels=1025, rounding="deterministic", weight_scale=scale)
+        wd = WeightDevices(cfg, w_max, LO, HI, seed=1)
+        assert wd.w_max == {k: v * scale for k, v in w_max.items()}
+        p = {k: v.copy() for k, v in params.items()}
+        wd.init(p)
+        out[scale] = (wd, p)
+    wd1, wd2 = out[1.0][0], out[2.5][0]
+    g = np.linspace(LO, HI, 7)
+    np.testing.assert_allclose(wd2.to_weight("W1", g), 2.5 * wd1.to_weight("W1", g), rtol=1e-12)
+    # the same weight sits 2.5x closer to the mid-range conductance
+    mid = 0.5 * (LO + HI)
+    np.testing.assert_allclose(wd2.g["W1"] - mid, (wd1.g["W1"] - mid) / 2.5, rtol=0, atol=2 * (HI - LO) / 1024)
+    tc = TrainConfig(arch="20-8-3", model="linear", levels=64, weight_scale=2.0)
+    assert tc.device.resolved_params()["weight_scale"] == 2.0
+    assert TrainConfig.from_dict(tc.to_dict()).device == tc.device
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(FastresError, match="weight_scale"):
+            DeviceConfig(model="linear", levels=8, weight_scale=bad)
