@@ -343,10 +343,19 @@ class LayeredNetwork:
             x[:, o:o + n[l]] = v
         return x
 
+    #: :meth:`_node_clamp` works on blocks of samples of about this many nodes in all, so that
+    #: its temporaries stay in cache for a wide layer (elementwise: the same values)
+    CLAMP_BLOCK = 1 << 16
+
     def _node_clamp(self, v, cur, diag, rlo, rhi, iterations=6):
         """Scalar Newton per node on ``diag (v - cur/diag) + i_hi(v) - i_lo(v) = 0`` (the node
         alone with its two Shockley diodes to rails ``rlo``, ``rhi`` (V), exponentials only),
-        steps limited to 0.1 V."""
+        steps limited to 0.1 V. ``v``, ``cur`` (B, n) V and A; ``diag``, ``rlo``, ``rhi`` (n,)."""
+        per = max(1, self.CLAMP_BLOCK // max(v.shape[1], 1))
+        if v.shape[0] > per:  # blocks of samples: elementwise, so the same values as one block
+            return np.concatenate([self._node_clamp(v[s:s + per], cur[s:s + per], diag, rlo, rhi,
+                                                    iterations)
+                                   for s in range(0, v.shape[0], per)])
         IS, vte = self.dpar[0, 0], self.dpar[0, 1]
         for _ in range(iterations):
             ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
@@ -496,6 +505,14 @@ class LayeredSystem:
         self.nl = np.array(net.nodes_per_layer, dtype=np.int64)
         self.nK = net.nK
         self.d = np.concatenate([np.diag(kernel.GKK), kernel.gEE])
+        # diodes sharing one kind and one parameter row (every layered network) pass that row
+        # alone (kernels/layered.py: dev), so a wide layer's line search does not stream the
+        # (nD, NPAR) table from memory per sample and trial
+        self.dkind, self.dpar = kernel.dkind, kernel.dpar
+        if kernel.dkind.size and np.all(kernel.dkind == kernel.dkind[0]) \
+                and np.all(kernel.dpar == kernel.dpar[0]):
+            self.dkind = np.ascontiguousarray(kernel.dkind[:1])
+            self.dpar = np.ascontiguousarray(kernel.dpar[:1])
         self.last_cg_iterations = None
         self._last = None  # (x, G_FF x, valid) of the last solve: a nudged phase starts there
 
@@ -509,7 +526,7 @@ class LayeredSystem:
         st = np.zeros(B, dtype=np.int64)
         cg = np.zeros(B, dtype=np.int64)
         t = numba.get_num_threads()
-        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar, x,
+        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, self.dkind, self.dpar, x,
                 float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), self.ETA0,
                 self.ETA_MAX, self.MAXCG)
         # G_FF x of a start that is the last solve's solution (EqProp's nudged phases start
@@ -540,7 +557,7 @@ class LayeredSystem:
         lam = np.zeros_like(x)
         _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, numba.get_num_threads(),
                                  self.nK, self.d,
-                                 np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar,
+                                 np.ascontiguousarray(vdfix), k.da, k.db, self.dkind, self.dpar,
                                  np.ascontiguousarray(x), np.ascontiguousarray(rhs), lam,
                                  self.ADJOINT_RTOL, self.MAXCG)
         return lam
