@@ -343,26 +343,16 @@ class LayeredNetwork:
             x[:, o:o + n[l]] = v
         return x
 
-    #: :meth:`_node_clamp` works on blocks of samples of about this many nodes in all, so that
-    #: its temporaries stay in cache for a wide layer (elementwise: the same values)
-    CLAMP_BLOCK = 1 << 16
-
     def _node_clamp(self, v, cur, diag, rlo, rhi, iterations=6):
         """Scalar Newton per node on ``diag (v - cur/diag) + i_hi(v) - i_lo(v) = 0`` (the node
         alone with its two Shockley diodes to rails ``rlo``, ``rhi`` (V), exponentials only),
-        steps limited to 0.1 V. ``v``, ``cur`` (B, n) V and A; ``diag``, ``rlo``, ``rhi`` (n,)."""
-        per = max(1, self.CLAMP_BLOCK // max(v.shape[1], 1))
-        if v.shape[0] > per:  # blocks of samples: elementwise, so the same values as one block
-            return np.concatenate([self._node_clamp(v[s:s + per], cur[s:s + per], diag, rlo, rhi,
-                                                    iterations)
-                                   for s in range(0, v.shape[0], per)])
-        IS, vte = self.dpar[0, 0], self.dpar[0, 1]
-        for _ in range(iterations):
-            ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
-            elo = np.exp(np.minimum((rlo - v) / vte, 700.0))
-            f = diag * v - cur + IS * (ehi - elo)
-            fp = diag + IS * (ehi + elo) / vte
-            v = v - np.clip(f / fp, -0.1, 0.1)
+        steps limited to 0.1 V (:func:`fastres.kernels.layered.node_clamp`, in place on ``v``).
+        ``v``, ``cur`` (B, n) V and A; ``diag``, ``rlo``, ``rhi`` (n,)."""
+        v = np.ascontiguousarray(v)
+        _layered.node_clamp(v, np.ascontiguousarray(cur), np.ascontiguousarray(diag, dtype=np.float64),
+                            np.ascontiguousarray(rlo, dtype=np.float64),
+                            np.ascontiguousarray(rhi, dtype=np.float64),
+                            float(self.dpar[0, 0]), float(self.dpar[0, 1]), int(iterations))
         return v
 
     def layer(self, x, l) -> np.ndarray:

@@ -1004,6 +1004,32 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
     return cgit
 
 
+# -- the feed-forward start's node clamp -------------------------------------------------------
+@njit(cache=True, parallel=True)
+def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations):
+    """Scalar Newton per node, in place on ``v`` (B, n) V: ``diag v - cur + i_hi(v) - i_lo(v)
+    = 0`` for a node alone with its two Shockley diodes (saturation current ``IS`` A, ``vte``
+    V, exponentials only) to rails ``rlo``, ``rhi`` (n,) V, ``diag`` (n,) S, ``cur`` (B, n) A;
+    ``iterations`` steps, each limited to 0.1 V. The same operations in the same order as the
+    numpy formulation (tests/naive.py: node_clamp), node by node: the same values."""
+    B, n = v.shape
+    for s in prange(B):
+        for i in range(n):
+            x = v[s, i]
+            for _ in range(iterations):
+                ehi = math.exp(min((x - rhi[i]) / vte, 700.0))
+                elo = math.exp(min((rlo[i] - x) / vte, 700.0))
+                f = diag[i] * x - cur[s, i] + IS * (ehi - elo)
+                fp = diag[i] + IS * (ehi + elo) / vte
+                q = f / fp
+                if q < -0.1:
+                    q = -0.1
+                elif q > 0.1:
+                    q = 0.1
+                x = x - q
+            v[s, i] = x
+
+
 @njit(cache=True, parallel=True)
 def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
                     reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, nchunks,

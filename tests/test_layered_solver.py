@@ -14,7 +14,7 @@ from fastres.kernels.status import Status
 from fastres.network import CG_FROM_NODES, CG_FROM_WIDTH, LayeredNetwork, LayeredSystem, NetworkSpec
 from fastres.train import TrainConfig, Trainer
 
-from naive import kcl, reference_solve
+from naive import kcl, node_clamp, reference_solve
 
 TOL = 1e-9  # V
 CG = Newton(linear="cg")
@@ -276,18 +276,14 @@ def test_wide_direction_matches_numpy_and_general_cg(diode):
 
 
 @pytest.mark.parametrize("diode", ["pwl", "shockley"])
-def test_shared_diode_row_and_blocked_clamp_change_nothing(diode):
+def test_shared_diode_row_changes_nothing(diode):
     """LayeredSystem passes one shared (kind, parameter) row when every diode has the same
-    (kernels/layered.dev): the solve is bit for bit the one with the per-diode table. The
-    initial guess's node clamp in blocks of samples gives the same values as in one block."""
+    (kernels/layered.dev): the solve is bit for bit the one with the per-diode table."""
     net, p, X = deep_net((30, 600, 4), diode, False, B=7)
     prob = net.problem(p, X)
     ls = prob.system(CG)
     assert ls.dkind.shape == (1,) and ls.dpar.shape[0] == 1
     x0 = net.initial_guess(prob.b, p, prob.system_)
-    net.CLAMP_BLOCK = 600  # one sample per block
-    assert np.array_equal(net.initial_guess(prob.b, p, prob.system_), x0)
-    del net.CLAMP_BLOCK
     xa = x0.copy()
     a = ls.solve_batch(prob.b, net.vdfix, xa, Newton(linear="cg", threads=1))
     full = LayeredSystem(net, p, prob.system_)
@@ -296,3 +292,21 @@ def test_shared_diode_row_and_blocked_clamp_change_nothing(diode):
     b = full.solve_batch(prob.b, net.vdfix, xb, Newton(linear="cg", threads=1))
     assert np.all(a[2] == Status.CONVERGED)
     assert np.array_equal(xa, xb) and np.array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("shape", [(20, 100), (3, 5000)])
+def test_node_clamp_matches_numpy_twin(shape):
+    """kernels/layered.node_clamp (the Shockley network's feed-forward start) gives the numpy
+    twin's values bit for bit, from starts inside and outside the rails."""
+    from fastres.kernels import layered as K
+    rng = np.random.default_rng(7)
+    B, n = shape
+    IS, vte = 1e-12, 0.025852
+    rlo = np.where(rng.random(n) < 0.5, 0.5, -100.0)
+    rhi = rlo + 100.0
+    diag = rng.uniform(1e-5, 1e-3, n)
+    cur = rng.uniform(-0.05, 0.15, (B, n))
+    v0 = np.clip(cur / diag, rlo - 0.7, rhi + 0.7)
+    v = v0.copy()
+    K.node_clamp(v, cur, diag, rlo, rhi, IS, vte, 6)
+    assert np.array_equal(v, node_clamp(v0, cur, diag, rlo, rhi, IS, vte, 6))
