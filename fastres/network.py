@@ -504,7 +504,7 @@ class LayeredSystem:
             self.dkind = np.ascontiguousarray(kernel.dkind[:1])
             self.dpar = np.ascontiguousarray(kernel.dpar[:1])
         self.last_cg_iterations = None
-        self._last = None  # (x, G_FF x, valid) of the last solve: a nudged phase starts there
+        self._last = None  # (x, G_FF x, valid, di, dg, ev) of the last solve started from scratch
 
     def solve_batch(self, b, vdfix, x, alg):
         """The :func:`fastres.solver.solve_system` contract: solve in place on ``x`` (B, nF) V,
@@ -519,25 +519,29 @@ class LayeredSystem:
         args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, self.dkind, self.dpar, x,
                 float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), self.ETA0,
                 self.ETA_MAX, self.MAXCG)
-        # G_FF x of a start that is the last solve's solution (EqProp's nudged phases start
-        # from the free state) is known exactly: reuse it rather than recompute it
+        # G_FF x and the diode states of a start that is the free phase's solution (EqProp's
+        # nudged phases both start there) are known exactly: reuse them rather than recompute
+        nD = k.da.shape[0]
         gx = np.empty_like(x)
+        di, dg, ev = np.empty((B, nD)), np.empty((B, nD)), np.empty((B, nD))
         ok = np.zeros(B, dtype=np.bool_)
         if self._last is not None and self._last[0].shape == x.shape:
-            x0, gx0, ok0 = self._last
+            x0, gx0, ok0, di0, dg0, ev0 = self._last
             ok = ok0 & np.all(x0 == x, axis=1)
-            gx[ok] = gx0[ok]
+            gx[ok], di[ok], dg[ok], ev[ok] = gx0[ok], di0[ok], dg0[ok], ev0[ok]
+        cold = not ok.any()
         mode = self.PARALLEL
         if mode == "auto":
             mode = "samples" if self.nl.shape[0] == 3 else "products"
         n = min(B, t) if mode == "samples" else 1
         if n <= 1:  # one thread or one sample: products split over the threads instead
             _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
-                                   gx, ok, it, res, st, cg)
+                                   gx, ok, di, dg, ev, it, res, st, cg)
         else:
             _layered.solve_layered_b(self.Ws, self.gains, self.off, self.nl, self.nK, self.d, *args,
-                                     gx, ok, n, it, res, st, cg)
-        self._last = (x.copy(), gx, ok)
+                                     gx, ok, di, dg, ev, n, it, res, st, cg)
+        if cold:  # a phase started from scratch (the free phase): the start of the ones to come
+            self._last = (x.copy(), gx, ok, di, dg, ev)
         self.last_cg_iterations = cg
         return it, res, st
 

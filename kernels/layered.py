@@ -731,12 +731,15 @@ def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, v
 
 
 @njit(cache=True, parallel=True)
-def diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev):
+def diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, known):
     """Diode currents ``di`` (A), conductances ``dg`` (S) and exponential caches ``ev`` (B, nD)
-    at ``x`` (B, nF) V."""
+    at ``x`` (B, nF) V, for the samples whose ``known`` (B,) is False (the others' rows are
+    left as given)."""
     nF = x.shape[1]
     for j in prange(x.shape[0]):
         s = np.int64(j)
+        if known[s]:
+            continue
         row = s if vdfix.shape[0] > 1 else np.int64(0)
         for k in range(da.shape[0]):
             a = da[k]
@@ -761,8 +764,8 @@ def _scaled_max(r, Jd, s):
 
 @njit(cache=True)
 def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, iterations,
-                  residual, status, cg_iterations):
+                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, di, dg, ev,
+                  iterations, residual, status, cg_iterations):
     """Solve every sample of a batch in place in ``x`` (B, nF) V (see the module docstring).
 
     ``Ws`` tuple of ``W_l`` (n_{l-1}, n_l) S for l = 2..L (one (0, 0) dummy if L = 1);
@@ -773,7 +776,9 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     ``gx_ok`` (B,) bool: ``G_FF x`` of the starting point where known (evaluated from scratch
     at exactly this ``x``, e.g. the free phase's solution for a nudged phase), else evaluated
     here; on return ``G_FF x`` of the solution, ``gx_ok`` where it was evaluated from scratch
-    (the converged samples). Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
+    (the converged samples). ``di``, ``dg``, ``ev`` (B, nD): the diodes' currents (A),
+    conductances (S) and exponential caches, given at the start for the samples of ``gx_ok``
+    (the solution they come from), evaluated here for the others; on return those of ``x``. Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
     ``cg_iterations`` (summed over directions).
     """
     B, nF = x.shape
@@ -782,9 +787,6 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     srcK, srcE = _source_sides(off, nK, L)
     vcrit = shockley_vcrit(dkind, dpar)
     carry = carries(dkind)
-    di = np.empty((B, nD))
-    dg = np.empty((B, nD))
-    ev = np.empty((B, nD))
     rlin = np.empty((B, nF))
     r = np.empty((B, nF))
     Jd = np.empty((B, nF))
@@ -793,7 +795,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     step_small = np.zeros(B, dtype=np.bool_)
     rs_prev = np.zeros(B)          # scaled residual max_i |r_i| / J_ii (V) of the last iterate
     lres_prev = np.full(B, -1.0)   # scaled linear residual predicted by the last full step
-    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, gx_ok)
     nknown = 0
     for s in range(B):
         if gx_ok[s]:
@@ -975,7 +977,7 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
     di = np.empty((B, nD))
     dg = np.empty((B, nD))
     ev = np.empty((B, nD))
-    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, np.zeros(B, dtype=np.bool_))
     Jd = np.empty((B, nF))
     r = np.empty((B, nF))
     for s in range(B):
@@ -1032,8 +1034,8 @@ def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations):
 
 @njit(cache=True, parallel=True)
 def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, nchunks,
-                    iterations, residual, status, cg_iterations):
+                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, di, dg, ev,
+                    nchunks, iterations, residual, status, cg_iterations):
     """:func:`solve_layered` on ``nchunks`` contiguous chunks of samples in parallel (one long
     parallel region; each chunk's products are minibatch products of its own samples)."""
     B = x.shape[0]
@@ -1046,4 +1048,6 @@ def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
             vd = rows(vdfix, lo, n) if vdfix.shape[0] > 1 else vdfix
             solve_layered(Ws, gains, off, nl, 1, nK, d, rows(b, lo, n), vd, da, db, dkind, dpar,
                           rows(x, lo, n), reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg,
-                          rows(gx, lo, n), gx_ok[lo:hi], iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])
+                          rows(gx, lo, n), gx_ok[lo:hi], rows(di, lo, n), rows(dg, lo, n),
+                          rows(ev, lo, n), iterations[lo:hi], residual[lo:hi], status[lo:hi],
+                          cg_iterations[lo:hi])
