@@ -238,6 +238,15 @@ def assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r
     stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd)
 
 
+@njit(cache=True)
+def _all(flags):
+    """True if every entry of the bool array ``flags`` is."""
+    for j in range(flags.shape[0]):
+        if not flags[j]:
+            return False
+    return True
+
+
 # -- the linear solve ------------------------------------------------------------------------
 @njit(cache=True)
 def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
@@ -302,13 +311,7 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
     beta = np.zeros(m)
     pSp = np.zeros(m)
     it = 0
-    while it < maxcg:
-        alldone = True
-        for j in range(m):
-            if not done[j]:
-                alldone = False
-        if alldone:
-            break
+    while it < maxcg and not _all(done):
         it += 1
         # Sp = D_K p - C D_E^-1 C^T p
         offdiag(p, Ws, gains, off, nl, nt, srcK, u)  # u[nK:] = C^T p
@@ -477,13 +480,7 @@ def schur_cg_wide(r, Jd, cols, W, A, nK, target, maxcg, d, dx, Gdx, ok, cgit, lr
         if e <= target[j] or not ok[j] or not (e == e):
             done[j] = True
     it = 0
-    while it < maxcg:
-        alldone = True
-        for j in range(m):
-            if not done[j]:
-                alldone = False
-        if alldone:
-            break
+    while it < maxcg and not _all(done):
         it += 1
         _wide_schur_product(W, A, Jd, cols, nK, p, tb, acc, u)  # C D_E^-1 C^T p
         for j in range(m):
@@ -1007,30 +1004,50 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
 
 
 # -- the feed-forward start's node clamp -------------------------------------------------------
-@njit(cache=True, parallel=True)
-def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations):
-    """Scalar Newton per node, in place on ``v`` (B, n) V: ``diag v - cur + i_hi(v) - i_lo(v)
-    = 0`` for a node alone with its two Shockley diodes (saturation current ``IS`` A, ``vte``
-    V, exponentials only) to rails ``rlo``, ``rhi`` (n,) V, ``diag`` (n,) S, ``cur`` (B, n) A;
-    ``iterations`` steps, each limited to 0.1 V. The same operations in the same order as the
-    numpy formulation (tests/naive.py: node_clamp), node by node: the same values."""
-    B, n = v.shape
-    for s in prange(B):
-        for i in range(n):
-            x = v[s, i]
-            for _ in range(iterations):
-                ehi = math.exp(min((x - rhi[i]) / vte, 700.0))
-                elo = math.exp(min((rlo[i] - x) / vte, 700.0))
-                f = diag[i] * x - cur[s, i] + IS * (ehi - elo)
-                fp = diag[i] + IS * (ehi + elo) / vte
-                q = f / fp
-                if q < -0.1:
-                    q = -0.1
-                elif q > 0.1:
-                    q = 0.1
-                x = x - q
-            v[s, i] = x
+@njit(cache=True)
+def node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s):
+    """Scalar Newton per node, in place on row ``s`` of ``v`` (B, n) V: ``diag v - cur +
+    i_hi(v) - i_lo(v) = 0`` for a node alone with its two Shockley diodes (saturation current
+    ``IS`` A, ``vte`` V, exponentials only) to rails ``rlo``, ``rhi`` (n,) V, ``diag`` (n,) S,
+    ``cur`` (B, n) A; ``iterations`` steps, each limited to 0.1 V. The same operations in the
+    same order as the numpy formulation (tests/naive.py: node_clamp), node by node: the same
+    values."""
+    for i in range(v.shape[1]):
+        x = v[s, i]
+        for _ in range(iterations):
+            ehi = math.exp(min((x - rhi[i]) / vte, 700.0))
+            elo = math.exp(min((rlo[i] - x) / vte, 700.0))
+            f = diag[i] * x - cur[s, i] + IS * (ehi - elo)
+            fp = diag[i] + IS * (ehi + elo) / vte
+            q = f / fp
+            if q < -0.1:
+                q = -0.1
+            elif q > 0.1:
+                q = 0.1
+            x = x - q
+        v[s, i] = x
 
+
+#: :func:`node_clamp` splits the samples over the threads from this many nodes in all (a short
+#: parallel region waits for busy cores: README "Threads and busy machines")
+CLAMP_PARALLEL_FROM = 1 << 16
+
+
+@njit(cache=True, parallel=True)
+def _node_clamp_parallel(v, cur, diag, rlo, rhi, IS, vte, iterations):
+    for s in prange(v.shape[0]):
+        node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s)
+
+
+@njit(cache=True)
+def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations):
+    """:func:`node_clamp_rows` for every sample of ``v`` (B, n) V, in place; the samples split
+    over the threads for a layer of at least :data:`CLAMP_PARALLEL_FROM` nodes in all."""
+    if v.shape[0] * v.shape[1] >= CLAMP_PARALLEL_FROM:
+        _node_clamp_parallel(v, cur, diag, rlo, rhi, IS, vte, iterations)
+    else:
+        for s in range(v.shape[0]):
+            node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s)
 
 @njit(cache=True, parallel=True)
 def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
