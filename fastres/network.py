@@ -346,14 +346,13 @@ class LayeredNetwork:
     def _node_clamp(self, v, cur, diag, rlo, rhi, iterations=6):
         """Scalar Newton per node on ``diag (v - cur/diag) + i_hi(v) - i_lo(v) = 0`` (the node
         alone with its two Shockley diodes to rails ``rlo``, ``rhi`` (V), exponentials only),
-        steps limited to 0.1 V."""
-        IS, vte = self.dpar[0, 0], self.dpar[0, 1]
-        for _ in range(iterations):
-            ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
-            elo = np.exp(np.minimum((rlo - v) / vte, 700.0))
-            f = diag * v - cur + IS * (ehi - elo)
-            fp = diag + IS * (ehi + elo) / vte
-            v = v - np.clip(f / fp, -0.1, 0.1)
+        steps limited to 0.1 V (:func:`fastres.kernels.layered.node_clamp`, in place on ``v``).
+        ``v``, ``cur`` (B, n) V and A; ``diag``, ``rlo``, ``rhi`` (n,)."""
+        v = np.ascontiguousarray(v)
+        _layered.node_clamp(v, np.ascontiguousarray(cur), np.ascontiguousarray(diag, dtype=np.float64),
+                            np.ascontiguousarray(rlo, dtype=np.float64),
+                            np.ascontiguousarray(rhi, dtype=np.float64),
+                            float(self.dpar[0, 0]), float(self.dpar[0, 1]), int(iterations))
         return v
 
     def layer(self, x, l) -> np.ndarray:
@@ -496,8 +495,16 @@ class LayeredSystem:
         self.nl = np.array(net.nodes_per_layer, dtype=np.int64)
         self.nK = net.nK
         self.d = np.concatenate([np.diag(kernel.GKK), kernel.gEE])
+        # diodes sharing one kind and one parameter row (every layered network) pass that row
+        # alone (kernels/layered.py: dev), so a wide layer's line search does not stream the
+        # (nD, NPAR) table from memory per sample and trial
+        self.dkind, self.dpar = kernel.dkind, kernel.dpar
+        if kernel.dkind.size and np.all(kernel.dkind == kernel.dkind[0]) \
+                and np.all(kernel.dpar == kernel.dpar[0]):
+            self.dkind = np.ascontiguousarray(kernel.dkind[:1])
+            self.dpar = np.ascontiguousarray(kernel.dpar[:1])
         self.last_cg_iterations = None
-        self._last = None  # (x, G_FF x, valid) of the last solve: a nudged phase starts there
+        self._last = None  # (x, G_FF x, valid, di, dg, ev) of the last solve started from scratch
 
     def solve_batch(self, b, vdfix, x, alg):
         """The :func:`fastres.solver.solve_system` contract: solve in place on ``x`` (B, nF) V,
@@ -509,28 +516,32 @@ class LayeredSystem:
         st = np.zeros(B, dtype=np.int64)
         cg = np.zeros(B, dtype=np.int64)
         t = numba.get_num_threads()
-        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar, x,
+        args = (np.ascontiguousarray(b), np.ascontiguousarray(vdfix), k.da, k.db, self.dkind, self.dpar, x,
                 float(alg.reltol), float(alg.vntol), float(alg.abstol), int(alg.maxiter), self.ETA0,
                 self.ETA_MAX, self.MAXCG)
-        # G_FF x of a start that is the last solve's solution (EqProp's nudged phases start
-        # from the free state) is known exactly: reuse it rather than recompute it
+        # G_FF x and the diode states of a start that is the free phase's solution (EqProp's
+        # nudged phases both start there) are known exactly: reuse them rather than recompute
+        nD = k.da.shape[0]
         gx = np.empty_like(x)
+        di, dg, ev = np.empty((B, nD)), np.empty((B, nD)), np.empty((B, nD))
         ok = np.zeros(B, dtype=np.bool_)
         if self._last is not None and self._last[0].shape == x.shape:
-            x0, gx0, ok0 = self._last
+            x0, gx0, ok0, di0, dg0, ev0 = self._last
             ok = ok0 & np.all(x0 == x, axis=1)
-            gx[ok] = gx0[ok]
+            gx[ok], di[ok], dg[ok], ev[ok] = gx0[ok], di0[ok], dg0[ok], ev0[ok]
+        cold = not ok.any()
         mode = self.PARALLEL
         if mode == "auto":
             mode = "samples" if self.nl.shape[0] == 3 else "products"
         n = min(B, t) if mode == "samples" else 1
         if n <= 1:  # one thread or one sample: products split over the threads instead
             _layered.solve_layered(self.Ws, self.gains, self.off, self.nl, t, self.nK, self.d, *args,
-                                   gx, ok, it, res, st, cg)
+                                   gx, ok, di, dg, ev, it, res, st, cg)
         else:
             _layered.solve_layered_b(self.Ws, self.gains, self.off, self.nl, self.nK, self.d, *args,
-                                     gx, ok, n, it, res, st, cg)
-        self._last = (x.copy(), gx, ok)
+                                     gx, ok, di, dg, ev, n, it, res, st, cg)
+        if cold:  # a phase started from scratch (the free phase): the start of the ones to come
+            self._last = (x.copy(), gx, ok, di, dg, ev)
         self.last_cg_iterations = cg
         return it, res, st
 
@@ -540,7 +551,7 @@ class LayeredSystem:
         lam = np.zeros_like(x)
         _layered.adjoint_layered(self.Ws, self.gains, self.off, self.nl, numba.get_num_threads(),
                                  self.nK, self.d,
-                                 np.ascontiguousarray(vdfix), k.da, k.db, k.dkind, k.dpar,
+                                 np.ascontiguousarray(vdfix), k.da, k.db, self.dkind, self.dpar,
                                  np.ascontiguousarray(x), np.ascontiguousarray(rhs), lam,
                                  self.ADJOINT_RTOL, self.MAXCG)
         return lam

@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .devices import KIND_SHOCKLEY, beyond_imax, diode_exp, diode_ig, diode_move
+from .devices import KIND_SHOCKLEY, beyond_imax, diode_carries, diode_exp, diode_ig, diode_move
 
 CONVERGED = 0
 MAXITER = 1
@@ -56,6 +56,15 @@ ARMIJO = 1e-4
 C2 = 0.1
 MAX_LINESEARCH = 60
 CG_FLOOR = 0.01   # CG is done once its scaled residual is below this fraction of tol_v (V)
+
+
+@njit(cache=True, inline="always")
+def dev(dkind, k):
+    """Row of diode ``k`` in ``dkind`` (nD,) and ``dpar`` (nD, NPAR): ``k``, or 0 when the
+    diodes share one kind and one parameter row (``dkind`` of length 1; see
+    :meth:`fastres.network.LayeredSystem`), which keeps a wide layer's line search from
+    streaming an (nD, NPAR) parameter table from memory for every sample and trial."""
+    return k if dkind.shape[0] > 1 else 0
 
 
 # -- products with the shared conductances --------------------------------------------------
@@ -229,6 +238,15 @@ def assemble_cols(x, cols, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r
     stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd)
 
 
+@njit(cache=True)
+def _all(flags):
+    """True if every entry of the bool array ``flags`` is."""
+    for j in range(flags.shape[0]):
+        if not flags[j]:
+            return False
+    return True
+
+
 # -- the linear solve ------------------------------------------------------------------------
 @njit(cache=True)
 def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
@@ -271,28 +289,29 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
     p = np.zeros((nF, m))  # K part used; E part stays zero
     rz = np.zeros(m)
     done = np.zeros(m, dtype=np.bool_)
-    for j in range(m):
-        s = 0.0
-        e = 0.0
-        for i in range(nK):
+    # per-sample sums run over the nodes in ascending order, node-major (rows of the (n, m)
+    # arrays in turn), so that every pass reads memory contiguously
+    ssum = np.zeros(m)
+    emax = np.zeros(m)
+    for i in range(nK):
+        for j in range(m):
             q = res[i, j] / D[i, j]
             p[i, j] = q
-            s += res[i, j] * q
-            e = max(e, abs(q))
-        rz[j] = s
-        lres[j] = e
-        if e <= target[j] or not ok[j] or not (e == e):
+            ssum[j] += res[i, j] * q
+            emax[j] = max(emax[j], abs(q))
+    for j in range(m):
+        rz[j] = ssum[j]
+        lres[j] = emax[j]
+        if emax[j] <= target[j] or not ok[j] or not (emax[j] == emax[j]):
             done[j] = True
     Sp = np.empty((nK, m))
     ctz = np.zeros((nE, m))  # C^T z, accumulated
+    act = np.zeros(m, dtype=np.bool_)  # samples stepping in this iteration
+    alpha = np.zeros(m)
+    beta = np.zeros(m)
+    pSp = np.zeros(m)
     it = 0
-    while it < maxcg:
-        alldone = True
-        for j in range(m):
-            if not done[j]:
-                alldone = False
-        if alldone:
-            break
+    while it < maxcg and not _all(done):
         it += 1
         # Sp = D_K p - C D_E^-1 C^T p
         offdiag(p, Ws, gains, off, nl, nt, srcK, u)  # u[nK:] = C^T p
@@ -301,38 +320,51 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
                 w[i, j] = u[i, j] / D[i, j]
         offdiag(w, Ws, gains, off, nl, nt, srcE, u)  # u[:nK] = C D_E^-1 C^T p
         for j in range(m):
+            pSp[j] = 0.0
+        for i in range(nK):
+            for j in range(m):
+                if not done[j]:
+                    v = D[i, j] * p[i, j] - u[i, j]
+                    Sp[i, j] = v
+                    pSp[j] += p[i, j] * v
+        for j in range(m):
+            act[j] = False
             if done[j]:
                 continue
-            pSp = 0.0
-            for i in range(nK):
-                v = D[i, j] * p[i, j] - u[i, j]
-                Sp[i, j] = v
-                pSp += p[i, j] * v
-            if not (pSp > 0.0) or not math.isfinite(pSp):
-                if pSp == 0.0 and rz[j] == 0.0:
-                    done[j] = True
-                    continue
-                ok[j] = False
+            if not (pSp[j] > 0.0) or not math.isfinite(pSp[j]):
+                if not (pSp[j] == 0.0 and rz[j] == 0.0):
+                    ok[j] = False
                 done[j] = True
                 continue
-            alpha = rz[j] / pSp
-            for i in range(nE):
-                ctz[i, j] += alpha * u[nK + i, j]
-            s = 0.0
-            e = 0.0
-            for i in range(nK):
-                z[i, j] += alpha * p[i, j]
-                res[i, j] -= alpha * Sp[i, j]
-                q = res[i, j] / D[i, j]
-                s += res[i, j] * q
-                e = max(e, abs(q))
-            beta = s / rz[j]
-            rz[j] = s
-            lres[j] = e
-            cgit[j] = it
-            for i in range(nK):
-                p[i, j] = res[i, j] / D[i, j] + beta * p[i, j]
-            if e <= target[j]:
+            act[j] = True
+            alpha[j] = rz[j] / pSp[j]
+        for i in range(nE):
+            for j in range(m):
+                if act[j]:
+                    ctz[i, j] += alpha[j] * u[nK + i, j]
+        for j in range(m):
+            ssum[j] = 0.0
+            emax[j] = 0.0
+        for i in range(nK):
+            for j in range(m):
+                if act[j]:
+                    z[i, j] += alpha[j] * p[i, j]
+                    res[i, j] -= alpha[j] * Sp[i, j]
+                    q = res[i, j] / D[i, j]
+                    ssum[j] += res[i, j] * q
+                    emax[j] = max(emax[j], abs(q))
+        for j in range(m):
+            if act[j]:
+                beta[j] = ssum[j] / rz[j]
+                rz[j] = ssum[j]
+                lres[j] = emax[j]
+                cgit[j] = it
+        for i in range(nK):
+            for j in range(m):
+                if act[j]:
+                    p[i, j] = res[i, j] / D[i, j] + beta[j] * p[i, j]
+        for j in range(m):
+            if act[j] and emax[j] <= target[j]:
                 done[j] = True
     # back-substitute E: dx_E = D_E^-1 (-r_E - C^T z); G dx = J dx - (Jd - d) dx
     for i0 in range(0, nF, BLOCK):
@@ -350,14 +382,203 @@ def schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg,
                     Gdx[s, i] = -rt[i, j] - (D[i, j] - d[i]) * v
 
 
+# -- one hidden layer: the hidden layer is never stored node-major -------------------------------
+#: hidden rows per block of the one-hidden-layer products (a (WIDE_BLOCK, m) block and its
+#: slice of W stay in cache between its two products)
+WIDE_BLOCK = 256
+
+
+@njit(cache=True)
+def _wide_schur_product(W, A, Jd, cols, nK, v, tb, acc, out):
+    """``out = A^2 W^T D_E^-1 W v`` (nK, m) A = ``C D_E^-1 C^T v`` of one hidden layer, for
+    ``v`` (nK, m) V on the output (K) nodes: ``W`` (nE, nK) S the hidden-to-output
+    conductances, ``D_E`` the hidden nodes' Jacobian diagonal read from ``Jd`` (B, nF) S of the
+    samples ``cols``. Blocks of hidden rows: ``t = W[blk] v``, ``t / D_E``, ``W[blk]^T t``
+    (``tb`` (WIDE_BLOCK, m), ``acc`` (nK, m) work arrays): one pass over ``W`` and ``D_E``."""
+    nE = W.shape[0]
+    m = cols.shape[0]
+    out[:, :] = 0.0
+    for lo in range(0, nE, WIDE_BLOCK):
+        n = min(WIDE_BLOCK, nE - lo)
+        Wb = rows(W, lo, n)
+        t = rows(tb, 0, n)
+        np.dot(Wb, v, t)
+        for j in range(m):
+            s = cols[j]
+            for i in range(n):
+                t[i, j] /= Jd[s, nK + lo + i]
+        np.dot(Wb.T, t, acc)
+        for i in range(nK):
+            for j in range(m):
+                out[i, j] += acc[i, j]
+    for i in range(nK):
+        for j in range(m):
+            out[i, j] *= A * A
+
+
+@njit(cache=True)
+def schur_cg_wide(r, Jd, cols, W, A, nK, target, maxcg, d, dx, Gdx, ok, cgit, lres):
+    """:func:`schur_cg` for a network with one hidden layer (L = 2): K is the output layer
+    (nodes ``0..nK-1``), E the hidden layer, ``C = -A W^T`` with ``W`` (nE, nK) S = ``W_2``.
+
+    Same arguments, iteration and stopping rule as :func:`schur_cg`; only the products differ:
+    the hidden layer's (nE, m) blocks are never gathered node-major nor stored. Each product
+    with the Schur complement is one pass over ``W`` and the hidden diagonal in blocks
+    (:func:`_wide_schur_product`), and ``dx_E = D_E^-1 (-r_E + A W z)`` is formed by one more
+    pass at the end. Work per CG iteration: ``4 nE nK m`` flops, reading ``W`` once and the
+    hidden diagonal of the ``m`` samples once."""
+    nF = r.shape[1]
+    nE = nF - nK
+    m = cols.shape[0]
+    rK = np.empty((nK, m))
+    D = np.empty((nK, m))
+    for j in range(m):
+        s = cols[j]
+        ok[j] = True
+        cgit[j] = 0
+        for i in range(nK):
+            rK[i, j] = r[s, i]
+            D[i, j] = Jd[s, i]
+        for i in range(nF):
+            if not (Jd[s, i] > 0.0 and math.isfinite(Jd[s, i])):
+                ok[j] = False
+    tb = np.empty((WIDE_BLOCK, m))
+    acc = np.empty((nK, m))
+    u = np.empty((nK, m))
+    # right-hand side: -r_K + C D_E^-1 r_E = -r_K - A W^T (r_E / D_E)
+    u[:, :] = 0.0
+    for lo in range(0, nE, WIDE_BLOCK):
+        n = min(WIDE_BLOCK, nE - lo)
+        t = rows(tb, 0, n)
+        for j in range(m):
+            s = cols[j]
+            for i in range(n):
+                t[i, j] = r[s, nK + lo + i] / Jd[s, nK + lo + i]
+        np.dot(rows(W, lo, n).T, t, acc)
+        for i in range(nK):
+            for j in range(m):
+                u[i, j] += acc[i, j]
+    res = np.empty((nK, m))
+    for i in range(nK):
+        for j in range(m):
+            res[i, j] = -rK[i, j] - A * u[i, j]
+    z = np.zeros((nK, m))
+    p = np.zeros((nK, m))
+    rz = np.zeros(m)
+    done = np.zeros(m, dtype=np.bool_)
+    Sp = np.empty((nK, m))
+    for j in range(m):
+        s = 0.0
+        e = 0.0
+        for i in range(nK):
+            q = res[i, j] / D[i, j]
+            p[i, j] = q
+            s += res[i, j] * q
+            e = max(e, abs(q))
+        rz[j] = s
+        lres[j] = e
+        if e <= target[j] or not ok[j] or not (e == e):
+            done[j] = True
+    it = 0
+    while it < maxcg and not _all(done):
+        it += 1
+        _wide_schur_product(W, A, Jd, cols, nK, p, tb, acc, u)  # C D_E^-1 C^T p
+        for j in range(m):
+            if done[j]:
+                continue
+            pSp = 0.0
+            for i in range(nK):
+                v = D[i, j] * p[i, j] - u[i, j]
+                Sp[i, j] = v
+                pSp += p[i, j] * v
+            if not (pSp > 0.0) or not math.isfinite(pSp):
+                if not (pSp == 0.0 and rz[j] == 0.0):
+                    ok[j] = False
+                done[j] = True
+                continue
+            alpha = rz[j] / pSp
+            s = 0.0
+            e = 0.0
+            for i in range(nK):
+                z[i, j] += alpha * p[i, j]
+                res[i, j] -= alpha * Sp[i, j]
+                q = res[i, j] / D[i, j]
+                s += res[i, j] * q
+                e = max(e, abs(q))
+            beta = s / rz[j]
+            rz[j] = s
+            lres[j] = e
+            cgit[j] = it
+            for i in range(nK):
+                p[i, j] = res[i, j] / D[i, j] + beta * p[i, j]
+            if e <= target[j]:
+                done[j] = True
+    # back-substitute: dx_K = z, dx_E = D_E^-1 (-r_E - C^T z) = D_E^-1 (-r_E + A W z);
+    # G dx = J dx - (Jd - d) dx (exact on E, -r - e on K with e the CG residual)
+    for j in range(m):
+        s = cols[j]
+        for i in range(nK):
+            v = z[i, j]
+            dx[s, i] = v
+            Gdx[s, i] = -rK[i, j] - res[i, j] - (D[i, j] - d[i]) * v
+    for lo in range(0, nE, WIDE_BLOCK):
+        n = min(WIDE_BLOCK, nE - lo)
+        t = rows(tb, 0, n)
+        np.dot(rows(W, lo, n), z, t)
+        for j in range(m):
+            s = cols[j]
+            for i in range(n):
+                k = nK + lo + i
+                v = (-r[s, k] + A * t[i, j]) / Jd[s, k]
+                dx[s, k] = v
+                Gdx[s, k] = -r[s, k] - (Jd[s, k] - d[k]) * v
+
+
+@njit(cache=True)
+def direction(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+              ok, cgit, lres):
+    """The Newton direction by :func:`schur_cg_wide` for one hidden layer whose CG class is
+    the output layer, else by :func:`schur_cg` (same arguments and results)."""
+    if nl.shape[0] == 3 and off[2] == 0:
+        schur_cg_wide(r, Jd, cols, Ws[0], gains[2], nK, target, maxcg, d, dx, Gdx, ok, cgit, lres)
+    else:
+        schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+                 ok, cgit, lres)
+
+
 # -- the per-sample line search (as in kernels/newton.py) -------------------------------------
 @njit(cache=True)
-def _first_trial(vext, dxe, da, db, dkind, dpar):
+def shockley_vcrit(dkind, dpar):
+    """(len(dkind),) V: each Shockley diode's critical voltage ``vte ln(vte / (sqrt(2) IS))``
+    (0 for other kinds), computed once per solve rather than per sample and line search."""
+    vcrit = np.zeros(dkind.shape[0])
+    for k in range(dkind.shape[0]):
+        if dkind[k] == KIND_SHOCKLEY:
+            IS = dpar[k, 0]
+            vte = dpar[k, 1]
+            vcrit[k] = vte * math.log(vte / (1.4142135623730951 * IS))
+    return vcrit
+
+
+@njit(cache=True)
+def carries(dkind):
+    """True if some diode of ``dkind`` carries an exponential between moves
+    (:func:`~fastres.kernels.devices.diode_carries`)."""
+    for q in range(dkind.shape[0]):
+        if diode_carries(dkind[q]):
+            return True
+    return False
+
+
+@njit(cache=True)
+def _first_trial(vext, dxe, da, db, dkind, dpar, vcrit):
     """First step length: 1, or less where a Shockley diode would be driven far up its
-    exponential (beyond ``vcrit + 10 N vt``); see :mod:`fastres.kernels.newton`."""
+    exponential (beyond ``vcrit + 10 N vt``, ``vcrit`` (nD,) V from :func:`shockley_vcrit`);
+    see :mod:`fastres.kernels.newton`."""
     t = 1.0
     for k in range(da.shape[0]):
-        if dkind[k] != KIND_SHOCKLEY:
+        q = dev(dkind, k)
+        if dkind[q] != KIND_SHOCKLEY:
             continue
         a = da[k]
         c = db[k]
@@ -365,18 +586,19 @@ def _first_trial(vext, dxe, da, db, dkind, dpar):
         if h <= 0.0:
             continue
         v = vext[a] - vext[c]
-        IS = dpar[k, 0]
-        vte = dpar[k, 1]
-        vlim = max(v, vte * math.log(vte / (1.4142135623730951 * IS))) + 10.0 * vte
+        vte = dpar[q, 1]
+        vlim = max(v, vcrit[q]) + 10.0 * vte
         if v + h > vlim:
             t = min(t, (vlim - v) / h)
     return t
 
 
 @njit(cache=True)
-def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
+def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_t):
     """Energy change (W), phi'(t), phi''(t) and the energy's round-off scale (W) at
-    ``x + t dx``; fills the trial caches (see :mod:`fastres.kernels.newton`)."""
+    ``x + t dx``; fills the trial caches (see :mod:`fastres.kernels.newton`). ``carry``: some
+    diode carries an exponential in ``ev`` (:func:`carries`); else ``ev``, ``ev_t`` are not
+    touched (every such model's move ignores and returns 0 for it)."""
     dEn = t * g1 + 0.5 * t * t * g2
     d1 = g1 + t * g2
     d2 = g2
@@ -388,11 +610,14 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
         wa = vext[a] + t * dxe[a]
         wc = vext[c] + t * dxe[c]
         w = wa - wc
-        dphi, i, g, evn = diode_move(dkind[k], dpar[k], vext[a] - vext[c], ev[k], w)
+        q = dev(dkind, k)
+        dphi, i, g, evn = diode_move(dkind[q], dpar[q], vext[a] - vext[c],
+                                     ev[k] if carry else 0.0, w)
         scale += abs(i) * (abs(wa) + abs(wc))
         di_t[k] = i
         dg_t[k] = g
-        ev_t[k] = evn
+        if carry:
+            ev_t[k] = evn
         dEn += dphi
         d1 += i * h
         d2 += g * h * h
@@ -400,12 +625,13 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
-def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
-                       reltol, vntol):
+def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, di,
+                       dg, ev, reltol, vntol):
     """Line search along ``dx[s]`` and the update of sample ``s`` (x, di, dg, ev in place).
 
     Returns ``(status, t, step)``: ``status`` -1 for a step taken (length ``t``, ``step`` =
-    t max|dx| in V), else SINGULAR (non-finite direction) or LINESEARCH."""
+    t max|dx| in V), else SINGULAR (non-finite direction) or LINESEARCH (then ``x[s]`` is
+    unchanged and ``di[s]``, ``dg[s]`` hold the last trial's values: the sample is finished)."""
     nF = x.shape[1]
     nXd = vdfix.shape[1]
     nD = da.shape[0]
@@ -437,16 +663,19 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di
         return SINGULAR, 0.0, 0.0
     tol_step = vntol + reltol * xmax
     tiny = dxmax <= tol_step
-    t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
+    t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar, vcrit)
     lo = 0.0
     hi = math.inf
     accepted = False
-    di_t = np.empty(nD)
-    dg_t = np.empty(nD)
-    ev_t = np.empty(nD)
+    # trials write the currents and conductances straight into the sample's rows (the trial
+    # point's values are not needed after the next trial, and the accepted one's are kept);
+    # only the exponential caches, which a later trial starts from, go to a copy
+    di_t = di[s]
+    dg_t = dg[s]
+    ev_t = np.empty(nD if carry else 0)
     evs = ev[s]
     for _ in range(MAX_LINESEARCH):
-        dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, evs, di_t, dg_t, ev_t)
+        dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
         if tiny:
             accepted = True
             break
@@ -474,46 +703,49 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di
     if not accepted:
         if lo > 0.0:
             t = lo
-            _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, evs, di_t, dg_t, ev_t)
+            _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
         else:
             return LINESEARCH, 0.0, 0.0
     for i in range(nF):
         x[s, i] += t * dxe[i]
-    for k in range(nD):
-        di[s, k] = di_t[k]
-        dg[s, k] = dg_t[k]
-        ev[s, k] = ev_t[k]
+    if carry:
+        for k in range(nD):
+            ev[s, k] = ev_t[k]
     return -1, t, t * dxmax
 
 
 @njit(cache=True, parallel=True)
-def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
-                     reltol, vntol, flag, tstep, step):
+def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, di,
+                     dg, ev, reltol, vntol, flag, tstep, step):
     """:func:`line_search_sample` for every sample of ``cols``, in parallel; ``flag``, ``tstep``,
     ``step`` (m,) its results."""
     for j in prange(cols.shape[0]):
         f, t, st = line_search_sample(cols[j], x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar,
-                                      di, dg, ev, reltol, vntol)
+                                      vcrit, carry, di, dg, ev, reltol, vntol)
         flag[j] = f
         tstep[j] = t
         step[j] = st
 
 
 @njit(cache=True, parallel=True)
-def diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev):
+def diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, known):
     """Diode currents ``di`` (A), conductances ``dg`` (S) and exponential caches ``ev`` (B, nD)
-    at ``x`` (B, nF) V."""
+    at ``x`` (B, nF) V, for the samples whose ``known`` (B,) is False (the others' rows are
+    left as given)."""
     nF = x.shape[1]
     for j in prange(x.shape[0]):
         s = np.int64(j)
+        if known[s]:
+            continue
         row = s if vdfix.shape[0] > 1 else np.int64(0)
         for k in range(da.shape[0]):
             a = da[k]
             c = db[k]
             va = x[s, a] if a < nF else vdfix[row, a - nF]
             vc = x[s, c] if c < nF else vdfix[row, c - nF]
-            di[s, k], dg[s, k] = diode_ig(dkind[k], dpar[k], va - vc)
-            ev[s, k] = diode_exp(dkind[k], dpar[k], va - vc)
+            q = dev(dkind, k)
+            di[s, k], dg[s, k] = diode_ig(dkind[q], dpar[q], va - vc)
+            ev[s, k] = diode_exp(dkind[q], dpar[q], va - vc)
 
 
 # -- Newton ---------------------------------------------------------------------------------
@@ -529,8 +761,8 @@ def _scaled_max(r, Jd, s):
 
 @njit(cache=True)
 def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, iterations,
-                  residual, status, cg_iterations):
+                  reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, di, dg, ev,
+                  iterations, residual, status, cg_iterations):
     """Solve every sample of a batch in place in ``x`` (B, nF) V (see the module docstring).
 
     ``Ws`` tuple of ``W_l`` (n_{l-1}, n_l) S for l = 2..L (one (0, 0) dummy if L = 1);
@@ -541,16 +773,17 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     ``gx_ok`` (B,) bool: ``G_FF x`` of the starting point where known (evaluated from scratch
     at exactly this ``x``, e.g. the free phase's solution for a nudged phase), else evaluated
     here; on return ``G_FF x`` of the solution, ``gx_ok`` where it was evaluated from scratch
-    (the converged samples). Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
+    (the converged samples). ``di``, ``dg``, ``ev`` (B, nD): the diodes' currents (A),
+    conductances (S) and exponential caches, given at the start for the samples of ``gx_ok``
+    (the solution they come from), evaluated here for the others; on return those of ``x``. Outputs (B,): ``iterations``, ``residual`` (A), ``status``,
     ``cg_iterations`` (summed over directions).
     """
     B, nF = x.shape
     nD = da.shape[0]
     L = nl.shape[0] - 1
     srcK, srcE = _source_sides(off, nK, L)
-    di = np.empty((B, nD))
-    dg = np.empty((B, nD))
-    ev = np.empty((B, nD))
+    vcrit = shockley_vcrit(dkind, dpar)
+    carry = carries(dkind)
     rlin = np.empty((B, nF))
     r = np.empty((B, nF))
     Jd = np.empty((B, nF))
@@ -559,7 +792,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     step_small = np.zeros(B, dtype=np.bool_)
     rs_prev = np.zeros(B)          # scaled residual max_i |r_i| / J_ii (V) of the last iterate
     lres_prev = np.full(B, -1.0)   # scaled linear residual predicted by the last full step
-    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, gx_ok)
     nknown = 0
     for s in range(B):
         if gx_ok[s]:
@@ -618,7 +851,8 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
                         c = db[k]
                         va = x[s, a] if a < nF else vdfix[row, a - nF]
                         vc = x[s, c] if c < nF else vdfix[row, c - nF]
-                        if beyond_imax(dkind[k], dpar[k], va - vc):
+                        q = dev(dkind, k)
+                        if beyond_imax(dkind[q], dpar[q], va - vc):
                             status[s] = BEYOND_IMAX
                             break
                     continue
@@ -653,13 +887,13 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         ok = np.empty(nact, dtype=np.bool_)
         cgit = np.empty(nact, dtype=np.int64)
         lres = np.empty(nact)
-        schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
-                 ok, cgit, lres)
+        direction(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, dx, Gdx,
+                  ok, cgit, lres)
         flag = np.empty(nact, dtype=np.int64)
         tstep = np.empty(nact)
         step = np.empty(nact)
-        line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, di, dg, ev,
-                         reltol, vntol, flag, tstep, step)
+        line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry,
+                         di, dg, ev, reltol, vntol, flag, tstep, step)
         nmove = 0
         for j in range(nact):
             s = cols[j]
@@ -740,7 +974,7 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
     di = np.empty((B, nD))
     dg = np.empty((B, nD))
     ev = np.empty((B, nD))
-    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev)
+    diodes_init(x, vdfix, da, db, dkind, dpar, di, dg, ev, np.zeros(B, dtype=np.bool_))
     Jd = np.empty((B, nF))
     r = np.empty((B, nF))
     for s in range(B):
@@ -760,8 +994,8 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
     cgit = np.empty(B, dtype=np.int64)
     lres = np.empty(B)
     Gdx = np.empty((B, nF))
-    schur_cg(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, out, Gdx,
-             ok, cgit, lres)
+    direction(r, Jd, cols, Ws, gains, off, nl, nt, nK, srcK, srcE, target, maxcg, d, out, Gdx,
+              ok, cgit, lres)
     for s in range(B):
         if not ok[s]:
             for i in range(nF):
@@ -769,10 +1003,56 @@ def adjoint_layered(Ws, gains, off, nl, nt, nK, d, vdfix, da, db, dkind, dpar, x
     return cgit
 
 
+# -- the feed-forward start's node clamp -------------------------------------------------------
+@njit(cache=True)
+def node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s):
+    """Scalar Newton per node, in place on row ``s`` of ``v`` (B, n) V: ``diag v - cur +
+    i_hi(v) - i_lo(v) = 0`` for a node alone with its two Shockley diodes (saturation current
+    ``IS`` A, ``vte`` V, exponentials only) to rails ``rlo``, ``rhi`` (n,) V, ``diag`` (n,) S,
+    ``cur`` (B, n) A; ``iterations`` steps, each limited to 0.1 V. The same operations in the
+    same order as the numpy formulation (tests/naive.py: node_clamp), node by node: the same
+    values."""
+    for i in range(v.shape[1]):
+        x = v[s, i]
+        for _ in range(iterations):
+            ehi = math.exp(min((x - rhi[i]) / vte, 700.0))
+            elo = math.exp(min((rlo[i] - x) / vte, 700.0))
+            f = diag[i] * x - cur[s, i] + IS * (ehi - elo)
+            fp = diag[i] + IS * (ehi + elo) / vte
+            q = f / fp
+            if q < -0.1:
+                q = -0.1
+            elif q > 0.1:
+                q = 0.1
+            x = x - q
+        v[s, i] = x
+
+
+#: :func:`node_clamp` splits the samples over the threads from this many nodes in all (a short
+#: parallel region waits for busy cores: README "Threads and busy machines")
+CLAMP_PARALLEL_FROM = 1 << 16
+
+
+@njit(cache=True, parallel=True)
+def _node_clamp_parallel(v, cur, diag, rlo, rhi, IS, vte, iterations):
+    for s in prange(v.shape[0]):
+        node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s)
+
+
+@njit(cache=True)
+def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations):
+    """:func:`node_clamp_rows` for every sample of ``v`` (B, n) V, in place; the samples split
+    over the threads for a layer of at least :data:`CLAMP_PARALLEL_FROM` nodes in all."""
+    if v.shape[0] * v.shape[1] >= CLAMP_PARALLEL_FROM:
+        _node_clamp_parallel(v, cur, diag, rlo, rhi, IS, vte, iterations)
+    else:
+        for s in range(v.shape[0]):
+            node_clamp_rows(v, cur, diag, rlo, rhi, IS, vte, iterations, s)
+
 @njit(cache=True, parallel=True)
 def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
-                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, nchunks,
-                    iterations, residual, status, cg_iterations):
+                    reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg, gx, gx_ok, di, dg, ev,
+                    nchunks, iterations, residual, status, cg_iterations):
     """:func:`solve_layered` on ``nchunks`` contiguous chunks of samples in parallel (one long
     parallel region; each chunk's products are minibatch products of its own samples)."""
     B = x.shape[0]
@@ -785,4 +1065,6 @@ def solve_layered_b(Ws, gains, off, nl, nK, d, b, vdfix, da, db, dkind, dpar, x,
             vd = rows(vdfix, lo, n) if vdfix.shape[0] > 1 else vdfix
             solve_layered(Ws, gains, off, nl, 1, nK, d, rows(b, lo, n), vd, da, db, dkind, dpar,
                           rows(x, lo, n), reltol, vntol, abstol, maxiter, eta0, eta_max, maxcg,
-                          rows(gx, lo, n), gx_ok[lo:hi], iterations[lo:hi], residual[lo:hi], status[lo:hi], cg_iterations[lo:hi])
+                          rows(gx, lo, n), gx_ok[lo:hi], rows(di, lo, n), rows(dg, lo, n),
+                          rows(ev, lo, n), iterations[lo:hi], residual[lo:hi], status[lo:hi],
+                          cg_iterations[lo:hi])

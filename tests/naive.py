@@ -214,6 +214,18 @@ def source_currents(U, P, col0, b0, inj):
     return b
 
 
+def node_clamp(v, cur, diag, rlo, rhi, IS, vte, iterations=6):
+    """Twin of kernels/layered.node_clamp (the network's feed-forward start): scalar Newton
+    per node against its two Shockley diodes, steps limited to 0.1 V; returns the new ``v``."""
+    for _ in range(iterations):
+        ehi = np.exp(np.minimum((v - rhi) / vte, 700.0))
+        elo = np.exp(np.minimum((rlo - v) / vte, 700.0))
+        f = diag * v - cur + IS * (ehi - elo)
+        fp = diag + IS * (ehi + elo) / vte
+        v = v - np.clip(f / fp, -0.1, 0.1)
+    return v
+
+
 # =============================================================================================
 # Linear solves with the Jacobian
 # =============================================================================================

@@ -14,7 +14,7 @@ from fastres.kernels.status import Status
 from fastres.network import CG_FROM_NODES, CG_FROM_WIDTH, LayeredNetwork, LayeredSystem, NetworkSpec
 from fastres.train import TrainConfig, Trainer
 
-from naive import kcl, reference_solve
+from naive import kcl, node_clamp, reference_solve
 
 TOL = 1e-9  # V
 CG = Newton(linear="cg")
@@ -232,3 +232,81 @@ def test_diagonal_only_system_is_rebuilt_for_the_schur_path():
     b = solve(net.problem(p, X, system=k), CG)
     assert np.abs(a.x - b.x).max() <= TOL
     assert not net.is_diagonal_only(net.system(p, dense=True))
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_wide_direction_matches_numpy_and_general_cg(diode):
+    """kernels/layered.schur_cg_wide (one hidden layer, products in blocks of hidden rows)
+    against the plain numpy twin (dense Jacobian from naive.kcl, np.linalg.solve) and the
+    general layer-parity CG (schur_cg), at a point away from the solution: dx solves
+    J dx = -r and G dx is G_FF dx."""
+    from fastres.kernels import layered as K
+    net, p, X = deep_net((30, 600, 4), diode, False, B=5)
+    assert net.L == 2 and net.offset[2] == 0  # the output layer is the CG class
+    prob = net.problem(p, X)
+    ls = prob.system(CG)
+    x = net.initial_guess(prob.b, p, prob.system_)
+    k = net.system(p, dense=True)
+    r, J = kcl(k.GKK, k.GKE, k.gEE, prob.b, x, net.vdfix, k.da, k.db, k.dkind, k.dpar)
+    G = J - np.stack([np.diag(np.diagonal(Js) - ls.d) for Js in J])  # J minus the diodes' diagonal
+    ref = -np.linalg.solve(J, r[..., None])[..., 0]
+    Jd = np.ascontiguousarray(np.einsum("bii->bi", J))
+    r = np.ascontiguousarray(r)
+    B, nF = x.shape
+    cols = np.arange(B)
+    target = np.full(B, 1e-16)
+    out = {}
+    for name in ("wide", "general"):
+        dx, Gdx = np.zeros((B, nF)), np.zeros((B, nF))
+        ok, cgit, lres = np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B)
+        if name == "wide":
+            K.schur_cg_wide(r, Jd, cols, ls.Ws[0], ls.gains[2], ls.nK, target, 1000, ls.d, dx, Gdx,
+                            ok, cgit, lres)
+        else:
+            srcK, srcE = K._source_sides(ls.off, ls.nK, net.L)
+            K.schur_cg(r, Jd, cols, ls.Ws, ls.gains, ls.off, ls.nl, 1, ls.nK, srcK, srcE, target,
+                       1000, ls.d, dx, Gdx, ok, cgit, lres)
+        assert ok.all() and (cgit > 0).all(), name
+        scale = np.abs(ref).max()
+        assert np.abs(dx - ref).max() <= 1e-10 * scale, name
+        Gref = np.einsum("bij,bj->bi", G, dx)
+        assert np.abs(Gdx - Gref).max() <= 1e-9 * np.abs(Gref).max(), name
+        out[name] = dx
+    assert np.abs(out["wide"] - out["general"]).max() <= 1e-12 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("diode", ["pwl", "shockley"])
+def test_shared_diode_row_changes_nothing(diode):
+    """LayeredSystem passes one shared (kind, parameter) row when every diode has the same
+    (kernels/layered.dev): the solve is bit for bit the one with the per-diode table."""
+    net, p, X = deep_net((30, 600, 4), diode, False, B=7)
+    prob = net.problem(p, X)
+    ls = prob.system(CG)
+    assert ls.dkind.shape == (1,) and ls.dpar.shape[0] == 1
+    x0 = net.initial_guess(prob.b, p, prob.system_)
+    xa = x0.copy()
+    a = ls.solve_batch(prob.b, net.vdfix, xa, Newton(linear="cg", threads=1))
+    full = LayeredSystem(net, p, prob.system_)
+    full.dkind, full.dpar = prob.system_.dkind, prob.system_.dpar
+    xb = x0.copy()
+    b = full.solve_batch(prob.b, net.vdfix, xb, Newton(linear="cg", threads=1))
+    assert np.all(a[2] == Status.CONVERGED)
+    assert np.array_equal(xa, xb) and np.array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("shape", [(20, 100), (3, 5000)])
+def test_node_clamp_matches_numpy_twin(shape):
+    """kernels/layered.node_clamp (the Shockley network's feed-forward start) gives the numpy
+    twin's values bit for bit, from starts inside and outside the rails."""
+    from fastres.kernels import layered as K
+    rng = np.random.default_rng(7)
+    B, n = shape
+    IS, vte = 1e-12, 0.025852
+    rlo = np.where(rng.random(n) < 0.5, 0.5, -100.0)
+    rhi = rlo + 100.0
+    diag = rng.uniform(1e-5, 1e-3, n)
+    cur = rng.uniform(-0.05, 0.15, (B, n))
+    v0 = np.clip(cur / diag, rlo - 0.7, rhi + 0.7)
+    v = v0.copy()
+    K.node_clamp(v, cur, diag, rlo, rhi, IS, vte, 6)
+    assert np.array_equal(v, node_clamp(v0, cur, diag, rlo, rhi, IS, vte, 6))
