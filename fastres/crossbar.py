@@ -80,7 +80,8 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
     sense node). ``g_seg`` (S) a wire segment; ``g_row_end``, ``g_col_end`` (S) the joins of a
     line's first (row) or last (column) cell to its terminal. Returns ``(K_ww`` (nW, nW) CSC,
     ``K_wt`` (nW, nT) CSC, ``k_tt`` (nT,)) with nW = 2 Tr Tc, nT = Tr + Tc, so that the
-    currents into the terminals are ``K_tt t + K_tw w`` (A) for voltages ``t``, ``w`` (V)."""
+    currents into the terminals are ``K_tt t + K_tw w`` (A) for voltages ``t``, ``w`` (V).
+    The plain assembly (the reference for :class:`TilePattern`, which the solver uses)."""
     Tr, Tc = G.shape
     n = Tr * Tc
     R = np.arange(n).reshape(Tr, Tc)
@@ -108,40 +109,145 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
     return Kww, Kwt, ktt
 
 
+def dissection_order(Tr, Tc, leaf=4) -> np.ndarray:
+    """A nested-dissection elimination order (2 Tr Tc,) of a tile's wire nodes (numbering as
+    in :func:`tile_matrices`) with the lines' end nodes last: first row node of each row line
+    (rows in order), then last column node of each column line (columns in order).
+
+    Contracting every device makes the tile a ``Tr x Tc`` grid, so it is cut geometrically:
+    a box of cells is split across its longer side, a vertical cut by the row nodes of its
+    middle column (only row lines cross it), a horizontal cut by the column nodes of its
+    middle row; both halves are ordered first (recursively), the cut after them. Boxes of at
+    most ``leaf`` cells are ordered as they are. With the ends last, the trailing block of
+    the factor is the wire network reduced to its end nodes (see :class:`TileFactor`)."""
+    n = Tr * Tc
+    ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])
+    taken = np.zeros(2 * n, dtype=bool)
+    taken[ends] = True
+    out = []
+
+    def free(nodes):
+        nodes = nodes[~taken[nodes]]
+        taken[nodes] = True
+        return nodes
+
+    stack = [(0, Tr, 0, Tc, False)]  # (box, cut already emitted): iterative post-order
+    while stack:
+        a0, a1, b0, b1, sep = stack.pop()
+        if sep is not False:
+            out.append(sep)
+            continue
+        if (a1 - a0) * (b1 - b0) <= leaf:
+            cells = (np.arange(a0, a1)[:, None] * Tc + np.arange(b0, b1)[None, :]).ravel()
+            out.append(free(np.concatenate([cells, cells + n])))
+            continue
+        if b1 - b0 >= a1 - a0:
+            m = (b0 + b1) // 2
+            cut = free(np.arange(a0, a1) * Tc + m)
+            halves = [(a0, a1, b0, m), (a0, a1, m, b1)]
+        else:
+            m = (a0 + a1) // 2
+            cut = free(n + m * Tc + np.arange(b0, b1))
+            halves = [(a0, m, b0, b1), (m, a1, b0, b1)]
+        stack.append((0, 0, 0, 0, cut))
+        stack.extend((*h, False) for h in reversed(halves))
+    out.append(ends)
+    order = np.concatenate(out)
+    assert order.size == 2 * n
+    return order
+
+
+class TilePattern:
+    """The sparsity pattern of a ``Tr x Tc`` tile's ``K_ww`` in the elimination order of
+    :func:`dissection_order`, computed once per tile shape (every tile of that shape shares
+    it); :meth:`values` fills in the numbers of one set of conductances.
+
+    ``order`` (nW,) the wire node eliminated at each position, ``inverse`` its inverse;
+    ``indptr``, ``indices`` the CSC pattern of the permuted ``K_ww``; ``ends`` the positions
+    (the last nT) of the line end nodes."""
+
+    def __init__(self, Tr, Tc):
+        n = Tr * Tc
+        self.shape = (Tr, Tc)
+        self.order = dissection_order(Tr, Tc)
+        self.inverse = np.empty_like(self.order)
+        self.inverse[self.order] = np.arange(2 * n)
+        R = np.arange(n).reshape(Tr, Tc)
+        C = R + n
+        ia = np.concatenate([R.ravel(), R[:, :-1].ravel(), C[:-1, :].ravel()])  # devices, row and
+        ib = np.concatenate([C.ravel(), R[:, 1:].ravel(), C[1:, :].ravel()])    # column segments
+        self._n_dev = n
+        diag = np.arange(2 * n)
+        rows = self.inverse[np.concatenate([ia, ib, diag])]
+        cols = self.inverse[np.concatenate([ib, ia, diag])]
+        # COO entry k goes to CSC slot slot[k]: the pattern's numbers are bincounts
+        key = cols.astype(np.int64) * (2 * n) + rows
+        uniq, self._slot = np.unique(key, return_inverse=True)
+        self.indices = (uniq % (2 * n)).astype(np.int32)
+        self.indptr = np.searchsorted(uniq // (2 * n), np.arange(2 * n + 1)).astype(np.int32)
+        self._ia, self._ib = ia, ib
+        self._row_first = R[:, 0].ravel()
+        self._col_last = C[-1, :].ravel()
+        self.ends = np.arange(2 * n - Tr - Tc, 2 * n)
+
+    def values(self, G, g_seg, g_row_end, g_col_end) -> np.ndarray:
+        """CSC numbers (nnz,) in S of the permuted ``K_ww`` for device conductances ``G``
+        (Tr, Tc) S and the wire conductances (S) of :func:`tile_matrices`."""
+        n = self._n_dev
+        g = np.empty(self._ia.size)
+        g[:n] = G.ravel()
+        g[n:] = g_seg
+        diag = np.bincount(self._ia, g, 2 * n) + np.bincount(self._ib, g, 2 * n)
+        diag[self._row_first] += g_row_end
+        diag[self._col_last] += g_col_end
+        return np.bincount(self._slot, np.concatenate([-g, -g, diag]), self.indices.size)
+
+
+_PATTERNS = {}
+
+
+def tile_pattern(Tr, Tc) -> TilePattern:
+    """The :class:`TilePattern` of a ``Tr x Tc`` tile (made once per shape and kept)."""
+    key = (int(Tr), int(Tc))
+    if key not in _PATTERNS:
+        _PATTERNS[key] = TilePattern(*key)
+    return _PATTERNS[key]
+
+
 class TileFactor:
     """A tile's factored wire network and its terminal matrix ``P`` (nT, nT) in S.
 
-    ``rows_fixed``: the row drivers are fixed sources (the input layer), so the row-row block
-    of ``P`` is never needed; then only the column terminals are solved for (``Tc`` right-hand
-    sides instead of ``Tr + Tc``) and, by reciprocity (``P`` is symmetric), the row-column
-    block comes from the same solutions. The row-row block is then left NaN."""
+    ``K_ww`` is factored in the nested-dissection order of :func:`dissection_order` (line end
+    nodes last) by SuperLU with that order kept (no further column ordering, symmetric mode,
+    diagonal pivots: the matrix is symmetric positive definite). The trailing ``nT x nT``
+    block of the factors is then ``S_ee = L_ee U_ee``, ``K_ww`` reduced to its end nodes, and
+    since each terminal joins the network only at its line's end node through ``g_end``,
+    ``P = diag(g_end) - diag(g_end) S_ee^-1 diag(g_end)`` exactly, without any solve."""
 
-    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, rows_fixed=False):
+    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end):
         self.tile = tile
         self.shape = Tr, Tc = G.shape
-        Kww, _, ktt = tile_matrices(G, g_seg, g_row_end, g_col_end)
-        n = Tr * Tc
-        self.ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])  # end nodes
-        self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
-        self.lu = spla.splu(Kww, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+        pat = self.pattern = tile_pattern(Tr, Tc)
+        nW, nT = 2 * Tr * Tc, Tr + Tc
+        K = sp.csc_matrix((pat.values(G, g_seg, g_row_end, g_col_end), pat.indices, pat.indptr),
+                          shape=(nW, nW))
+        self.lu = spla.splu(K, permc_spec="NATURAL", diag_pivot_thresh=0.0,
                             options={"SymmetricMode": True})
-        sel = np.arange(Tr, Tr + Tc) if rows_fixed else np.arange(Tr + Tc)
-        rhs = np.zeros((2 * n, sel.size))
-        rhs[self.ends[sel], np.arange(sel.size)] = self.gend[sel]
-        X = self.lu.solve(rhs)  # -K_ww^-1 K_wt[:, sel] (nW, len(sel))
-        P = np.full((Tr + Tc, Tr + Tc), np.nan)
-        P[:, sel] = -self.gend[:, None] * X[self.ends]
-        P[sel, sel] += ktt[sel]
-        if rows_fixed:
-            P[Tr:, :Tr] = P[:Tr, Tr:].T
-        self.P = P
+        if not (np.array_equal(self.lu.perm_c, np.arange(nW)) and np.array_equal(self.lu.perm_r, np.arange(nW))):
+            raise FastresError("SuperLU reordered a crossbar tile's wire network (expected the given order)")
+        e = nW - nT
+        S = self.lu.L[e:, e:].toarray() @ self.lu.U[e:, e:].toarray()  # K_ww reduced to the end nodes
+        self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
+        P = -self.gend[:, None] * np.linalg.inv(S) * self.gend[None, :]
+        P[np.diag_indices(nT)] += self.gend
+        self.P = 0.5 * (P + P.T)
 
     def wire_voltages(self, t) -> np.ndarray:
         """Wire node voltages (nW, B) in V for terminal voltages ``t`` (B, nT)."""
         Tr, Tc = self.shape
         rhs = np.zeros((2 * Tr * Tc, t.shape[0]))
-        rhs[self.ends] = self.gend[:, None] * t.T
-        return self.lu.solve(rhs)
+        rhs[self.pattern.ends] = self.gend[:, None] * t.T
+        return self.lu.solve(rhs)[self.pattern.inverse]
 
     def drops(self, t) -> np.ndarray:
         """Each device's voltage drop, row node minus column node, (Tr, Tc, B) in V."""
@@ -176,10 +282,9 @@ class WireSpec:
 class Reduction:
     """The wires of every layer reduced to the neuron nodes for one set of conductances:
     ``factors[l]`` the :class:`TileFactor` list, ``GFF`` (nF, nF) S, ``b0`` (nF,) A, ``E1``
-    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents).
-    ``full``: also the input layer's row-row blocks (only the static power needs them)."""
+    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents)."""
 
-    def __init__(self, net: "WiredNetwork", params, full=False):
+    def __init__(self, net: "WiredNetwork", params):
         self.net = net
         n = net.nodes_per_layer
         spec = net.spec
@@ -195,8 +300,7 @@ class Reduction:
             A = net.gains[l]
             fs = []
             for t in net.tiles[l]:
-                f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
-                               rows_fixed=(l == 1 and not full))
+                f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce)
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -308,10 +412,10 @@ class WiredNetwork(LayeredNetwork):
                               "nodes of a layer; use auto or schur with wires")
         return "schur"
 
-    def system(self, params, w1_colsum=None, dense=None, full=False) -> KernelSystem:
+    def system(self, params, w1_colsum=None, dense=None) -> KernelSystem:
         """The reduced :class:`KernelSystem` of ``params`` (all free nodes dense, no E block);
-        its :class:`Reduction` (``full``: see there) is kept for :meth:`reduction_of`."""
-        red = Reduction(self, params, full)
+        its :class:`Reduction` is kept for :meth:`reduction_of`."""
+        red = Reduction(self, params)
         ks = KernelSystem(red.GFF, np.zeros((self.nF, 0)), np.zeros(0), red.b0, self.da, self.db,
                           self.dkind, self.dpar)
         self._reductions = [(red.GFF, red)] + self._reductions[:1]
@@ -513,7 +617,7 @@ def evaluate_wired(net: WiredNetwork, params, X, y, target_volts, alg: Newton, b
     from .kernels import power as _power
     from .solver import Status
     import numba
-    system = net.system(params, full=True)
+    system = net.system(params)
     red = net.reduction_of(system)
     loss_sum, preds, bad, power, worst = 0.0, [np.zeros(0, dtype=np.int64)], 0, 0.0, 0.0
     N = X.shape[0]
