@@ -57,8 +57,10 @@ def test_tiles_cover_the_matrix_once():
 
 @pytest.mark.parametrize("Tr, Tc", [(1, 1), (1, 7), (6, 1), (3, 2), (16, 16), (17, 20)])
 def test_dissection_order_is_a_permutation_with_the_ends_last(Tr, Tc):
-    order = dissection_order(Tr, Tc)
+    order, fstart = dissection_order(Tr, Tc)
     n = Tr * Tc
+    assert fstart[0] == 0 and fstart[-1] == 2 * n and np.all(np.diff(fstart) > 0)
+    assert fstart[-2] == 2 * n - Tr - Tc  # the end nodes are the root front
     assert np.array_equal(np.sort(order), np.arange(2 * n))
     ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])
     assert np.array_equal(order[-(Tr + Tc):], ends)
@@ -88,6 +90,37 @@ def test_tile_factor_against_the_dense_reduction(Tr, Tc):
     assert np.abs(f.wire_voltages(t) - w).max() <= 1e-12
     d = f.drops(t)
     assert np.abs(d - (w[:Tr * Tc] - w[Tr * Tc:]).reshape(Tr, Tc, 3)).max() <= 1e-12
+
+
+@pytest.mark.parametrize("Tr, Tc", [(1, 1), (2, 9), (16, 16), (17, 20)])
+def test_wires_kernels_against_their_naive_twin(Tr, Tc):
+    """kernels/wires.py: the root's assembled matrix is K reduced to the end nodes, and the
+    back substitution gives the voltages of every other node (tests/naive.reduce_to_last)."""
+    from fastres.kernels import wires
+    from naive import reduce_to_last
+    rng = np.random.default_rng(7 * Tr + Tc)
+    pat = tile_pattern(Tr, Tc)
+    vals = pat.values(rng.uniform(1e-6, 1e-4, (Tr, Tc)), 1.0, 0.5, 0.25)
+    N, k = 2 * Tr * Tc, Tr + Tc
+    K = np.zeros((N, N))
+    for j in range(N):
+        K[pat.indices[pat.indptr[j]:pat.indptr[j + 1]], j] = vals[pat.indptr[j]:pat.indptr[j + 1]]
+    work, mstore = np.empty(pat.woff[-1]), np.empty(pat.moff[-1])
+    assert wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
+                        pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
+    S_ref, volts = reduce_to_last(K, k)
+    S = work[pat.woff[-2]:pat.woff[-1]].reshape(k, k)
+    assert np.abs(S - S_ref).max() <= 1e-12 * np.abs(S_ref).max()
+    we = rng.uniform(-1, 1, (k, 3))
+    w = np.empty((N, 3))
+    w[N - k:] = we
+    wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, mstore, w)
+    assert np.abs(w - volts(we)).max() <= 1e-12
+    if N == k:
+        return  # a 1 x 1 tile is all end nodes: nothing to eliminate
+    vals[pat.indptr[0]:pat.indptr[1]][pat.indices[pat.indptr[0]:pat.indptr[1]] == 0] = -1.0  # not SPD: refused
+    assert not wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr,
+                            pat.cidx, pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
 
 
 @pytest.mark.ngspice
