@@ -177,8 +177,8 @@ class TilePattern:
     the positions after the front coupled to it once the fronts before it are eliminated,
     i.e. its own columns' neighbours and its children's update sets), its children
     (``cptr``, ``cidx``: the fronts whose update set starts inside it) and the offsets of
-    its dense matrix (``woff``, m^2 numbers) and of its back-substitution matrix (``moff``,
-    m_F m_U numbers)."""
+    its dense matrix (``woff``, m^2 numbers) and of its back-substitution factors (``moff``,
+    m_F m numbers)."""
 
     def __init__(self, Tr, Tc):
         n = Tr * Tc
@@ -227,7 +227,7 @@ class TilePattern:
         mF = np.diff(self.fstart)
         m = mF + sizes_u
         self.woff = np.concatenate([[0], np.cumsum(m * m)]).astype(np.int64)
-        self.moff = np.concatenate([[0], np.cumsum(mF * sizes_u)]).astype(np.int64)
+        self.moff = np.concatenate([[0], np.cumsum(mF * m)]).astype(np.int64)
 
     def values(self, G, g_seg, g_row_end, g_col_end) -> np.ndarray:
         """CSC numbers (nnz,) in S of the permuted ``K_ww`` for device conductances ``G``
@@ -277,7 +277,7 @@ class TileFactor:
             raise FastresError(f"crossbar tile {tile}: its wire network is not positive definite; "
                                "are the conductances finite and >= 0?")
         S = work[pat.woff[-2]:pat.woff[-1]].reshape(nT, nT)
-        S = 0.5 * (S + S.T)  # K_ww reduced to the end nodes (S)
+        S = np.triu(S) + np.triu(S, 1).T  # K_ww reduced to the end nodes (S)
         self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
         self.S_inv = np.linalg.inv(S)
         self.S_inv = 0.5 * (self.S_inv + self.S_inv.T)
