@@ -12,16 +12,20 @@ layer's node through one segment plus ``sense_ohms``. Every tile has its own lin
 tiles shares its drivers, a column of tiles sums into the same neuron node.
 
 The DC solve is exact. The wire network of a tile is linear and shared by every sample of a
-minibatch, so it is reduced once per set of conductances to its terminals: a sparse LU of
-the tile's wire-node conductance matrix ``K_ww`` (scipy's SuperLU; the matrix is symmetric
-positive definite), then the reduced terminal matrix ``P = K_tt - K_tw K_ww^-1 K_wt``. Summed
-over tiles this makes a dense conductance matrix on the neuron nodes (the wires couple the
-nodes of a layer with one another, so the layered parity structure is lost and every free
-node is in the dense block ``K``), the input map that replaces ``W1`` in the source
-currents, and the bias currents; Newton with the diodes then runs in the unchanged Numba
-kernels on the neuron nodes only. The wire node voltages of any state are recovered from
-the terminals with the same factor (:meth:`Reduction.device_drops`), which gives each
-device's own voltage drop for the EqProp update and the exact gradient.
+minibatch, so it is reduced once per set of conductances to its terminals,
+``P = K_tt - K_tw K_ww^-1 K_wt``: ``K_ww`` (symmetric positive definite) is eliminated by a
+multifrontal Cholesky (:mod:`fastres.kernels.wires`) in a nested-dissection order of the
+tile's grid with the line end nodes last (order and symbolic analysis once per tile shape,
+:class:`TilePattern`); what is left at the root is ``K_ww`` reduced to the end nodes, which
+gives ``P`` without any solve (:class:`TileFactor`; docs/crossbar.md says why this and not
+SuperLU or CHOLMOD). Summed over tiles this makes a dense conductance matrix on the neuron
+nodes (the wires couple the nodes of a layer with one another, so the layered parity
+structure is lost and every free node is in the dense block ``K``), the input map that
+replaces ``W1`` in the source currents, and the bias currents; Newton with the diodes then
+runs in the unchanged Numba kernels on the neuron nodes only. The wire node voltages of any
+state are recovered from the terminals by one back substitution
+(:meth:`Reduction.drop_square_sums`), which gives each device's own voltage drop for the
+EqProp update and the exact gradient.
 
 Why this and not an iterative solve: the iterative line relaxation contracts by about
 ``g R T^2`` (device conductance times line resistance), above 1 for long lines at a few ohms,
@@ -34,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg.lapack as _lapack
 import scipy.sparse as sp
 
 from .circuit import Circuit
@@ -277,10 +282,15 @@ class TileFactor:
             raise FastresError(f"crossbar tile {tile}: its wire network is not positive definite; "
                                "are the conductances finite and >= 0?")
         S = work[pat.woff[-2]:pat.woff[-1]].reshape(nT, nT)
-        S = np.triu(S) + np.triu(S, 1).T  # K_ww reduced to the end nodes (S)
+        # K_ww reduced to the end nodes (S, upper triangle), inverted through its Cholesky factor
+        U, info = _lapack.dpotrf(S, lower=0, clean=1)
+        if info == 0:
+            U, info = _lapack.dpotri(U, lower=0)
+        if info != 0:
+            raise FastresError(f"crossbar tile {tile}: its wire network reduced to the line ends is not "
+                               "positive definite; are the conductances finite and >= 0?")
+        self.S_inv = np.triu(U) + np.triu(U, 1).T  # 1/S
         self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
-        self.S_inv = np.linalg.inv(S)
-        self.S_inv = 0.5 * (self.S_inv + self.S_inv.T)
         P = -self.gend[:, None] * self.S_inv * self.gend[None, :]
         P[np.diag_indices(nT)] += self.gend
         self.P = P
