@@ -114,8 +114,9 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
     return Kww, Kwt, ktt
 
 
-#: cells of the leaf boxes of :func:`dissection_order` (measured on a 128 x 100 tile, CPU time:
-#: factor 42, 38, 35, 46 ms and 40 wire solves 14, 11, 9, 7 ms for leaves of 4, 8, 16, 32 cells)
+#: cells of the leaf boxes of :func:`dissection_order` (measured on a 128 x 100 tile, CPU time,
+#: medians, shared machine: factor 30, 24, 22, 25 ms and 40 wire solves 17, 14, 12, 12 ms for
+#: leaves of 4, 8, 16, 32 cells)
 LEAF_CELLS = 16
 
 
@@ -131,8 +132,8 @@ def dissection_order(Tr, Tc, leaf=LEAF_CELLS):
     a box of cells is split across its longer side, a vertical cut by the row nodes of its
     middle column (only row lines cross it), a horizontal cut by the column nodes of its
     middle row; both halves are ordered first (recursively), the cut after them. Boxes of at
-    most ``leaf`` cells are ordered as they are. With the ends last, the trailing block of
-    the factor is the wire network reduced to its end nodes (see :class:`TileFactor`)."""
+    most ``leaf`` cells are ordered as they are. With the ends last, what the elimination
+    leaves at the root is the wire network reduced to its end nodes (see :class:`TileFactor`)."""
     n = Tr * Tc
     ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])
     taken = np.zeros(2 * n, dtype=bool)
@@ -247,17 +248,6 @@ class TilePattern:
         return np.bincount(self._slot, np.concatenate([-g, -g, diag]), self.indices.size)
 
 
-_PATTERNS = {}
-
-
-def tile_pattern(Tr, Tc) -> TilePattern:
-    """The :class:`TilePattern` of a ``Tr x Tc`` tile (made once per shape and kept)."""
-    key = (int(Tr), int(Tc))
-    if key not in _PATTERNS:
-        _PATTERNS[key] = TilePattern(*key)
-    return _PATTERNS[key]
-
-
 class TileFactor:
     """A tile's factored wire network and its terminal matrix ``P`` (nT, nT) in S.
 
@@ -267,12 +257,15 @@ class TileFactor:
     its end nodes, and since each terminal joins the network only at its line's end node
     through ``g_end``, ``P = diag(g_end) - diag(g_end) S_ee^-1 diag(g_end)`` exactly, without
     any right-hand side. Wire voltages come from ``S_ee^-1`` and one back substitution
-    (:func:`fastres.kernels.wires.back_substitute`)."""
+    (:func:`fastres.kernels.wires.back_substitute`). ``pattern``: the :class:`TilePattern` of
+    the tile's shape (made here when not given; :class:`WiredNetwork` makes one per shape)."""
 
-    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end):
+    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, pattern: TilePattern = None):
         self.tile = tile
         self.shape = Tr, Tc = G.shape
-        pat = self.pattern = tile_pattern(Tr, Tc)
+        pat = self.pattern = TilePattern(Tr, Tc) if pattern is None else pattern
+        if pat.shape != (Tr, Tc):
+            raise FastresError(f"crossbar tile {tile}: pattern of shape {pat.shape} for a {Tr} x {Tc} tile")
         nW, nT = 2 * Tr * Tc, Tr + Tc
         vals = pat.values(G, g_seg, g_row_end, g_col_end)
         work = np.empty(pat.woff[-1])
@@ -354,7 +347,8 @@ class Reduction:
             A = net.gains[l]
             fs = []
             for t in net.tiles[l]:
-                f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce)
+                f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
+                               net.patterns[t.shape])
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -459,6 +453,8 @@ class WiredNetwork(LayeredNetwork):
         self.wires = wires
         n = self.nodes_per_layer
         self.tiles = {l: tiles_of(n[l - 1] + 1, n[l], wires.tile, l) for l in range(1, self.L + 1)}
+        #: the symbolic analysis of each tile shape, shared by its tiles and every update
+        self.patterns = {s: TilePattern(*s) for s in sorted({t.shape for ts in self.tiles.values() for t in ts})}
         self._reductions = []  # (GFF array, Reduction) of the last two systems (factors are large)
 
     def linear_path(self, linear: str = "auto") -> str:

@@ -11,8 +11,8 @@ import pytest
 from fastres import DCProblem, solve
 from fastres.cli import main
 from fastres.config import ConfigError, TrainConfig, WiresConfig
-from fastres.crossbar import (EqProp, Tile, TileFactor, WiredNetwork, dissection_order, make_network,
-                              tile_matrices, tile_pattern, tiles_of, wired_gradient, wired_loss)
+from fastres.crossbar import (EqProp, Tile, TileFactor, TilePattern, WiredNetwork, dissection_order,
+                              make_network, tile_matrices, tiles_of, wired_gradient, wired_loss)
 from fastres.netlist import read_netlist, write_netlist
 from fastres.network import LayeredNetwork
 from fastres.solver import Newton
@@ -75,7 +75,7 @@ def test_tile_factor_against_the_dense_reduction(Tr, Tc):
     G = rng.uniform(1e-6, 1e-4, (Tr, Tc))
     g, gr, gc = 1 / 2.5, 1 / 22.5, 1 / 9.5
     K, Kwt, ktt = (m.toarray() if hasattr(m, "toarray") else m for m in tile_matrices(G, g, gr, gc))
-    pat = tile_pattern(Tr, Tc)
+    pat = TilePattern(Tr, Tc)
     vals = pat.values(G, g, gr, gc)
     for j in range(2 * Tr * Tc):
         rows = pat.indices[pat.indptr[j]:pat.indptr[j + 1]]
@@ -99,7 +99,7 @@ def test_wires_kernels_against_their_naive_twin(Tr, Tc):
     from fastres.kernels import wires
     from naive import reduce_to_last
     rng = np.random.default_rng(7 * Tr + Tc)
-    pat = tile_pattern(Tr, Tc)
+    pat = TilePattern(Tr, Tc)
     vals = pat.values(rng.uniform(1e-6, 1e-4, (Tr, Tc)), 1.0, 0.5, 0.25)
     N, k = 2 * Tr * Tc, Tr + Tc
     K = np.zeros((N, N))
