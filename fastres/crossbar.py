@@ -12,16 +12,20 @@ layer's node through one segment plus ``sense_ohms``. Every tile has its own lin
 tiles shares its drivers, a column of tiles sums into the same neuron node.
 
 The DC solve is exact. The wire network of a tile is linear and shared by every sample of a
-minibatch, so it is reduced once per set of conductances to its terminals: a sparse LU of
-the tile's wire-node conductance matrix ``K_ww`` (scipy's SuperLU; the matrix is symmetric
-positive definite), then the reduced terminal matrix ``P = K_tt - K_tw K_ww^-1 K_wt``. Summed
-over tiles this makes a dense conductance matrix on the neuron nodes (the wires couple the
-nodes of a layer with one another, so the layered parity structure is lost and every free
-node is in the dense block ``K``), the input map that replaces ``W1`` in the source
-currents, and the bias currents; Newton with the diodes then runs in the unchanged Numba
-kernels on the neuron nodes only. The wire node voltages of any state are recovered from
-the terminals with the same factor (:meth:`Reduction.device_drops`), which gives each
-device's own voltage drop for the EqProp update and the exact gradient.
+minibatch, so it is reduced once per set of conductances to its terminals,
+``P = K_tt - K_tw K_ww^-1 K_wt``: ``K_ww`` (symmetric positive definite) is eliminated by a
+multifrontal Cholesky (:mod:`fastres.kernels.wires`) in a nested-dissection order of the
+tile's grid with the line end nodes last (order and symbolic analysis once per tile shape,
+:class:`TilePattern`); what is left at the root is ``K_ww`` reduced to the end nodes, which
+gives ``P`` without any solve (:class:`TileFactor`; docs/crossbar.md says why this and not
+SuperLU or CHOLMOD). Summed over tiles this makes a dense conductance matrix on the neuron
+nodes (the wires couple the nodes of a layer with one another, so the layered parity
+structure is lost and every free node is in the dense block ``K``), the input map that
+replaces ``W1`` in the source currents, and the bias currents; Newton with the diodes then
+runs in the unchanged Numba kernels on the neuron nodes only. The wire node voltages of any
+state are recovered from the terminals by one back substitution
+(:meth:`Reduction.drop_square_sums`), which gives each device's own voltage drop for the
+EqProp update and the exact gradient.
 
 Why this and not an iterative solve: the iterative line relaxation contracts by about
 ``g R T^2`` (device conductance times line resistance), above 1 for long lines at a few ohms,
@@ -34,14 +38,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg.lapack as _lapack
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from .circuit import Circuit
 from .config import ConfigError, TrainConfig, WiresConfig
 from .eqprop import (EqProp, Phases, eqprop_states, exact_states, gradcheck_table, loss_and_grad,
                      relative_error)
 from .errors import FastresError
+from .kernels import wires as _wires
 from .network import LayeredNetwork, NetworkSpec
 from .solver import Newton, solve, source_currents
 from .system import KernelSystem
@@ -80,7 +85,8 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
     sense node). ``g_seg`` (S) a wire segment; ``g_row_end``, ``g_col_end`` (S) the joins of a
     line's first (row) or last (column) cell to its terminal. Returns ``(K_ww`` (nW, nW) CSC,
     ``K_wt`` (nW, nT) CSC, ``k_tt`` (nT,)) with nW = 2 Tr Tc, nT = Tr + Tc, so that the
-    currents into the terminals are ``K_tt t + K_tw w`` (A) for voltages ``t``, ``w`` (V)."""
+    currents into the terminals are ``K_tt t + K_tw w`` (A) for voltages ``t``, ``w`` (V).
+    The plain assembly (the reference for :class:`TilePattern`, which the solver uses)."""
     Tr, Tc = G.shape
     n = Tr * Tc
     R = np.arange(n).reshape(Tr, Tc)
@@ -108,40 +114,187 @@ def tile_matrices(G, g_seg, g_row_end, g_col_end):
     return Kww, Kwt, ktt
 
 
+#: cells of the leaf boxes of :func:`dissection_order` (measured on a 128 x 100 tile, CPU time,
+#: medians, shared machine: factor 30, 24, 22, 25 ms and 40 wire solves 17, 14, 12, 12 ms for
+#: leaves of 4, 8, 16, 32 cells)
+LEAF_CELLS = 16
+
+
+def dissection_order(Tr, Tc, leaf=LEAF_CELLS):
+    """A nested-dissection elimination order ``order`` (2 Tr Tc,) of a tile's wire nodes
+    (numbering as in :func:`tile_matrices`) with the lines' end nodes last: first row node of
+    each row line (rows in order), then last column node of each column line (columns in
+    order); and its fronts ``fstart`` (nf + 1,): front ``f`` is ``order[fstart[f]:fstart[f +
+    1]]``, a leaf box or a cut, in post-order (each cut after the two halves it separates), the
+    end nodes the last front (the root).
+
+    Contracting every device makes the tile a ``Tr x Tc`` grid, so it is cut geometrically:
+    a box of cells is split across its longer side, a vertical cut by the row nodes of its
+    middle column (only row lines cross it), a horizontal cut by the column nodes of its
+    middle row; both halves are ordered first (recursively), the cut after them. Boxes of at
+    most ``leaf`` cells are ordered as they are. With the ends last, what the elimination
+    leaves at the root is the wire network reduced to its end nodes (see :class:`TileFactor`)."""
+    n = Tr * Tc
+    ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])
+    taken = np.zeros(2 * n, dtype=bool)
+    taken[ends] = True
+    out = []
+
+    def free(nodes):
+        nodes = nodes[~taken[nodes]]
+        taken[nodes] = True
+        return nodes
+
+    stack = [(0, Tr, 0, Tc, False)]  # (box, cut already emitted): iterative post-order
+    while stack:
+        a0, a1, b0, b1, sep = stack.pop()
+        if sep is not False:
+            out.append(sep)
+            continue
+        if (a1 - a0) * (b1 - b0) <= leaf:
+            cells = (np.arange(a0, a1)[:, None] * Tc + np.arange(b0, b1)[None, :]).ravel()
+            out.append(free(np.concatenate([cells, cells + n])))
+            continue
+        if b1 - b0 >= a1 - a0:
+            m = (b0 + b1) // 2
+            cut = free(np.arange(a0, a1) * Tc + m)
+            halves = [(a0, a1, b0, m), (a0, a1, m, b1)]
+        else:
+            m = (a0 + a1) // 2
+            cut = free(n + m * Tc + np.arange(b0, b1))
+            halves = [(a0, m, b0, b1), (m, a1, b0, b1)]
+        stack.append((0, 0, 0, 0, cut))
+        stack.extend((*h, False) for h in reversed(halves))
+    out.append(ends)
+    out = [o for o in out if o.size]
+    order = np.concatenate(out)
+    assert order.size == 2 * n
+    return order, np.concatenate([[0], np.cumsum([o.size for o in out])])
+
+
+class TilePattern:
+    """The symbolic analysis of a ``Tr x Tc`` tile, done once per tile shape (every tile of
+    that shape shares it); :meth:`values` fills in the numbers of one set of conductances.
+
+    ``order`` (nW,) the wire node eliminated at each position (:func:`dissection_order`),
+    ``inverse`` its inverse; ``indptr``, ``indices`` the CSC pattern of the permuted ``K_ww``;
+    ``ends`` the positions (the last nT) of the line end nodes; the fronts of
+    :mod:`fastres.kernels.wires`: ``fstart``, each front's update set (``uptr``, ``uidx``:
+    the positions after the front coupled to it once the fronts before it are eliminated,
+    i.e. its own columns' neighbours and its children's update sets), its children
+    (``cptr``, ``cidx``: the fronts whose update set starts inside it) and the offsets of
+    its dense matrix (``woff``, m^2 numbers) and of its back-substitution factors (``moff``,
+    m_F m numbers)."""
+
+    def __init__(self, Tr, Tc):
+        n = Tr * Tc
+        N = 2 * n
+        self.shape = (Tr, Tc)
+        self.order, fstart = dissection_order(Tr, Tc)
+        self.inverse = np.empty_like(self.order)
+        self.inverse[self.order] = np.arange(N)
+        R = np.arange(n).reshape(Tr, Tc)
+        C = R + n
+        ia = np.concatenate([R.ravel(), R[:, :-1].ravel(), C[:-1, :].ravel()])  # devices, row and
+        ib = np.concatenate([C.ravel(), R[:, 1:].ravel(), C[1:, :].ravel()])    # column segments
+        self._n_dev = n
+        diag = np.arange(N)
+        rows = self.inverse[np.concatenate([ia, ib, diag])]
+        cols = self.inverse[np.concatenate([ib, ia, diag])]
+        # COO entry k goes to CSC slot slot[k]: the pattern's numbers are bincounts
+        key = cols.astype(np.int64) * N + rows
+        uniq, self._slot = np.unique(key, return_inverse=True)
+        self.indices = (uniq % N).astype(np.int64)
+        self.indptr = np.searchsorted(uniq // N, np.arange(N + 1)).astype(np.int64)
+        self._ia, self._ib = ia, ib
+        self._row_first = R[:, 0].ravel()
+        self._col_last = C[-1, :].ravel()
+        self.ends = np.arange(N - Tr - Tc, N)
+        # symbolic multifrontal analysis (post-order: children first)
+        nf = fstart.size - 1
+        front_of = np.repeat(np.arange(nf), np.diff(fstart))
+        updates, children = [], [[] for _ in range(nf)]
+        for f in range(nf):
+            s0, s1 = fstart[f], fstart[f + 1]
+            parts = [self.indices[self.indptr[s0]:self.indptr[s1]]] + [updates[c] for c in children[f]]
+            u = np.unique(np.concatenate(parts))
+            u = u[u >= s1]
+            updates.append(u)
+            if u.size:
+                children[front_of[u[0]]].append(f)
+        if updates[-1].size or nf and fstart[-1] - fstart[-2] != Tr + Tc:
+            raise FastresError("crossbar tile analysis: the end nodes are not the last front")
+        self.fstart = fstart.astype(np.int64)
+        sizes_u = np.array([u.size for u in updates], dtype=np.int64)
+        self.uptr = np.concatenate([[0], np.cumsum(sizes_u)]).astype(np.int64)
+        self.uidx = np.concatenate(updates).astype(np.int64)
+        self.cptr = np.concatenate([[0], np.cumsum([len(c) for c in children])]).astype(np.int64)
+        self.cidx = np.array([c for ch in children for c in ch], dtype=np.int64)
+        mF = np.diff(self.fstart)
+        m = mF + sizes_u
+        self.woff = np.concatenate([[0], np.cumsum(m * m)]).astype(np.int64)
+        self.moff = np.concatenate([[0], np.cumsum(mF * m)]).astype(np.int64)
+
+    def values(self, G, g_seg, g_row_end, g_col_end) -> np.ndarray:
+        """CSC numbers (nnz,) in S of the permuted ``K_ww`` for device conductances ``G``
+        (Tr, Tc) S and the wire conductances (S) of :func:`tile_matrices`."""
+        n = self._n_dev
+        g = np.empty(self._ia.size)
+        g[:n] = G.ravel()
+        g[n:] = g_seg
+        diag = np.bincount(self._ia, g, 2 * n) + np.bincount(self._ib, g, 2 * n)
+        diag[self._row_first] += g_row_end
+        diag[self._col_last] += g_col_end
+        return np.bincount(self._slot, np.concatenate([-g, -g, diag]), self.indices.size)
+
+
 class TileFactor:
     """A tile's factored wire network and its terminal matrix ``P`` (nT, nT) in S.
 
-    ``rows_fixed``: the row drivers are fixed sources (the input layer), so the row-row block
-    of ``P`` is never needed; then only the column terminals are solved for (``Tc`` right-hand
-    sides instead of ``Tr + Tc``) and, by reciprocity (``P`` is symmetric), the row-column
-    block comes from the same solutions. The row-row block is then left NaN."""
+    ``K_ww`` is eliminated in the nested-dissection order of :func:`dissection_order` (line
+    end nodes last) by the multifrontal kernel :func:`fastres.kernels.wires.factor` on the
+    shape's :class:`TilePattern`. What is left at the root is ``S_ee``, ``K_ww`` reduced to
+    its end nodes, and since each terminal joins the network only at its line's end node
+    through ``g_end``, ``P = diag(g_end) - diag(g_end) S_ee^-1 diag(g_end)`` exactly, without
+    any right-hand side. Wire voltages come from ``S_ee^-1`` and one back substitution
+    (:func:`fastres.kernels.wires.back_substitute`). ``pattern``: the :class:`TilePattern` of
+    the tile's shape (made here when not given; :class:`WiredNetwork` makes one per shape)."""
 
-    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, rows_fixed=False):
+    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, pattern: TilePattern = None):
         self.tile = tile
         self.shape = Tr, Tc = G.shape
-        Kww, _, ktt = tile_matrices(G, g_seg, g_row_end, g_col_end)
-        n = Tr * Tc
-        self.ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])  # end nodes
+        pat = self.pattern = TilePattern(Tr, Tc) if pattern is None else pattern
+        if pat.shape != (Tr, Tc):
+            raise FastresError(f"crossbar tile {tile}: pattern of shape {pat.shape} for a {Tr} x {Tc} tile")
+        nW, nT = 2 * Tr * Tc, Tr + Tc
+        vals = pat.values(G, g_seg, g_row_end, g_col_end)
+        work = np.empty(pat.woff[-1])
+        self.mstore = np.empty(pat.moff[-1])
+        if not _wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
+                             pat.woff, work, pat.moff, self.mstore, np.empty(nW, dtype=np.int64)):
+            raise FastresError(f"crossbar tile {tile}: its wire network is not positive definite; "
+                               "are the conductances finite and >= 0?")
+        S = work[pat.woff[-2]:pat.woff[-1]].reshape(nT, nT)
+        # K_ww reduced to the end nodes (S, upper triangle), inverted through its Cholesky factor
+        U, info = _lapack.dpotrf(S, lower=0, clean=1)
+        if info == 0:
+            U, info = _lapack.dpotri(U, lower=0)
+        if info != 0:
+            raise FastresError(f"crossbar tile {tile}: its wire network reduced to the line ends is not "
+                               "positive definite; are the conductances finite and >= 0?")
+        self.S_inv = np.triu(U) + np.triu(U, 1).T  # 1/S
         self.gend = np.concatenate([np.full(Tr, g_row_end), np.full(Tc, g_col_end)])  # S
-        self.lu = spla.splu(Kww, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                            options={"SymmetricMode": True})
-        sel = np.arange(Tr, Tr + Tc) if rows_fixed else np.arange(Tr + Tc)
-        rhs = np.zeros((2 * n, sel.size))
-        rhs[self.ends[sel], np.arange(sel.size)] = self.gend[sel]
-        X = self.lu.solve(rhs)  # -K_ww^-1 K_wt[:, sel] (nW, len(sel))
-        P = np.full((Tr + Tc, Tr + Tc), np.nan)
-        P[:, sel] = -self.gend[:, None] * X[self.ends]
-        P[sel, sel] += ktt[sel]
-        if rows_fixed:
-            P[Tr:, :Tr] = P[:Tr, Tr:].T
+        P = -self.gend[:, None] * self.S_inv * self.gend[None, :]
+        P[np.diag_indices(nT)] += self.gend
         self.P = P
 
     def wire_voltages(self, t) -> np.ndarray:
         """Wire node voltages (nW, B) in V for terminal voltages ``t`` (B, nT)."""
-        Tr, Tc = self.shape
-        rhs = np.zeros((2 * Tr * Tc, t.shape[0]))
-        rhs[self.ends] = self.gend[:, None] * t.T
-        return self.lu.solve(rhs)
+        pat = self.pattern
+        w = np.empty((pat.order.size, t.shape[0]))
+        w[pat.ends] = self.S_inv @ (self.gend[:, None] * t.T)
+        _wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, self.mstore, w)
+        return w[pat.inverse]
 
     def drops(self, t) -> np.ndarray:
         """Each device's voltage drop, row node minus column node, (Tr, Tc, B) in V."""
@@ -176,10 +329,9 @@ class WireSpec:
 class Reduction:
     """The wires of every layer reduced to the neuron nodes for one set of conductances:
     ``factors[l]`` the :class:`TileFactor` list, ``GFF`` (nF, nF) S, ``b0`` (nF,) A, ``E1``
-    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents).
-    ``full``: also the input layer's row-row blocks (only the static power needs them)."""
+    (2 n_in, n_1) S the input map (the wired counterpart of ``W1`` in the source currents)."""
 
-    def __init__(self, net: "WiredNetwork", params, full=False):
+    def __init__(self, net: "WiredNetwork", params):
         self.net = net
         n = net.nodes_per_layer
         spec = net.spec
@@ -196,7 +348,7 @@ class Reduction:
             fs = []
             for t in net.tiles[l]:
                 f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
-                               rows_fixed=(l == 1 and not full))
+                               net.patterns[t.shape])
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -244,8 +396,9 @@ class Reduction:
             D = np.zeros((n[l - 1] + 1, n[l]))
             for f in fs:
                 t = f.tile
-                da = f.drops(self.terminals(U, xa, t))
-                db = f.drops(self.terminals(U, xb, t))
+                B = xa.shape[0]
+                d = f.drops(np.concatenate([self.terminals(U, xa, t), self.terminals(U, xb, t)]))
+                da, db = d[:, :, :B], d[:, :, B:]
                 D[t.r0:t.r1, t.c0:t.c1] = np.einsum("ijs,ijs->ij", da, da) - np.einsum("ijs,ijs->ij", db, db)
             out[f"W{l}"] = D[:-1]
             out[f"B{l}"] = D[-1]
@@ -300,6 +453,8 @@ class WiredNetwork(LayeredNetwork):
         self.wires = wires
         n = self.nodes_per_layer
         self.tiles = {l: tiles_of(n[l - 1] + 1, n[l], wires.tile, l) for l in range(1, self.L + 1)}
+        #: the symbolic analysis of each tile shape, shared by its tiles and every update
+        self.patterns = {s: TilePattern(*s) for s in sorted({t.shape for ts in self.tiles.values() for t in ts})}
         self._reductions = []  # (GFF array, Reduction) of the last two systems (factors are large)
 
     def linear_path(self, linear: str = "auto") -> str:
@@ -308,10 +463,10 @@ class WiredNetwork(LayeredNetwork):
                               "nodes of a layer; use auto or schur with wires")
         return "schur"
 
-    def system(self, params, w1_colsum=None, dense=None, full=False) -> KernelSystem:
+    def system(self, params, w1_colsum=None, dense=None) -> KernelSystem:
         """The reduced :class:`KernelSystem` of ``params`` (all free nodes dense, no E block);
-        its :class:`Reduction` (``full``: see there) is kept for :meth:`reduction_of`."""
-        red = Reduction(self, params, full)
+        its :class:`Reduction` is kept for :meth:`reduction_of`."""
+        red = Reduction(self, params)
         ks = KernelSystem(red.GFF, np.zeros((self.nF, 0)), np.zeros(0), red.b0, self.da, self.db,
                           self.dkind, self.dpar)
         self._reductions = [(red.GFF, red)] + self._reductions[:1]
@@ -513,7 +668,7 @@ def evaluate_wired(net: WiredNetwork, params, X, y, target_volts, alg: Newton, b
     from .kernels import power as _power
     from .solver import Status
     import numba
-    system = net.system(params, full=True)
+    system = net.system(params)
     red = net.reduction_of(system)
     loss_sum, preds, bad, power, worst = 0.0, [np.zeros(0, dtype=np.int64)], 0, 0.0, 0.0
     N = X.shape[0]

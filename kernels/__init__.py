@@ -9,6 +9,7 @@ Each module does one thing:
 - :mod:`newton`   -- damped Newton iteration with an energy line search, batched.
 - :mod:`adjoint`  -- linear solves with the Jacobian at converged states (exact gradients).
 - :mod:`updates`  -- Equilibrium-Propagation conductance updates.
+- :mod:`wires`    -- multifrontal elimination of a crossbar tile's wire network.
 - :mod:`status`   -- the solver's per-sample status codes and their texts (pure Python).
 - :mod:`flags`    -- the fastmath flags, defined once.
 - :mod:`blocks`   -- the chunk bounds of the parallel loops, defined once.

@@ -22,6 +22,7 @@ twin                          kernel(s) it is compared with
 :func:`sgd_step`              ``updates.drop_square_step_rows``, ``updates.fixed_from_step``,
                               ``updates.block_column_sums``
 :func:`reference_solve`       the whole DC solver (``fastres.solve``)
+:func:`reduce_to_last`        ``wires.factor``, ``wires.back_substitute``
 :func:`element_kcl`, :func:`element_cocontent`
                               KCL and co-content of a :class:`~fastres.circuit.Circuit`,
                               element by element (the physics checks of the solvers)
@@ -755,3 +756,14 @@ def normal_zig(key, i):
         f1 = np.exp(-0.5 * (X[layer + 1] ** 2 - x * x))
         if f1 + unit(draw()) * (f0 - f1) < 1.0:
             return x
+
+
+def reduce_to_last(K, k):
+    """Twin of ``wires.factor`` (the root) and ``wires.back_substitute``: the SPD matrix ``K``
+    (N, N) in S reduced to its last ``k`` positions, ``S = K_ee - K_eo K_oo^-1 K_oe`` (k, k),
+    and the map ``w_e -> w`` (N, B) of the voltages that leave every other node without
+    injected current, ``w_o = -K_oo^-1 K_oe w_e``."""
+    o = K.shape[0] - k
+    X = -np.linalg.solve(K[:o, :o], K[:o, o:])
+    S = K[o:, o:] + K[o:, :o] @ X
+    return S, lambda we: np.vstack([X @ we, we])

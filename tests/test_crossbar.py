@@ -11,8 +11,8 @@ import pytest
 from fastres import DCProblem, solve
 from fastres.cli import main
 from fastres.config import ConfigError, TrainConfig, WiresConfig
-from fastres.crossbar import (EqProp, WiredNetwork, make_network, tiles_of, wired_gradient,
-                              wired_loss)
+from fastres.crossbar import (EqProp, Tile, TileFactor, TilePattern, WiredNetwork, dissection_order,
+                              make_network, tile_matrices, tiles_of, wired_gradient, wired_loss)
 from fastres.netlist import read_netlist, write_netlist
 from fastres.network import LayeredNetwork
 from fastres.solver import Newton
@@ -53,6 +53,75 @@ def test_tiles_cover_the_matrix_once():
             seen[tl.r0:tl.r1, tl.c0:tl.c1] += 1
             assert t is None or max(tl.shape) <= t
         assert np.all(seen == 1)
+
+
+@pytest.mark.parametrize("Tr, Tc", [(1, 1), (1, 7), (6, 1), (3, 2), (16, 16), (17, 20)])
+def test_dissection_order_is_a_permutation_with_the_ends_last(Tr, Tc):
+    order, fstart = dissection_order(Tr, Tc)
+    n = Tr * Tc
+    assert fstart[0] == 0 and fstart[-1] == 2 * n and np.all(np.diff(fstart) > 0)
+    assert fstart[-2] == 2 * n - Tr - Tc  # the end nodes are the root front
+    assert np.array_equal(np.sort(order), np.arange(2 * n))
+    ends = np.concatenate([np.arange(Tr) * Tc, n + (Tr - 1) * Tc + np.arange(Tc)])
+    assert np.array_equal(order[-(Tr + Tc):], ends)
+
+
+@pytest.mark.parametrize("Tr, Tc", [(1, 1), (1, 7), (6, 1), (3, 2), (16, 16), (17, 20)])
+def test_tile_factor_against_the_dense_reduction(Tr, Tc):
+    """The terminal matrix from the factor's trailing block and the wire voltages against
+    ``P = K_tt - K_tw K_ww^-1 K_wt`` and ``w = -K_ww^-1 K_wt t`` in dense numpy on the plain
+    assembly (wire 2.5 ohm, driver 20 ohm, sense 7 ohm, devices 1e-6..1e-4 S)."""
+    rng = np.random.default_rng(Tr * 100 + Tc)
+    G = rng.uniform(1e-6, 1e-4, (Tr, Tc))
+    g, gr, gc = 1 / 2.5, 1 / 22.5, 1 / 9.5
+    K, Kwt, ktt = (m.toarray() if hasattr(m, "toarray") else m for m in tile_matrices(G, g, gr, gc))
+    pat = TilePattern(Tr, Tc)
+    vals = pat.values(G, g, gr, gc)
+    for j in range(2 * Tr * Tc):
+        rows = pat.indices[pat.indptr[j]:pat.indptr[j + 1]]
+        col = np.zeros(2 * Tr * Tc)
+        col[rows] = vals[pat.indptr[j]:pat.indptr[j + 1]]
+        assert np.array_equal(col, K[pat.order, pat.order[j]])  # the permuted K_ww, column j
+    P = np.diag(ktt) - Kwt.T @ np.linalg.solve(K, Kwt)
+    f = TileFactor(Tile(1, 0, Tr, 0, Tc), G, g, gr, gc)
+    assert np.abs(f.P - P).max() <= 1e-11 * np.abs(P).max()
+    t = rng.uniform(-1, 1, (3, Tr + Tc))
+    w = np.linalg.solve(K, -Kwt @ t.T)
+    assert np.abs(f.wire_voltages(t) - w).max() <= 1e-12
+    d = f.drops(t)
+    assert np.abs(d - (w[:Tr * Tc] - w[Tr * Tc:]).reshape(Tr, Tc, 3)).max() <= 1e-12
+
+
+@pytest.mark.parametrize("Tr, Tc", [(1, 1), (2, 9), (16, 16), (17, 20)])
+def test_wires_kernels_against_their_naive_twin(Tr, Tc):
+    """kernels/wires.py: the root's assembled matrix is K reduced to the end nodes, and the
+    back substitution gives the voltages of every other node (tests/naive.reduce_to_last)."""
+    from fastres.kernels import wires
+    from naive import reduce_to_last
+    rng = np.random.default_rng(7 * Tr + Tc)
+    pat = TilePattern(Tr, Tc)
+    vals = pat.values(rng.uniform(1e-6, 1e-4, (Tr, Tc)), 1.0, 0.5, 0.25)
+    N, k = 2 * Tr * Tc, Tr + Tc
+    K = np.zeros((N, N))
+    for j in range(N):
+        K[pat.indices[pat.indptr[j]:pat.indptr[j + 1]], j] = vals[pat.indptr[j]:pat.indptr[j + 1]]
+    work, mstore = np.empty(pat.woff[-1]), np.empty(pat.moff[-1])
+    assert wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
+                        pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
+    S_ref, volts = reduce_to_last(K, k)
+    S = np.triu(work[pat.woff[-2]:pat.woff[-1]].reshape(k, k))  # the kernel fills the upper triangle
+    S = S + np.triu(S, 1).T
+    assert np.abs(S - S_ref).max() <= 1e-12 * np.abs(S_ref).max()
+    we = rng.uniform(-1, 1, (k, 3))
+    w = np.empty((N, 3))
+    w[N - k:] = we
+    wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, mstore, w)
+    assert np.abs(w - volts(we)).max() <= 1e-12
+    if N == k:
+        return  # a 1 x 1 tile is all end nodes: nothing to eliminate
+    vals[pat.indptr[0]:pat.indptr[1]][pat.indices[pat.indptr[0]:pat.indptr[1]] == 0] = -1.0  # not SPD: refused
+    assert not wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr,
+                            pat.cidx, pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
 
 
 @pytest.mark.ngspice
