@@ -46,6 +46,17 @@ def _figure(figsize):
     return fig
 
 
+def _finish(fig, ax, xlabel, ylabel, title=None, title_size=10, legend_size=7):
+    """Label ``ax``, add its grid and legend and lay the figure out (every report figure ends so)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title, fontsize=title_size)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+
+
 def _save(fig, path: Path, dpi=100) -> Path:
     try:
         fig.savefig(path, dpi=dpi)
@@ -224,12 +235,8 @@ def device_curves_figure(out_png, models=CURVE_MODELS, g_min=1e-7, g_max=1e-4, t
     ax = fig.subplots()
     for label, cfg in items:
         _draw_pulse_curve(ax, cfg, g_min, g_max, label)
-    ax.set_xlabel("pulse number (potentiation, then depression)")
-    ax.set_ylabel("conductance (uS)")
-    ax.set_title("pulsed device models: conductance against pulse count", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _finish(fig, ax, "pulse number (potentiation, then depression)", "conductance (uS)",
+            "pulsed device models: conductance against pulse count")
     return str(_save(fig, Path(out_png)))
 
 
@@ -274,12 +281,8 @@ def levels_figure(paths, out_png) -> str:
             ax.axhline(100 * r[3], color="tab:gray", ls="--", lw=1,
                        label=f"ideal device (test, {r[2]} epochs): {100 * r[3]:.2f} %")
     epochs = sorted({r[2] for r in rows})
-    ax.set_xlabel("device levels (linear model)")
-    ax.set_ylabel("error (%)")
-    ax.set_title(f"error against level count ({', '.join(map(str, epochs))} epochs)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    _finish(fig, ax, "device levels (linear model)", "error (%)",
+            f"error against level count ({', '.join(map(str, epochs))} epochs)")
     return str(_save(fig, Path(out_png)))
 
 
@@ -349,12 +352,8 @@ def make_report(path, out_dir=None) -> list:
                     label=f"layer {l} at g_min")
             ax.plot(eps, [100 * bf[e][l]["g_max"] for e in eps], "--s", ms=3, color=color,
                     mfc="white", label=f"layer {l} at g_max")
-        ax.set_xlabel("epoch (checkpoint)")
-        ax.set_ylabel("conductances at bound (%)")
-        ax.set_title(f"conductances clipped at g_min = {g_min:g} S / g_max = {g_max:g} S", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        _finish(fig, ax, "epoch (checkpoint)", "conductances at bound (%)",
+                f"conductances clipped at g_min = {g_min:g} S / g_max = {g_max:g} S", title_size=9)
         written.append(_save(fig, out / "bounds.png"))
     else:
         notes.append("MLP baseline run: conductance plots skipped")
@@ -436,11 +435,7 @@ def compare_runs(paths, out_png) -> str:
             ax.plot([], [], label=f"{_label(run)}: no finished epoch")
             continue
         ax.plot(m["epoch"], 100 * np.asarray(m["test_error"]), "-o", ms=3, label=_label(run))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    _finish(fig, ax, "epoch", "test error (%)", legend_size=8)
     out = Path(out_png)
     return str(_save(fig, out))
 
