@@ -172,6 +172,31 @@ def dissection_order(Tr, Tc, leaf=LEAF_CELLS):
     return order, np.concatenate([[0], np.cumsum([o.size for o in out])])
 
 
+def _update_stack(sizes, children):
+    """Offsets of the fronts' update blocks (``sizes`` numbers each, fronts in post-order,
+    ``children`` their lists) in a stack: front ``f``'s block is formed on top, ``uoff[f]``,
+    above its children's, then moved down over them, ``ustk[f]``. Returns ``(uoff, ustk,
+    peak)``; when the children are not the top of the stack (not a post-order), static
+    offsets (``uoff = ustk``, the sum of the sizes)."""
+    nf = sizes.size
+    uoff = np.zeros(nf, dtype=np.int64)
+    ustk = np.zeros(nf, dtype=np.int64)
+    stack, sp, peak = [], 0, 0
+    for f in range(nf):
+        k = len(children[f])
+        if k and sorted(stack[-k:]) != sorted(children[f]):
+            static = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            return static[:-1], static[:-1].copy(), int(static[-1])
+        if k:
+            del stack[-k:]
+        base = sp - int(sum(sizes[c] for c in children[f]))
+        uoff[f], ustk[f] = sp, base
+        peak = max(peak, sp + int(sizes[f]))
+        sp = base + int(sizes[f])
+        stack.append(f)
+    return uoff, ustk, peak
+
+
 class TilePattern:
     """The symbolic analysis of a ``Tr x Tc`` tile, done once per tile shape (every tile of
     that shape shares it); :meth:`values` fills in the numbers of one set of conductances.
@@ -182,8 +207,12 @@ class TilePattern:
     :mod:`fastres.kernels.wires`: ``fstart``, each front's update set (``uptr``, ``uidx``:
     the positions after the front coupled to it once the fronts before it are eliminated,
     i.e. its own columns' neighbours and its children's update sets), its children
-    (``cptr``, ``cidx``: the fronts whose update set starts inside it) and the offsets of
-    its update block (``uoff``, m_U^2 numbers of scratch) and of its rows, the
+    (``cptr``, ``cidx``: the fronts whose update set starts inside it), where the assembly
+    puts each original entry (``vrel``, per CSC entry: the column in its front, -1 above the
+    diagonal) and each child's update block (``urel``, per ``uidx`` entry: the position in
+    the parent front), the offsets of its
+    update block in the factor's scratch stack (``uoff`` where it is formed, ``ustk`` where
+    its parent reads it; ``work_size`` numbers in all) and of its rows, the
     back-substitution factors (``moff``, m_F m numbers); ``prow``, ``pcol`` (Tr Tc,) the
     positions of each cell's row and column node."""
 
@@ -233,8 +262,19 @@ class TilePattern:
         self.cidx = np.array([c for ch in children for c in ch], dtype=np.int64)
         mF = np.diff(self.fstart)
         m = mF + sizes_u
-        self.uoff = np.concatenate([[0], np.cumsum(sizes_u * sizes_u)]).astype(np.int64)
+        self.uoff, self.ustk, self.work_size = _update_stack(sizes_u * sizes_u, children)
         self.moff = np.concatenate([[0], np.cumsum(mF * m)]).astype(np.int64)
+        # where the assembly puts each original entry and each child's update block
+        self.vrel = np.full(self.indices.size, -1, dtype=np.int64)
+        self.urel = np.zeros(self.uidx.size, dtype=np.int64)
+        for f in range(nf):
+            pos = np.concatenate([np.arange(fstart[f], fstart[f + 1]), updates[f]])
+            p0, p1 = self.indptr[fstart[f]], self.indptr[fstart[f + 1]]
+            col = np.repeat(np.arange(fstart[f], fstart[f + 1]), np.diff(self.indptr[fstart[f]:fstart[f + 1] + 1]))
+            lower = self.indices[p0:p1] >= col
+            self.vrel[p0:p1][lower] = np.searchsorted(pos, self.indices[p0:p1][lower])
+            for c in children[f]:
+                self.urel[self.uptr[c]:self.uptr[c + 1]] = np.searchsorted(pos, updates[c])
         self.prow = np.ascontiguousarray(self.inverse[:n])
         self.pcol = np.ascontiguousarray(self.inverse[n:])
 
@@ -262,7 +302,7 @@ class TileFactor:
     any right-hand side. Wire voltages come from ``S_ee^-1`` and one back substitution
     (:func:`fastres.kernels.wires.back_substitute`). ``pattern``: the :class:`TilePattern` of
     the tile's shape (made here when not given; :class:`WiredNetwork` makes one per shape);
-    ``work`` (at least ``pattern.uoff[-1]``,) scratch for the factor's update blocks, which the
+    ``work`` (at least ``pattern.work_size``,) scratch for the factor's update blocks, which the
     tiles of one :class:`Reduction` share (made here when not given)."""
 
     def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, pattern: TilePattern = None, work=None):
@@ -271,13 +311,13 @@ class TileFactor:
         pat = self.pattern = TilePattern(Tr, Tc) if pattern is None else pattern
         if pat.shape != (Tr, Tc):
             raise FastresError(f"crossbar tile {tile}: pattern of shape {pat.shape} for a {Tr} x {Tc} tile")
-        nW, nT = 2 * Tr * Tc, Tr + Tc
+        nT = Tr + Tc
         vals = pat.values(G, g_seg, g_row_end, g_col_end)
-        if work is None or work.size < pat.uoff[-1]:
-            work = np.empty(pat.uoff[-1])
+        if work is None or work.size < pat.work_size:
+            work = np.empty(pat.work_size)
         self.mstore = np.empty(pat.moff[-1])
-        if not _wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
-                             pat.uoff, work, pat.moff, self.mstore, np.empty(nW, dtype=np.int64)):
+        if not _wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk, work,
+                             pat.moff, self.mstore, pat.vrel, pat.urel):
             raise FastresError(f"crossbar tile {tile}: its wire network is not positive definite; "
                                "are the conductances finite and >= 0?")
         S = self.mstore[pat.moff[-2]:pat.moff[-1]].reshape(nT, nT)
@@ -362,7 +402,7 @@ class Reduction:
         b0 = np.zeros(nF)
         E1 = np.zeros((n[0], n[1]))
         Vb = spec.bias_volts
-        work = np.empty(max(p.uoff[-1] for p in net.patterns.values()))  # the factors' scratch
+        work = np.empty(max(p.work_size for p in net.patterns.values()))  # the factors' scratch
         for l in range(1, net.L + 1):
             mat = np.vstack([params[f"W{l}"], params[f"B{l}"][None, :]])
             A = net.gains[l]

@@ -10,8 +10,10 @@ computed symbolically once per tile shape) and the children ``cidx[cptr[f]:cptr[
 
 Front ``f`` is a dense ``m x m`` matrix (``m = m_F + m_U``; its own positions, then its update
 set; upper triangle) kept in two parts: its first ``m_F`` rows, row-major ``(m_F, m)`` in
-``mstore`` at ``moff[f]``, and its trailing update block, row-major ``(m_U, m_U)`` in ``work`` at
-``uoff[f]``. :func:`factor` assembles it (the original entries of the front's columns plus the
+``mstore`` at ``moff[f]``, and its trailing update block, row-major ``(m_U, m_U)`` in ``work``:
+formed at ``uoff[f]``, then moved down to ``ustk[f]`` where the parent reads it (a stack in
+post-order: the children's blocks are the top of the stack when their parent is assembled, so
+the scratch stays small and hot in cache; ``uoff = ustk`` with static offsets is valid too). :func:`factor` assembles it (the original entries of the front's columns plus the
 children's update blocks) and eliminates the front's own positions in place: the pivot block
 becomes ``U = L^T`` (upper triangle, ``U^T U = A_FF``), the rows' remaining ``(m_F, m_U)`` part
 becomes ``Y = U^-T A_FU`` and the update block ``A_UU - Y^T Y``. The rows stay in ``mstore``
@@ -43,49 +45,47 @@ _L, _U, _N, _T, _R = ord("L"), ord("U"), ord("N"), ord("T"), ord("R")
 
 
 @njit(cache=True)
-def assemble(f, vals, indptr, indices, fstart, uptr, uidx, cptr, cidx, uoff, work, moff, mstore, loc):
+def assemble(f, vals, indptr, fstart, uptr, cptr, cidx, uoff, ustk, work, moff, mstore, vrel, urel):
     """Assemble front ``f`` (see the module docstring): zero its rows in ``mstore`` and its
-    update block in ``work`` (upper triangles), add the original entries of its columns (the
-    lower triangle of ``K``, row >= column) and its children's update blocks (upper
-    triangles: positions keep their order). ``loc`` (N,) int64 scratch: front index of each
-    position of the front."""
+    update block in ``work`` at ``uoff[f]`` (upper triangles), add the original entries of its
+    columns (the lower triangle of ``K``: entry ``p`` of column ``j`` goes to column
+    ``vrel[p]`` of the front's row ``j``, ``vrel[p] < 0`` for the upper triangle) and its
+    children's update blocks (at ``ustk[c]``; row and column ``a`` of child ``c``'s block are
+    the parent's ``urel[uptr[c] + a]``; upper triangles: positions keep their order)."""
     s0 = fstart[f]
     mF = fstart[f + 1] - s0
-    u0 = uptr[f]
-    mU = uptr[f + 1] - u0
+    mU = uptr[f + 1] - uptr[f]
     m = mF + mU
     o = moff[f]
     wo = uoff[f]
     for a in range(mF):
-        mstore[o + a * m + a:o + (a + 1) * m] = 0.0
+        for b in range(o + a * m + a, o + (a + 1) * m):
+            mstore[b] = 0.0
     for a in range(mU):
-        work[wo + a * mU + a:wo + (a + 1) * mU] = 0.0
-    for a in range(mF):
-        loc[s0 + a] = a
-    for a in range(mU):
-        loc[uidx[u0 + a]] = mF + a
+        for b in range(wo + a * mU + a, wo + (a + 1) * mU):
+            work[b] = 0.0
     for a in range(mF):
         j = s0 + a
         r = o + a * m
         for p in range(indptr[j], indptr[j + 1]):
-            if indices[p] >= j:
-                mstore[r + loc[indices[p]]] += vals[p]
+            if vrel[p] >= 0:
+                mstore[r + vrel[p]] += vals[p]
     for q in range(cptr[f], cptr[f + 1]):
         c = cidx[q]
         cu0 = uptr[c]
         cU = uptr[c + 1] - cu0
-        cw = uoff[c]
+        cw = ustk[c]
         for a in range(cU):
-            ra = loc[uidx[cu0 + a]]
+            ra = urel[cu0 + a]
             src = cw + a * cU
             if ra < mF:
                 r = o + ra * m
                 for b in range(a, cU):
-                    mstore[r + loc[uidx[cu0 + b]]] += work[src + b]
+                    mstore[r + urel[cu0 + b]] += work[src + b]
             else:
                 r = wo + (ra - mF) * mU - mF
                 for b in range(a, cU):
-                    work[r + loc[uidx[cu0 + b]]] += work[src + b]
+                    work[r + urel[cu0 + b]] += work[src + b]
 
 
 @njit(cache=True)
@@ -139,22 +139,29 @@ def eliminate(f, fstart, uptr, uoff, work, moff, mstore, blas_min):
 
 
 @njit(cache=True)
-def factor(vals, indptr, indices, fstart, uptr, uidx, cptr, cidx, uoff, work, moff, mstore, loc,
+def factor(vals, indptr, fstart, uptr, cptr, cidx, uoff, ustk, work, moff, mstore, vrel, urel,
            blas_min=FACTOR_BLAS_MIN):
     """Eliminate fronts ``0 .. nf-2`` of ``K`` (see the module docstring) and assemble the root.
 
-    ``work`` (uoff[-1],) scratch for the update blocks (front ``f``'s m_U x m_U at
-    ``uoff[f]``); ``mstore`` (moff[-1],) receives each front's rows, ``U`` and ``Y``
-    (``m_F x m`` numbers at ``moff[f]``); ``loc`` (N,) int64 scratch. Returns False if a
+    ``work`` scratch for the update blocks (front ``f``'s m_U x m_U formed at ``uoff[f]``,
+    then kept at ``ustk[f]`` for its parent); ``mstore`` (moff[-1],) receives each front's rows, ``U`` and ``Y``
+    (``m_F x m`` numbers at ``moff[f]``); ``vrel``, ``urel`` where the original entries and
+    the update blocks go (:func:`assemble`, computed symbolically once per pattern). Returns False if a
     front's pivot block is not positive definite (then ``K`` is not). The root's assembled
     matrix (m_root x m_root, upper triangle) is left in ``mstore`` at ``moff[nf - 1]``."""
     nf = fstart.shape[0] - 1
     for f in range(nf):
-        assemble(f, vals, indptr, indices, fstart, uptr, uidx, cptr, cidx, uoff, work, moff, mstore, loc)
+        assemble(f, vals, indptr, fstart, uptr, cptr, cidx, uoff, ustk, work, moff, mstore, vrel, urel)
         if f == nf - 1:
             break
         if not eliminate(f, fstart, uptr, uoff, work, moff, mstore, blas_min):
             return False
+        src = uoff[f]
+        dst = ustk[f]
+        if dst != src:  # down the stack, over the children's consumed blocks (ascending copy)
+            mU = uptr[f + 1] - uptr[f]
+            for a in range(mU * mU):
+                work[dst + a] = work[src + a]
     return True
 
 

@@ -46,6 +46,19 @@ def max_diff(ours, theirs):
     return max(abs(ours[k] - theirs[k]) for k in ours)
 
 
+def test_update_stack_offsets():
+    """The factor's scratch: in post-order each front's block is formed above its children's
+    and moved down over them; when the children are not the top of the stack, static offsets."""
+    from fastres.crossbar import _update_stack
+    sizes = np.array([4, 9, 1, 16, 0])
+    uoff, ustk, peak = _update_stack(sizes, [[], [], [0, 1], [2], [3]])  # 0, 1 -> 2 -> 3 -> 4
+    assert list(uoff) == [0, 4, 13, 1, 16] and list(ustk) == [0, 4, 0, 0, 0] and peak == 17
+    uoff, ustk, peak = _update_stack(sizes, [[], [], [0], [1, 2], [3]])  # 0 lies under 1's block
+    assert list(uoff) == list(ustk) == [0, 4, 13, 14, 30] and peak == 30
+    pat = TilePattern(128, 100)
+    assert pat.work_size < 0.1 * np.sum(np.diff(pat.uptr) ** 2)  # a stack, not static offsets
+
+
 def test_tiles_cover_the_matrix_once():
     for n_r, n_c, t in ((129, 16, 16), (17, 20, 16), (5, 3, None), (10, 10, 3)):
         seen = np.zeros((n_r, n_c), dtype=int)
@@ -109,9 +122,9 @@ def test_wires_kernels_against_their_naive_twin(Tr, Tc, blas_min):
     K = np.zeros((N, N))
     for j in range(N):
         K[pat.indices[pat.indptr[j]:pat.indptr[j + 1]], j] = vals[pat.indptr[j]:pat.indptr[j + 1]]
-    work, mstore = np.empty(pat.uoff[-1]), np.empty(pat.moff[-1])
-    assert wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
-                        pat.uoff, work, pat.moff, mstore, np.empty(N, dtype=np.int64), blas_min)
+    work, mstore = np.empty(pat.work_size), np.empty(pat.moff[-1])
+    assert wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk, work,
+                        pat.moff, mstore, pat.vrel, pat.urel, blas_min)
     S_ref, volts = reduce_to_last(K, k)
     S = np.triu(mstore[pat.moff[-2]:pat.moff[-1]].reshape(k, k))  # the kernel fills the upper triangle
     S = S + np.triu(S, 1).T
@@ -127,8 +140,8 @@ def test_wires_kernels_against_their_naive_twin(Tr, Tc, blas_min):
     if N == k:
         return  # a 1 x 1 tile is all end nodes: nothing to eliminate
     vals[pat.indptr[0]:pat.indptr[1]][pat.indices[pat.indptr[0]:pat.indptr[1]] == 0] = -1.0  # not SPD: refused
-    assert not wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr,
-                            pat.cidx, pat.uoff, work, pat.moff, mstore, np.empty(N, dtype=np.int64), blas_min)
+    assert not wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk,
+                            work, pat.moff, mstore, pat.vrel, pat.urel, blas_min)
 
 
 @pytest.mark.ngspice
