@@ -45,6 +45,16 @@ _L, _U, _N, _T, _R = ord("L"), ord("U"), ord("N"), ord("T"), ord("R")
 
 
 @njit(cache=True)
+def _front(f, fstart, uptr, moff, uoff):
+    """Front ``f``'s first position, ``m_F``, ``m_U``, ``m`` and the offsets of its rows in
+    ``mstore`` and of its update block in ``work`` (where it is formed)."""
+    s0 = fstart[f]
+    mF = fstart[f + 1] - s0
+    mU = uptr[f + 1] - uptr[f]
+    return s0, mF, mU, mF + mU, moff[f], uoff[f]
+
+
+@njit(cache=True)
 def assemble(f, vals, indptr, fstart, uptr, cptr, cidx, uoff, ustk, work, moff, mstore, vrel, urel):
     """Assemble front ``f`` (see the module docstring): zero its rows in ``mstore`` and its
     update block in ``work`` at ``uoff[f]`` (upper triangles), add the original entries of its
@@ -52,12 +62,7 @@ def assemble(f, vals, indptr, fstart, uptr, cptr, cidx, uoff, ustk, work, moff, 
     ``vrel[p]`` of the front's row ``j``, ``vrel[p] < 0`` for the upper triangle) and its
     children's update blocks (at ``ustk[c]``; row and column ``a`` of child ``c``'s block are
     the parent's ``urel[uptr[c] + a]``; upper triangles: positions keep their order)."""
-    s0 = fstart[f]
-    mF = fstart[f + 1] - s0
-    mU = uptr[f + 1] - uptr[f]
-    m = mF + mU
-    o = moff[f]
-    wo = uoff[f]
+    s0, mF, mU, m, o, wo = _front(f, fstart, uptr, moff, uoff)
     for a in range(mF):
         for b in range(o + a * m + a, o + (a + 1) * m):
             mstore[b] = 0.0
@@ -94,12 +99,7 @@ def eliminate(f, fstart, uptr, uoff, work, moff, mstore, blas_min):
     ``U`` and ``Y`` in its rows, ``A_UU - Y^T Y`` in its update block; LAPACK/BLAS when
     ``m >= blas_min``, else plain loops. Returns False if the pivot block is not positive
     definite (or not finite)."""
-    s0 = fstart[f]
-    mF = fstart[f + 1] - s0
-    mU = uptr[f + 1] - uptr[f]
-    m = mF + mU
-    o = moff[f]
-    wo = uoff[f]
+    s0, mF, mU, m, o, wo = _front(f, fstart, uptr, moff, uoff)
     if m >= blas_min:
         if lapack_dpotrf(_L, mF, mstore, o, m) != 0:
             return False
