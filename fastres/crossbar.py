@@ -172,6 +172,31 @@ def dissection_order(Tr, Tc, leaf=LEAF_CELLS):
     return order, np.concatenate([[0], np.cumsum([o.size for o in out])])
 
 
+def _update_stack(sizes, children):
+    """Offsets of the fronts' update blocks (``sizes`` numbers each, fronts in post-order,
+    ``children`` their lists) in a stack: front ``f``'s block is formed on top, ``uoff[f]``,
+    above its children's, then moved down over them, ``ustk[f]``. Returns ``(uoff, ustk,
+    peak)``; when the children are not the top of the stack (not a post-order), static
+    offsets (``uoff = ustk``, the sum of the sizes)."""
+    nf = sizes.size
+    uoff = np.zeros(nf, dtype=np.int64)
+    ustk = np.zeros(nf, dtype=np.int64)
+    stack, sp, peak = [], 0, 0
+    for f in range(nf):
+        k = len(children[f])
+        if k and sorted(stack[-k:]) != sorted(children[f]):
+            static = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            return static[:-1], static[:-1].copy(), int(static[-1])
+        if k:
+            del stack[-k:]
+        base = sp - int(sum(sizes[c] for c in children[f]))
+        uoff[f], ustk[f] = sp, base
+        peak = max(peak, sp + int(sizes[f]))
+        sp = base + int(sizes[f])
+        stack.append(f)
+    return uoff, ustk, peak
+
+
 class TilePattern:
     """The symbolic analysis of a ``Tr x Tc`` tile, done once per tile shape (every tile of
     that shape shares it); :meth:`values` fills in the numbers of one set of conductances.
@@ -182,9 +207,14 @@ class TilePattern:
     :mod:`fastres.kernels.wires`: ``fstart``, each front's update set (``uptr``, ``uidx``:
     the positions after the front coupled to it once the fronts before it are eliminated,
     i.e. its own columns' neighbours and its children's update sets), its children
-    (``cptr``, ``cidx``: the fronts whose update set starts inside it) and the offsets of
-    its dense matrix (``woff``, m^2 numbers) and of its back-substitution factors (``moff``,
-    m_F m numbers)."""
+    (``cptr``, ``cidx``: the fronts whose update set starts inside it), where the assembly
+    puts each original entry (``vrel``, per CSC entry: the column in its front, -1 above the
+    diagonal) and each child's update block (``urel``, per ``uidx`` entry: the position in
+    the parent front), the offsets of its
+    update block in the factor's scratch stack (``uoff`` where it is formed, ``ustk`` where
+    its parent reads it; ``work_size`` numbers in all) and of its rows, the
+    back-substitution factors (``moff``, m_F m numbers); ``prow``, ``pcol`` (Tr Tc,) the
+    positions of each cell's row and column node."""
 
     def __init__(self, Tr, Tc):
         n = Tr * Tc
@@ -232,8 +262,21 @@ class TilePattern:
         self.cidx = np.array([c for ch in children for c in ch], dtype=np.int64)
         mF = np.diff(self.fstart)
         m = mF + sizes_u
-        self.woff = np.concatenate([[0], np.cumsum(m * m)]).astype(np.int64)
+        self.uoff, self.ustk, self.work_size = _update_stack(sizes_u * sizes_u, children)
         self.moff = np.concatenate([[0], np.cumsum(mF * m)]).astype(np.int64)
+        # where the assembly puts each original entry and each child's update block
+        self.vrel = np.full(self.indices.size, -1, dtype=np.int64)
+        self.urel = np.zeros(self.uidx.size, dtype=np.int64)
+        for f in range(nf):
+            pos = np.concatenate([np.arange(fstart[f], fstart[f + 1]), updates[f]])
+            p0, p1 = self.indptr[fstart[f]], self.indptr[fstart[f + 1]]
+            col = np.repeat(np.arange(fstart[f], fstart[f + 1]), np.diff(self.indptr[fstart[f]:fstart[f + 1] + 1]))
+            lower = self.indices[p0:p1] >= col
+            self.vrel[p0:p1][lower] = np.searchsorted(pos, self.indices[p0:p1][lower])
+            for c in children[f]:
+                self.urel[self.uptr[c]:self.uptr[c + 1]] = np.searchsorted(pos, updates[c])
+        self.prow = np.ascontiguousarray(self.inverse[:n])
+        self.pcol = np.ascontiguousarray(self.inverse[n:])
 
     def values(self, G, g_seg, g_row_end, g_col_end) -> np.ndarray:
         """CSC numbers (nnz,) in S of the permuted ``K_ww`` for device conductances ``G``
@@ -258,23 +301,26 @@ class TileFactor:
     through ``g_end``, ``P = diag(g_end) - diag(g_end) S_ee^-1 diag(g_end)`` exactly, without
     any right-hand side. Wire voltages come from ``S_ee^-1`` and one back substitution
     (:func:`fastres.kernels.wires.back_substitute`). ``pattern``: the :class:`TilePattern` of
-    the tile's shape (made here when not given; :class:`WiredNetwork` makes one per shape)."""
+    the tile's shape (made here when not given; :class:`WiredNetwork` makes one per shape);
+    ``work`` (at least ``pattern.work_size``,) scratch for the factor's update blocks, which the
+    tiles of one :class:`Reduction` share (made here when not given)."""
 
-    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, pattern: TilePattern = None):
+    def __init__(self, tile: Tile, G, g_seg, g_row_end, g_col_end, pattern: TilePattern = None, work=None):
         self.tile = tile
         self.shape = Tr, Tc = G.shape
         pat = self.pattern = TilePattern(Tr, Tc) if pattern is None else pattern
         if pat.shape != (Tr, Tc):
             raise FastresError(f"crossbar tile {tile}: pattern of shape {pat.shape} for a {Tr} x {Tc} tile")
-        nW, nT = 2 * Tr * Tc, Tr + Tc
+        nT = Tr + Tc
         vals = pat.values(G, g_seg, g_row_end, g_col_end)
-        work = np.empty(pat.woff[-1])
+        if work is None or work.size < pat.work_size:
+            work = np.empty(pat.work_size)
         self.mstore = np.empty(pat.moff[-1])
-        if not _wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
-                             pat.woff, work, pat.moff, self.mstore, np.empty(nW, dtype=np.int64)):
+        if not _wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk, work,
+                             pat.moff, self.mstore, pat.vrel, pat.urel):
             raise FastresError(f"crossbar tile {tile}: its wire network is not positive definite; "
                                "are the conductances finite and >= 0?")
-        S = work[pat.woff[-2]:pat.woff[-1]].reshape(nT, nT)
+        S = self.mstore[pat.moff[-2]:pat.moff[-1]].reshape(nT, nT)
         # K_ww reduced to the end nodes (S, upper triangle), inverted through its Cholesky factor
         U, info = _lapack.dpotrf(S, lower=0, clean=1)
         if info == 0:
@@ -288,13 +334,27 @@ class TileFactor:
         P[np.diag_indices(nT)] += self.gend
         self.P = P
 
-    def wire_voltages(self, t) -> np.ndarray:
-        """Wire node voltages (nW, B) in V for terminal voltages ``t`` (B, nT)."""
+    def _permuted_voltages(self, t) -> np.ndarray:
+        """Wire node voltages (nW, B) in V, in the elimination order, for terminals ``t`` (B, nT)."""
         pat = self.pattern
         w = np.empty((pat.order.size, t.shape[0]))
         w[pat.ends] = self.S_inv @ (self.gend[:, None] * t.T)
         _wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, self.mstore, w)
-        return w[pat.inverse]
+        return w
+
+    def wire_voltages(self, t) -> np.ndarray:
+        """Wire node voltages (nW, B) in V for terminal voltages ``t`` (B, nT)."""
+        return self._permuted_voltages(t)[self.pattern.inverse]
+
+    def drop_square_sums(self, ta, tb) -> np.ndarray:
+        """``sum_s dV_a^2 - dV_b^2`` (Tr, Tc) in V^2 over the samples of terminal voltages ``ta``
+        and ``tb`` (B, nT) (two states), each device's own drop: one back substitution for both
+        states, the squares summed by :func:`fastres.kernels.wires.drop_square_sums`."""
+        pat = self.pattern
+        w = self._permuted_voltages(np.concatenate([ta, tb]))
+        out = np.empty(self.shape[0] * self.shape[1])
+        _wires.drop_square_sums(w, pat.prow, pat.pcol, ta.shape[0], out)
+        return out.reshape(self.shape)
 
     def drops(self, t) -> np.ndarray:
         """Each device's voltage drop, row node minus column node, (Tr, Tc, B) in V."""
@@ -342,13 +402,14 @@ class Reduction:
         b0 = np.zeros(nF)
         E1 = np.zeros((n[0], n[1]))
         Vb = spec.bias_volts
+        work = np.empty(max(p.work_size for p in net.patterns.values()))  # the factors' scratch
         for l in range(1, net.L + 1):
             mat = np.vstack([params[f"W{l}"], params[f"B{l}"][None, :]])
             A = net.gains[l]
             fs = []
             for t in net.tiles[l]:
                 f = TileFactor(t, np.ascontiguousarray(mat[t.r0:t.r1, t.c0:t.c1]), g_seg, g_re, g_ce,
-                               net.patterns[t.shape])
+                               net.patterns[t.shape], work)
                 fs.append(f)
                 Tr = t.r1 - t.r0
                 P = f.P
@@ -396,10 +457,7 @@ class Reduction:
             D = np.zeros((n[l - 1] + 1, n[l]))
             for f in fs:
                 t = f.tile
-                B = xa.shape[0]
-                d = f.drops(np.concatenate([self.terminals(U, xa, t), self.terminals(U, xb, t)]))
-                da, db = d[:, :, :B], d[:, :, B:]
-                D[t.r0:t.r1, t.c0:t.c1] = np.einsum("ijs,ijs->ij", da, da) - np.einsum("ijs,ijs->ij", db, db)
+                D[t.r0:t.r1, t.c0:t.c1] = f.drop_square_sums(self.terminals(U, xa, t), self.terminals(U, xb, t))
             out[f"W{l}"] = D[:-1]
             out[f"B{l}"] = D[-1]
         return out

@@ -23,6 +23,7 @@ twin                          kernel(s) it is compared with
                               ``updates.block_column_sums``
 :func:`reference_solve`       the whole DC solver (``fastres.solve``)
 :func:`reduce_to_last`        ``wires.factor``, ``wires.back_substitute``
+:func:`drop_square_sums`      ``wires.drop_square_sums``
 :func:`element_kcl`, :func:`element_cocontent`
                               KCL and co-content of a :class:`~fastres.circuit.Circuit`,
                               element by element (the physics checks of the solvers)
@@ -767,3 +768,10 @@ def reduce_to_last(K, k):
     X = -np.linalg.solve(K[:o, :o], K[:o, o:])
     S = K[o:, o:] + K[o:, :o] @ X
     return S, lambda we: np.vstack([X @ we, we])
+
+
+def drop_square_sums(w, prow, pcol, nb):
+    """Twin of ``wires.drop_square_sums``: per cell, the squared drops ``w[prow] - w[pcol]``
+    (V) summed over the first ``nb`` states minus over the others (V^2)."""
+    d = w[prow] - w[pcol]
+    return np.sum(d[:, :nb] ** 2, axis=1) - np.sum(d[:, nb:] ** 2, axis=1)

@@ -46,6 +46,19 @@ def max_diff(ours, theirs):
     return max(abs(ours[k] - theirs[k]) for k in ours)
 
 
+def test_update_stack_offsets():
+    """The factor's scratch: in post-order each front's block is formed above its children's
+    and moved down over them; when the children are not the top of the stack, static offsets."""
+    from fastres.crossbar import _update_stack
+    sizes = np.array([4, 9, 1, 16, 0])
+    uoff, ustk, peak = _update_stack(sizes, [[], [], [0, 1], [2], [3]])  # 0, 1 -> 2 -> 3 -> 4
+    assert list(uoff) == [0, 4, 13, 1, 16] and list(ustk) == [0, 4, 0, 0, 0] and peak == 17
+    uoff, ustk, peak = _update_stack(sizes, [[], [], [0], [1, 2], [3]])  # 0 lies under 1's block
+    assert list(uoff) == list(ustk) == [0, 4, 13, 14, 30] and peak == 30
+    pat = TilePattern(128, 100)
+    assert pat.work_size < 0.1 * np.sum(np.diff(pat.uptr) ** 2)  # a stack, not static offsets
+
+
 def test_tiles_cover_the_matrix_once():
     for n_r, n_c, t in ((129, 16, 16), (17, 20, 16), (5, 3, None), (10, 10, 3)):
         seen = np.zeros((n_r, n_c), dtype=int)
@@ -90,14 +103,18 @@ def test_tile_factor_against_the_dense_reduction(Tr, Tc):
     assert np.abs(f.wire_voltages(t) - w).max() <= 1e-12
     d = f.drops(t)
     assert np.abs(d - (w[:Tr * Tc] - w[Tr * Tc:]).reshape(Tr, Tc, 3)).max() <= 1e-12
+    ref = np.sum(d[:, :, :2] ** 2, axis=2) - np.sum(d[:, :, 2:] ** 2, axis=2)
+    assert np.abs(f.drop_square_sums(t[:2], t[2:]) - ref).max() <= 1e-12
 
 
+@pytest.mark.parametrize("blas_min", [1, 10**9])  # every front by LAPACK/BLAS, every front by loops
 @pytest.mark.parametrize("Tr, Tc", [(1, 1), (2, 9), (16, 16), (17, 20)])
-def test_wires_kernels_against_their_naive_twin(Tr, Tc):
-    """kernels/wires.py: the root's assembled matrix is K reduced to the end nodes, and the
-    back substitution gives the voltages of every other node (tests/naive.reduce_to_last)."""
+def test_wires_kernels_against_their_naive_twin(Tr, Tc, blas_min):
+    """kernels/wires.py: the root's assembled matrix is K reduced to the end nodes, the back
+    substitution gives the voltages of every other node (tests/naive.reduce_to_last), and the
+    devices' drop square sums (tests/naive.drop_square_sums)."""
     from fastres.kernels import wires
-    from naive import reduce_to_last
+    from naive import drop_square_sums, reduce_to_last
     rng = np.random.default_rng(7 * Tr + Tc)
     pat = TilePattern(Tr, Tc)
     vals = pat.values(rng.uniform(1e-6, 1e-4, (Tr, Tc)), 1.0, 0.5, 0.25)
@@ -105,23 +122,26 @@ def test_wires_kernels_against_their_naive_twin(Tr, Tc):
     K = np.zeros((N, N))
     for j in range(N):
         K[pat.indices[pat.indptr[j]:pat.indptr[j + 1]], j] = vals[pat.indptr[j]:pat.indptr[j + 1]]
-    work, mstore = np.empty(pat.woff[-1]), np.empty(pat.moff[-1])
-    assert wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr, pat.cidx,
-                        pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
+    work, mstore = np.empty(pat.work_size), np.empty(pat.moff[-1])
+    assert wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk, work,
+                        pat.moff, mstore, pat.vrel, pat.urel, blas_min)
     S_ref, volts = reduce_to_last(K, k)
-    S = np.triu(work[pat.woff[-2]:pat.woff[-1]].reshape(k, k))  # the kernel fills the upper triangle
+    S = np.triu(mstore[pat.moff[-2]:pat.moff[-1]].reshape(k, k))  # the kernel fills the upper triangle
     S = S + np.triu(S, 1).T
     assert np.abs(S - S_ref).max() <= 1e-12 * np.abs(S_ref).max()
-    we = rng.uniform(-1, 1, (k, 3))
-    w = np.empty((N, 3))
+    we = rng.uniform(-1, 1, (k, 5))
+    w = np.empty((N, 5))
     w[N - k:] = we
-    wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, mstore, w)
+    wires.back_substitute(pat.fstart, pat.uptr, pat.uidx, pat.moff, mstore, w, blas_min)
     assert np.abs(w - volts(we)).max() <= 1e-12
+    out = np.empty(Tr * Tc)
+    wires.drop_square_sums(w, pat.prow, pat.pcol, 2, out)
+    assert np.abs(out - drop_square_sums(w, pat.prow, pat.pcol, 2)).max() <= 1e-12
     if N == k:
         return  # a 1 x 1 tile is all end nodes: nothing to eliminate
     vals[pat.indptr[0]:pat.indptr[1]][pat.indices[pat.indptr[0]:pat.indptr[1]] == 0] = -1.0  # not SPD: refused
-    assert not wires.factor(vals, pat.indptr, pat.indices, pat.fstart, pat.uptr, pat.uidx, pat.cptr,
-                            pat.cidx, pat.woff, work, pat.moff, mstore, np.empty(N, dtype=np.int64))
+    assert not wires.factor(vals, pat.indptr, pat.fstart, pat.uptr, pat.cptr, pat.cidx, pat.uoff, pat.ustk,
+                            work, pat.moff, mstore, pat.vrel, pat.urel, blas_min)
 
 
 @pytest.mark.ngspice
