@@ -104,10 +104,15 @@ class Newton:
 
 #: ``DCProblem.guess`` values: the start of a solve without ``v0`` (see :class:`DCProblem`)
 GUESSES = ("auto", "clipped", "linear", "zero")
-#: the clipped start's sweeps stop when no node moved by more than ``CLIPPED_TOL`` (V) in one,
-#: or after ``CLIPPED_SWEEPS`` (:func:`clipped_start`)
+#: the clipped start (:func:`clipped_start`): its sweeps stop when no node moved by more than
+#: ``CLIPPED_TOL`` (V) in one, or after ``CLIPPED_SWEEPS``; the first sweep's scalar solve of
+#: a node stops at a step below ``CLIPPED_NODE_TOL`` (V; Newton's error after a step ``s`` up
+#: an exponential is about ``s^2 / (2 N vt)``, 2e-9 V here); ``CLIPPED_POLISH``: a last sweep
+#: of one Newton step per node at its own point. Measured on the 784-100-10 deck of
+#: ``benchmarks/netlist_speed.py`` (README, "The netlist path").
 CLIPPED_SWEEPS = 4
 CLIPPED_TOL = 1e-7
+CLIPPED_NODE_TOL = 1e-5
 CLIPPED_POLISH = True
 
 #: ``aid`` codes of a result: the continuation aid that solved a sample plain Newton did not
@@ -332,8 +337,8 @@ def linear_start(cc: CompiledCircuit, b) -> np.ndarray | None:
     return x
 
 
-def clipped_start(cc: CompiledCircuit, b, vdfix, sweeps=None, tol=None,
-                  polish=None) -> np.ndarray | None:
+def clipped_start(cc: CompiledCircuit, b, vdfix, sweeps=None, tol=None, polish=None,
+                  node_tol=None) -> np.ndarray | None:
     """Free-node voltages (B, nF) in V close to the solution of a circuit whose every diode
     joins a node of the eliminated set ``E`` to a held node (a layered network's clipping
     diodes): the linear start (:func:`linear_start`), then nonlinear block Gauss-Seidel sweeps
@@ -349,17 +354,18 @@ def clipped_start(cc: CompiledCircuit, b, vdfix, sweeps=None, tol=None,
     sweeps = CLIPPED_SWEEPS if sweeps is None else int(sweeps)
     tol = CLIPPED_TOL if tol is None else float(tol)
     polish = CLIPPED_POLISH if polish is None else bool(polish)
+    node_tol = CLIPPED_NODE_TOL if node_tol is None else float(node_tol)
     b = np.ascontiguousarray(b, dtype=np.float64)
     B = b.shape[0]
     x = np.empty((B, cc.nF))
     n = chunks(B)
     if n == 1:
         _guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
-                                   idx, side, col, sweeps, tol, polish, 0, B, x)
+                                   idx, side, col, sweeps, tol, node_tol, polish, 0, B, x)
     else:
         with dynamic_chunks():
             _guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
-                                 side, col, sweeps, tol, polish, n, x)
+                                 side, col, sweeps, tol, node_tol, polish, n, x)
     return x
 
 

@@ -37,6 +37,7 @@ from .linalg import cholesky_solve_inplace
 MAX_NODE_STEPS = 60
 
 
+
 @njit(cache=True, fastmath=FASTMATH)
 def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x):
     """Rows ``lo..hi-1`` of ``x`` (B, nF) V: per sample the solution of ``G_FF x = b`` (module
@@ -134,12 +135,12 @@ def _solve_node(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar, tol):
     return v, fp
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col,
-                        sweeps, tol, polish, lo, hi, x):
+                        sweeps, tol, node_tol, polish, lo, hi, x):
     """Rows ``lo..hi-1`` of ``x`` (B, nF) V: the linear start (:func:`linear_start_range`),
     then block Gauss-Seidel sweeps with the diodes (module docstring): the first solves each
-    ``E`` node's KCL exactly (scalar Newton to a step below ``tol / 8``), the next ones
+    ``E`` node's KCL (scalar Newton to a step below ``node_tol`` V), the next ones
     (``sweeps`` in all, fewer once no node moves by more than ``tol`` V) update each ``E``
     node by one Newton step with the derivative of the first; with ``polish``, a last sweep of
     one Newton step per ``E`` node at its own point. Each sweep ends with ``K`` solved exactly
@@ -183,7 +184,7 @@ def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, id
                     v = rhs[e] * inv_gEE[e]
                 elif sweep == 0:
                     v, dfe[e] = _solve_node(old, gEE[e], rhs[e], e, ptr, idx, side, vf, dkind,
-                                            dpar, 0.125 * tol)
+                                            dpar, node_tol)
                 elif last:
                     f, fp = _node_kcl(old, gEE[e], rhs[e], e, ptr, idx, side, vf, dkind, dpar)
                     v = old - f / fp
@@ -225,7 +226,7 @@ def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, id
 
 @njit(cache=True, parallel=True)
 def clipped_start(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col, sweeps,
-                  tol, polish, nchunks, x):
+                  tol, node_tol, polish, nchunks, x):
     """:func:`clipped_start_range` of every sample into ``x`` (B, nF) V, chunks of samples in
     parallel (:func:`~fastres.kernels.blocks.block_range`). Returns how many samples kept
     their linear start."""
@@ -235,5 +236,6 @@ def clipped_start(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, sid
         lo, hi = block_range(B, nchunks, c)
         if lo < hi:
             bad += clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx,
-                                       side, col, sweeps, tol, polish, lo, hi, x)
+                                       side, col, sweeps, tol, node_tol, polish, lo, hi,
+                                       x)
     return bad

@@ -244,7 +244,7 @@ def test_clipped_start_first_sweep_matches_the_twin(diode):
     x_lin = linear_start(cc, b)
     twin = naive.clipped_sweep(cc.GKK, cc.GKE, cc.gEE, b, x_lin, vdfix, cc.da, cc.db, cc.dkind,
                                cc.dpar)
-    one = clipped_start(cc, b, vdfix, sweeps=1, tol=1e-13, polish=False)
+    one = clipped_start(cc, b, vdfix, sweeps=1, tol=1e-13, polish=False, node_tol=1e-13)
     np.testing.assert_allclose(one, twin, rtol=0, atol=1e-11)
     assert np.abs(one - x_lin).max() > 1e-3  # the diodes moved the start
     # the default start (linearised sweeps, a polishing one): close to the circuit's own
@@ -267,16 +267,16 @@ def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_li
     b, vdfix = prob.batch(Newton())
     par = np.empty((40, cc.nF))
     assert guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
-                               side, col, 4, 1e-7, True, 3, par) == 0
+                               side, col, 4, 1e-7, 1e-5, True, 3, par) == 0
     ser = np.empty((40, cc.nF))
     assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
-                                     idx, side, col, 4, 1e-7, True, 0, 40, ser) == 0
+                                     idx, side, col, 4, 1e-7, 1e-5, True, 0, 40, ser) == 0
     np.testing.assert_array_equal(par, ser)
     bs = b[:2].copy()
     bs[1, cc.nK] = np.nan  # an E node's source current: the sweeps fail, the sample keeps
     xs = np.empty((2, cc.nF))  # its (zeroed, non-finite) linear start
     assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, bs, vdfix, cc.dkind, cc.dpar,
-                                     ptr, idx, side, col, 4, 1e-7, True, 0, 2, xs) == 1
+                                     ptr, idx, side, col, 4, 1e-7, 1e-5, True, 0, 2, xs) == 1
     np.testing.assert_array_equal(xs[1], 0.0)
     np.testing.assert_array_equal(xs[0], ser[0])
 
