@@ -38,6 +38,20 @@ MAX_NODE_STEPS = 60
 
 
 
+@njit(cache=True, inline="always")
+def _solve_k(L, GKE, b, x, s, rK):
+    """``rK`` (nK,) V: the ``K`` block of sample ``s`` with ``E`` held at ``x[s, nK:]``,
+    ``(L L^T) rK = b[s, :nK] - GKE x[s, nK:]`` (``L`` a lower Cholesky factor, S^1/2)."""
+    nK = GKE.shape[0]
+    nE = GKE.shape[1]
+    for k in range(nK):
+        t = b[s, k]
+        for e in range(nE):
+            t -= GKE[k, e] * x[s, nK + e]
+        rK[k] = t
+    cholesky_solve_inplace(L, rK, nK)
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x):
     """Rows ``lo..hi-1`` of ``x`` (B, nF) V: per sample the solution of ``G_FF x = b`` (module
@@ -55,12 +69,7 @@ def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x):
     for s in range(lo, hi):
         for e in range(nE):
             x[s, nK + e] = b[s, nK + e] * inv_gEE[e]
-        for k in range(nK):
-            t = b[s, k]
-            for e in range(nE):
-                t -= GKE[k, e] * x[s, nK + e]
-            rK[k] = t
-        cholesky_solve_inplace(L, rK, nK)
+        _solve_k(L, GKE, b, x, s, rK)
         for e in range(nE):
             acc[e] = 0.0
         for k in range(nK):
@@ -198,13 +207,7 @@ def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, id
                 x[s, nK + e] = v
             if not ok:
                 break
-            # K nodes with E held: GKK xK = b_K - GKE xE
-            for k in range(nK):
-                t = b[s, k]
-                for e in range(nE):
-                    t -= GKE[k, e] * x[s, nK + e]
-                rK[k] = t
-            cholesky_solve_inplace(LK, rK, nK)
+            _solve_k(LK, GKE, b, x, s, rK)  # K nodes with E held
             for k in range(nK):
                 if not math.isfinite(rK[k]):
                     ok = False

@@ -29,6 +29,14 @@ def _deck(sizes=(30, 12, 4), IS=1e-12, seed=0):
     return parse_netlist(netlist_speed.deck_text(rng, sizes, IS=IS)), rng
 
 
+def _model_deck(diode, seed):
+    """A 40-16-5 deck whose diodes are all of ``diode``'s model, and the rng after it."""
+    rng = np.random.default_rng(seed)
+    pwl = (diode.ron, diode.roff, diode.vfwd) if isinstance(diode, PiecewiseLinear) else None
+    return parse_netlist(netlist_speed.deck_text(rng, (40, 16, 5), IS=getattr(diode, "IS", 1e-12),
+                                                 pwl=pwl)), rng
+
+
 def _perm(cc, sysn):
     """Columns of naive's free order in the compiled circuit's kernel order."""
     col = {n: k for k, n in enumerate(sysn.free)}
@@ -161,10 +169,7 @@ def test_linear_start_solves_the_resistor_network():
 
 @pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
 def test_linear_start_gives_the_same_answer_in_fewer_iterations(diode):
-    rng = np.random.default_rng(5)
-    pwl = (diode.ron, diode.roff, diode.vfwd) if isinstance(diode, PiecewiseLinear) else None
-    c = parse_netlist(netlist_speed.deck_text(rng, (40, 16, 5), IS=getattr(diode, "IS", 1e-12),
-                                              pwl=pwl))
+    c, rng = _model_deck(diode, 5)
     assert {type(d.model) for d in c.of_type(Diode)} == {type(diode)}
     src = netlist_speed.source_batch(rng, 200, 40)
     new = solve(DCProblem(c, src))
@@ -233,10 +238,7 @@ def test_linear_start_lets_plain_newton_solve_fuzz_62():
 
 @pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
 def test_clipped_start_first_sweep_matches_the_twin(diode):
-    rng = np.random.default_rng(21)
-    pwl = (diode.ron, diode.roff, diode.vfwd) if isinstance(diode, PiecewiseLinear) else None
-    c = parse_netlist(netlist_speed.deck_text(rng, (40, 16, 5), IS=getattr(diode, "IS", 1e-12),
-                                              pwl=pwl))
+    c, rng = _model_deck(diode, 21)
     cc = c.compile()
     assert cc.clipped_factor is not None
     prob = DCProblem(cc, netlist_speed.source_batch(rng, 12, 40))
