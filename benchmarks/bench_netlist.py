@@ -49,6 +49,14 @@ class Netlist784Shockley:
     def time_end_to_end_zero_start(self):
         solve(DCProblem(self.circuit, self.sources, guess="zero"), self.alg)
 
+    def time_end_to_end_linear_start(self):
+        solve(DCProblem(self.circuit, self.sources, guess="linear"), self.alg)
+
+    def time_clipped_start(self):
+        prob = DCProblem(self.cc, self.sources)
+        prob.batch(self.alg)
+        prob.start(self.alg, BATCH)
+
     def time_compile(self):
         self.circuit.compile()
 

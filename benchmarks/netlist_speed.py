@@ -17,7 +17,8 @@ What is timed (wall clock, medians over ``--rounds``, the two solvers interleave
   timing; the solve compiles it, builds the source currents from the dict, chooses a start
   and runs Newton); and, in versions that have ``DCProblem.guess``, its parts:
   ``circuit.compile()``, ``prob.batch(alg)`` (sources -> currents), ``prob.start(alg, B)``,
-  the Newton kernel (``solve_system``), and the end to end time with ``guess="zero"``.
+  the Newton kernel (``solve_system``), and the end to end time with ``guess="zero"`` and, in
+  versions that have it, ``guess="linear"`` (the default is then the clipped start).
   Without those parts (an older fastres) the script still times end to end and numpy, so
   ``OLD_PYTHON benchmarks/netlist_speed.py`` measures the old code on the same deck.
 * numpy: ``reference_solve(circuit, sources)`` of ``tests/naive.py`` (batched Newton on the
@@ -119,9 +120,13 @@ def main(argv=None):
           f"read_netlist {t_read:.2f} s", flush=True)
     solve(DCProblem(circuit, {k: v[:64] for k, v in sources.items()}), alg)  # JIT warm-up
     parts = hasattr(DCProblem, "guess")  # this version has the start guess and source_rows
+    clipped = parts and "clipped" in getattr(sys.modules[DCProblem.__module__], "GUESSES", ())
     rows = {"end_to_end": [], "numpy": []}
     if parts:
         rows.update({"compile": [], "sources": [], "start": [], "newton": [], "zero_start": []})
+    if clipped:
+        rows.update({"linear_start": []})
+    iters = {}
     sol = v_np = None
     for r in range(args.rounds):
         t, sol = _timed(lambda: solve(DCProblem(circuit, sources), alg))
@@ -136,8 +141,13 @@ def main(argv=None):
             rows["start"].append(t)
             t, _ = _timed(lambda: solve_system(cc.system, b, vdfix, x, alg))
             rows["newton"].append(t)
-            t, _ = _timed(lambda: solve(DCProblem(circuit, sources, guess="zero"), alg))
+            t, z = _timed(lambda: solve(DCProblem(circuit, sources, guess="zero"), alg))
             rows["zero_start"].append(t)
+            iters["zero_start"] = float(np.mean(z.iterations))
+        if clipped:
+            t, z = _timed(lambda: solve(DCProblem(circuit, sources, guess="linear"), alg))
+            rows["linear_start"].append(t)
+            iters["linear_start"] = float(np.mean(z.iterations))
         t, (nodes_np, v_np) = _timed(lambda: reference_solve(circuit, sub))
         rows["numpy"].append(t)
         print(f"  round {r}: end to end {rows['end_to_end'][-1]:.3f} s, numpy ({nB}) {t:.3f} s",
@@ -147,21 +157,25 @@ def main(argv=None):
     ratio = us["numpy"] / us["end_to_end"]
     assert list(nodes_np) == sol.nodes
     dv = float(np.max(np.abs(sol.v[:nB] - v_np)))
-    iters = float(np.mean(sol.iterations))
+    it_mean = float(np.mean(sol.iterations))
     print(f"fastres end to end : {us['end_to_end']:8.2f} us/sample  ({med['end_to_end']:.3f} s)")
     if parts:
         for key, text in (("compile", "compile"), ("sources", "sources -> b, vdfix"),
                           ("start", "start (guess)"), ("newton", "Newton kernel"),
-                          ("zero_start", "end to end, guess='zero'")):
-            print(f"  {text:25s}: {us[key]:8.2f} us/sample  ({med[key]:.3f} s)")
+                          ("zero_start", "end to end, guess='zero'"),
+                          ("linear_start", "end to end, guess='linear'")):
+            if key in us:
+                more = f", {iters[key]:.2f} iterations" if key in iters else ""
+                print(f"  {text:25s}: {us[key]:8.2f} us/sample  ({med[key]:.3f} s{more})")
     print(f"numpy batched Newton: {us['numpy']:8.2f} us/sample  ({med['numpy']:.3f} s for {nB})")
     print(f"ratio numpy / fastres end to end: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: "
           f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'})")
-    print(f"Newton iterations per sample: {iters:.2f}; max |V fastres - V numpy| = {dv:.2e} V")
+    print(f"Newton iterations per sample: {it_mean:.2f}; max |V fastres - V numpy| = {dv:.2e} V")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"batch": B, "numpy_batch": nB, "rounds": rows, "median_s": med,
-                       "us_per_sample": us, "ratio": ratio, "iterations": iters, "max_dv": dv,
+                       "us_per_sample": us, "ratio": ratio, "iterations": it_mean,
+                       "iterations_other_starts": iters, "max_dv": dv,
                        "threads": numba.get_num_threads()}, f, indent=1)
 
 

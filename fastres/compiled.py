@@ -173,6 +173,36 @@ class CompiledCircuit:
         return self._linear_factor
 
     @property
+    def clipped_factor(self):
+        """``(LK, ptr, idx, side, col)`` for :func:`fastres.solver.clipped_start`, or None unless
+        every diode joins a node of ``E`` to a held node and :attr:`linear_factor` exists:
+        ``LK`` (nK, nK) the lower Cholesky factor of ``GKK`` (S^1/2); the diodes of ``E`` node
+        ``e`` are ``idx[ptr[e]:ptr[e + 1]]`` (int64), ``side`` +1 where that node is the
+        anode, -1 the cathode, and ``col`` the column of ``vdfix`` holding the other end
+        (see :func:`fastres.kernels.guess.clipped_start_range`). Cached."""
+        if getattr(self, "_clipped_factor", False) is False:
+            self._clipped_factor = None
+            nK, nF = self.nK, self.nF
+            da, db = self.da, self.db
+            a_in_e = (da >= nK) & (da < nF)
+            b_in_e = (db >= nK) & (db < nF)
+            fits = (a_in_e & (db >= nF)) | (b_in_e & (da >= nF))
+            if self.linear_factor is not None and da.size and np.all(fits):
+                try:
+                    LK = np.linalg.cholesky(self.GKK) if nK else np.zeros((0, 0))
+                except np.linalg.LinAlgError:
+                    LK = None
+                if LK is not None and np.all(np.isfinite(LK)):
+                    node = np.where(a_in_e, da, db) - nK
+                    idx = np.argsort(node, kind="stable").astype(np.int64)
+                    ptr = np.zeros(self.nE + 1, dtype=np.int64)
+                    np.cumsum(np.bincount(node, minlength=self.nE), out=ptr[1:])
+                    side = np.where(a_in_e[idx], 1, -1).astype(np.int64)
+                    col = (np.where(a_in_e[idx], db[idx], da[idx]) - nF).astype(np.int64)
+                    self._clipped_factor = (np.ascontiguousarray(LK), ptr, idx, side, col)
+        return self._clipped_factor
+
+    @property
     def slots(self) -> np.ndarray:
         """For each node of ``nodes``: free index (>= 0) or ``-(fixed column) - 1`` (cached)."""
         if getattr(self, "_slots", None) is None:
@@ -182,7 +212,9 @@ class CompiledCircuit:
     def _node_slots(self):
         free = {n: i for i, n in enumerate(self.free_nodes)}
         fixed = {n: j for j, n in enumerate(self.fixed_nodes)}
-        alias = {a.out: a.inp for a in self.circuit.of_type(Amplifier)}
+        alias = getattr(self, "_alias", None)  # set by compile_circuit
+        if alias is None:
+            alias = {a.out: a.inp for a in self.circuit.of_type(Amplifier)}
         base = [alias.get(n, n) for n in self.nodes]
         return np.array([free[n] if n in free else -fixed[n] - 1 for n in base], dtype=np.int64)
 
@@ -409,10 +441,12 @@ def compile_circuit(circuit, structure: str = "auto") -> CompiledCircuit:
     vsrc = {v.name: fixed_col[v.node] for v in vs}
     isrc = {i.name: fidx.get(i.node, -1) for i in groups[CurrentSource]}
     scales = np.array([base(n)[1] for n in nodes], dtype=np.float64)
-    return CompiledCircuit(
+    cc = CompiledCircuit(
         circuit=circuit, nodes=nodes, free_nodes=free_nodes, fixed_nodes=fixed_nodes, nK=nK, nE=nE,
         GKK=GKK, GKE=GKE, gEE=gEE, GFX=GFX,
         da=np.array(da, dtype=np.int64), db=np.array(db, dtype=np.int64),
         dfix=np.array(list(dfix), dtype=np.int64),
         dkind=np.array(kinds, dtype=np.int64), dpar=np.ascontiguousarray(dpar), vsrc=vsrc, isrc=isrc,
         scales=scales)
+    cc._alias = {out: inp for out, (inp, _) in alias.items()}
+    return cc

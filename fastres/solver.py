@@ -12,6 +12,7 @@ into a :class:`~fastres.errors.ConvergenceError`.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import numba
 import numpy as np
@@ -43,6 +44,20 @@ def chunks(B: int) -> int:
     if t == 1 or B < 2:
         return 1
     return max(1, min(B, t * max(1, min(4, B // (64 * t)))))
+
+
+@contextmanager
+def dynamic_chunks():
+    """Within the block, Numba's parallel loops hand out their iterations (chunks of samples)
+    one at a time to whichever thread is free (``numba.set_parallel_chunksize(1)``) instead
+    of in fixed shares: a thread slowed by other work on its core, or by samples that need more
+    Newton steps, takes fewer chunks. For per-sample kernels only, whose results do not depend
+    on which thread solves a chunk; the previous setting is restored on exit."""
+    old = numba.set_parallel_chunksize(1)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(old)
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,17 @@ class Newton:
 
 
 #: ``DCProblem.guess`` values: the start of a solve without ``v0`` (see :class:`DCProblem`)
-GUESSES = ("auto", "linear", "zero")
+GUESSES = ("auto", "clipped", "linear", "zero")
+#: the clipped start (:func:`clipped_start`): its sweeps stop when no node moved by more than
+#: ``CLIPPED_TOL`` (V) in one, or after ``CLIPPED_SWEEPS``; the first sweep's scalar solve of
+#: a node stops at a step below ``CLIPPED_NODE_TOL`` (V; Newton's error after a step ``s`` up
+#: an exponential is about ``s^2 / (2 N vt)``, 2e-9 V here); ``CLIPPED_POLISH``: a last sweep
+#: of one Newton step per node at its own point. Measured on the 784-100-10 deck of
+#: ``benchmarks/netlist_speed.py`` (README, "The netlist path").
+CLIPPED_SWEEPS = 4
+CLIPPED_TOL = 1e-7
+CLIPPED_NODE_TOL = 1e-5
+CLIPPED_POLISH = True
 
 #: ``aid`` codes of a result: the continuation aid that solved a sample plain Newton did not
 AID_TEXT = {int(_newton.AID_NONE): "none", int(_newton.AID_GMIN): "gmin stepping",
@@ -183,11 +208,14 @@ class DCProblem:
 
     ``guess`` chooses the start when there is no ``v0``: ``"linear"`` the solution of the
     resistor network alone (every diode removed; one factor shared by the batch, see
-    :func:`linear_start`), ``"zero"`` 0 V everywhere, ``"auto"`` (default)
-    the linear start when every diode joins a free node to a held one (clipping diodes, as in
-    a layered network; :attr:`CompiledCircuit.clipping_only`), else 0 V. Where the resistor
-    network alone is singular, the start is 0 V. The answer is the same to the solver's
-    tolerance whatever the start; only the iterations differ.
+    :func:`linear_start`), ``"clipped"`` the linear start with the diodes put back by block
+    Gauss-Seidel sweeps (:func:`clipped_start`; where not every diode joins an eliminated node
+    to a held one, the linear start), ``"zero"`` 0 V everywhere, ``"auto"`` (default) the
+    clipped start where it applies, else the linear start when every diode joins a free node
+    to a held one (clipping diodes, as in a layered network;
+    :attr:`CompiledCircuit.clipping_only`), else 0 V. Where the resistor network alone is
+    singular, the start is 0 V. The answer is the same to the solver's tolerance whatever the
+    start; only the iterations differ.
     """
 
     circuit: Circuit | CompiledCircuit
@@ -196,6 +224,7 @@ class DCProblem:
     guess: str = "auto"
     _prepared: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _b: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _vdfix: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.guess not in GUESSES:
@@ -227,8 +256,8 @@ class DCProblem:
         """``(b (B, nF) A, vdfix (B, nXd) V)``."""
         cc, vfix, inj = self.prepared(alg.structure)
         b = held_currents(vfix.T, cc, inj)
-        self._b = b
         vdfix = np.ascontiguousarray(vfix[:, cc.dfix]) if cc.dfix.size else np.zeros((1, 0))
+        self._b, self._vdfix = b, vdfix
         return b, vdfix
 
     def start(self, alg, B) -> np.ndarray:
@@ -238,8 +267,15 @@ class DCProblem:
             return _start(cc, self.v0, B)
         if self.guess == "auto" and not cc.clipping_only:
             return _start(cc, None, B)
-        b = self._b if self._b is not None and self._b.shape[0] == B else self.batch(alg)[0]
-        x = linear_start(cc, b)
+        if self._b is not None and self._b.shape[0] == B:
+            b, vdfix = self._b, self._vdfix
+        else:
+            b, vdfix = self.batch(alg)
+        x = None
+        if self.guess in ("auto", "clipped"):
+            x = clipped_start(cc, b, vdfix)
+        if x is None:
+            x = linear_start(cc, b)
         return _start(cc, None, B) if x is None else x
 
     def solution(self, alg, x, it, res, st) -> DCSolution:
@@ -298,6 +334,38 @@ def linear_start(cc: CompiledCircuit, b) -> np.ndarray | None:
     B = b.shape[0]
     x = np.empty((B, cc.nF))
     _guess.linear_start_range(L, cc.GKE, inv, b, 0, B, x)
+    return x
+
+
+def clipped_start(cc: CompiledCircuit, b, vdfix, sweeps=None, tol=None, polish=None,
+                  node_tol=None) -> np.ndarray | None:
+    """Free-node voltages (B, nF) in V close to the solution of a circuit whose every diode
+    joins a node of the eliminated set ``E`` to a held node (a layered network's clipping
+    diodes): the linear start (:func:`linear_start`), then nonlinear block Gauss-Seidel sweeps
+    that solve each ``E`` node's KCL with its diodes exactly, then ``K`` (kernel
+    :func:`fastres.kernels.guess.clipped_start`, chunks of samples in parallel). ``b`` (B, nF)
+    source currents (A), ``vdfix`` (B or 1, nXd) the held voltages diodes touch (V). None
+    where the circuit is not of that form (:attr:`CompiledCircuit.clipped_factor`)."""
+    fac, clip = cc.linear_factor, cc.clipped_factor
+    if fac is None or clip is None:
+        return None
+    L, inv = fac
+    LK, ptr, idx, side, col = clip
+    sweeps = CLIPPED_SWEEPS if sweeps is None else int(sweeps)
+    tol = CLIPPED_TOL if tol is None else float(tol)
+    polish = CLIPPED_POLISH if polish is None else bool(polish)
+    node_tol = CLIPPED_NODE_TOL if node_tol is None else float(node_tol)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    B = b.shape[0]
+    x = np.empty((B, cc.nF))
+    n = chunks(B)
+    if n == 1:
+        _guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
+                                   idx, side, col, sweeps, tol, node_tol, polish, 0, B, x)
+    else:
+        with dynamic_chunks():
+            _guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
+                                 side, col, sweeps, tol, node_tol, polish, n, x)
     return x
 
 
@@ -372,7 +440,9 @@ def solve_system(system: KernelSystem, b, vdfix, x, alg: Newton, cache=None, aid
         _newton.solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, 0, B, it, res, st,
                             aid)
     else:
-        _newton.solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, n, it, res, st, aid)
+        with dynamic_chunks():
+            _newton.solve_b(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x, *args, n, it, res, st,
+                            aid)
     return it, res, st
 
 

@@ -94,7 +94,7 @@ Workspace = namedtuple("Workspace", [
     "residual", "residual_lin", "step", "g_step", "jac_kk", "jac_e",
     "schur_u", "schur_factor", "schur_rhs", "jac_e_rsqrt",
     "diode_i", "diode_g", "diode_ev", "trial_i", "trial_g", "trial_ev", "factor_g",
-    "noise_r", "noise_dx"])
+    "noise_r", "noise_dx", "step_floor"])
 Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`), float64, by name.
 
 ``nF = nK + nE`` free nodes, ``nXd`` fixed nodes touched by diodes, ``nD`` diodes:
@@ -122,16 +122,32 @@ Workspace.__doc__ = """Scratch arrays of one Newton solve (see :func:`workspace`
 - ``noise_r`` (nF,) A: round-off bound of the residual's evaluation, node by node
   (:func:`_step_noise`).
 - ``noise_dx`` (nF,) V: the step that residual noise alone produces, ``J^-1 noise_r``.
+- ``step_floor`` (nD,) V: a floor under each diode's first-trial step limit
+  (:func:`step_floors`; -inf, which skips nothing, until :func:`solve_range` fills it).
 """
 
 
 @njit(cache=True)
-def _first_trial(vext, dxe, da, db, dkind, dpar):
+def step_floors(dkind, dpar, out):
+    """``out`` (nD,) V: each diode's step limit at ``v = -inf``
+    (:func:`~fastres.kernels.devices.diode_step_limit`, non-decreasing in ``v``), a floor under
+    its limit at any voltage (+inf for a model without a limit, -inf where unknown), so that
+    :func:`_first_trial` evaluates the limit (a logarithm for a Shockley diode) only for the
+    diodes a step could drive past it."""
+    for k in range(dkind.shape[0]):
+        f = diode_step_limit(dkind[k], dpar[k], -math.inf, 1.0)
+        out[k] = f if f == f else -math.inf
+
+
+@njit(cache=True)
+def _first_trial(vext, dxe, da, db, dkind, dpar, floor):
     """First step length of the line search: 1, or less where a diode would be driven above
     its step limit (:func:`~fastres.kernels.devices.diode_step_limit`: for a Shockley diode
     ``vcrit + 10 N vt`` up its exponential, ngspice's critical voltage, which a linearised step
     from below always overshoots). Only a starting point: the line search still brackets and
-    may extend the step."""
+    may extend the step. ``floor`` (nD,) V from :func:`step_floors` (or -inf): a diode whose
+    new voltage stays at or below its floor cannot pass its limit and is skipped (the limit
+    is non-decreasing in ``v`` and rounding is monotone, so the result is the same)."""
     t = 1.0
     for k in range(da.shape[0]):
         a = da[k]
@@ -140,6 +156,8 @@ def _first_trial(vext, dxe, da, db, dkind, dpar):
         if h <= 0.0:  # a limit on the voltage concerns only steps up
             continue
         v = vext[a] - vext[c]
+        if v + h <= floor[k]:
+            continue
         vlim = diode_step_limit(dkind[k], dpar[k], v, h)
         if v + h > vlim:
             t = min(t, (vlim - v) / h)
@@ -404,7 +422,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             stalls = 0
         if stalled:
             limited = True  # from now on, an iteration limit is reported as ROUNDOFF
-        t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar)
+        t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar, w.step_floor)
         lo = 0.0
         hi = math.inf
         accepted = False
@@ -463,7 +481,8 @@ def workspace(nK, nE, nD, nXd):
                      schur_rhs=np.empty(nK), jac_e_rsqrt=np.empty(nE),
                      diode_i=np.empty(nD), diode_g=np.empty(nD), diode_ev=np.empty(nD),
                      trial_i=np.empty(nD), trial_g=np.empty(nD), trial_ev=np.empty(nD),
-                     factor_g=np.empty(nD), noise_r=np.empty(nF), noise_dx=np.empty(nF))
+                     factor_g=np.empty(nD), noise_r=np.empty(nF), noise_dx=np.empty(nF),
+                     step_floor=np.full(nD, -np.inf))
 
 
 @njit(cache=True)
@@ -595,6 +614,7 @@ def solve_range(GKK, GKE, gEE, b, vdfix, da, db, dkind, dpar, x,
     nF = nK + nE
     nXd = vdfix.shape[1]
     w = workspace(nK, nE, da.shape[0], nXd)
+    step_floors(dkind, dpar, w.step_floor)
     vext = np.empty(nF + nXd)
     kept = fS.shape[0] > 0
     for s in range(lo, hi):

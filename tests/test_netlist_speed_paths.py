@@ -18,7 +18,7 @@ from fastres.errors import CircuitError, ConfigError
 from fastres.generators import input_batch, layered_circuit, random_graph_circuit
 from fastres.netlist import parse_netlist
 from fastres.kernels import guess
-from fastres.solver import held_currents, linear_start
+from fastres.solver import clipped_start, held_currents, linear_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import netlist_speed  # noqa: E402  (the benchmark's deck and batch)
@@ -27,6 +27,14 @@ import netlist_speed  # noqa: E402  (the benchmark's deck and batch)
 def _deck(sizes=(30, 12, 4), IS=1e-12, seed=0):
     rng = np.random.default_rng(seed)
     return parse_netlist(netlist_speed.deck_text(rng, sizes, IS=IS)), rng
+
+
+def _model_deck(diode, seed):
+    """A 40-16-5 deck whose diodes are all of ``diode``'s model, and the rng after it."""
+    rng = np.random.default_rng(seed)
+    pwl = (diode.ron, diode.roff, diode.vfwd) if isinstance(diode, PiecewiseLinear) else None
+    return parse_netlist(netlist_speed.deck_text(rng, (40, 16, 5), IS=getattr(diode, "IS", 1e-12),
+                                                 pwl=pwl)), rng
 
 
 def _perm(cc, sysn):
@@ -161,19 +169,18 @@ def test_linear_start_solves_the_resistor_network():
 
 @pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
 def test_linear_start_gives_the_same_answer_in_fewer_iterations(diode):
-    rng = np.random.default_rng(5)
-    pwl = (diode.ron, diode.roff, diode.vfwd) if isinstance(diode, PiecewiseLinear) else None
-    c = parse_netlist(netlist_speed.deck_text(rng, (40, 16, 5), IS=getattr(diode, "IS", 1e-12),
-                                              pwl=pwl))
+    c, rng = _model_deck(diode, 5)
     assert {type(d.model) for d in c.of_type(Diode)} == {type(diode)}
     src = netlist_speed.source_batch(rng, 200, 40)
     new = solve(DCProblem(c, src))
     old = solve(DCProblem(c, src, guess="zero"))
     lin = solve(DCProblem(c, src, guess="linear"))
-    assert new.converged.all() and old.converged.all()
+    clip = solve(DCProblem(c, src, guess="clipped"))
+    assert new.converged.all() and old.converged.all() and lin.converged.all()
     np.testing.assert_allclose(new.v, old.v, rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(new.v, lin.v)
-    assert new.iterations.mean() < old.iterations.mean()
+    np.testing.assert_allclose(lin.v, old.v, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(new.v, clip.v)  # "auto" is the clipped start here
+    assert new.iterations.mean() < lin.iterations.mean() < old.iterations.mean()
     nodes, V = naive.reference_solve(c, {k: v[:40] for k, v in src.items()})
     assert nodes == new.nodes
     np.testing.assert_allclose(new.v[:40], V, rtol=0, atol=1e-9)
@@ -227,3 +234,72 @@ def test_linear_start_lets_plain_newton_solve_fuzz_62():
     aided = solve(DCProblem(c, guess="zero"))
     assert aided.aid[0] == 2
     np.testing.assert_allclose(sol.v, aided.v, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
+def test_clipped_start_first_sweep_matches_the_twin(diode):
+    c, rng = _model_deck(diode, 21)
+    cc = c.compile()
+    assert cc.clipped_factor is not None
+    prob = DCProblem(cc, netlist_speed.source_batch(rng, 12, 40))
+    b, vdfix = prob.batch(Newton())
+    x_lin = linear_start(cc, b)
+    twin = naive.clipped_sweep(cc.GKK, cc.GKE, cc.gEE, b, x_lin, vdfix, cc.da, cc.db, cc.dkind,
+                               cc.dpar)
+    one = clipped_start(cc, b, vdfix, sweeps=1, tol=1e-13, polish=False, node_tol=1e-13)
+    np.testing.assert_allclose(one, twin, rtol=0, atol=1e-11)
+    assert np.abs(one - x_lin).max() > 1e-3  # the diodes moved the start
+    # the default start (linearised sweeps, a polishing one): close to the circuit's own
+    # solution, which Newton then reaches in fewer steps, as the numpy reference Newton does
+    start = clipped_start(cc, b, vdfix)
+    _, V = naive.reference_solve(c, {k: v for k, v in prob.sources.items()})
+    sol = solve(DCProblem(cc, prob.sources))
+    lin = solve(DCProblem(cc, prob.sources, guess="linear"))
+    assert np.abs(sol.x - start).max() < 1e-5 < np.abs(sol.x - x_lin).max()
+    assert sol.iterations.max() < lin.iterations.min()
+    np.testing.assert_allclose(sol.v, V, rtol=0, atol=1e-9)
+
+
+def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_linear():
+    c, rng = _deck(seed=4)
+    cc = c.compile()
+    L, inv = cc.linear_factor
+    LK, ptr, idx, side, col = cc.clipped_factor
+    prob = DCProblem(cc, netlist_speed.source_batch(rng, 40, 30))
+    b, vdfix = prob.batch(Newton())
+    par = np.empty((40, cc.nF))
+    assert guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
+                               side, col, 4, 1e-7, 1e-5, True, 3, par) == 0
+    ser = np.empty((40, cc.nF))
+    assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
+                                     idx, side, col, 4, 1e-7, 1e-5, True, 0, 40, ser) == 0
+    np.testing.assert_array_equal(par, ser)
+    bs = b[:2].copy()
+    bs[1, cc.nK] = np.nan  # an E node's source current: the sweeps fail, the sample keeps
+    xs = np.empty((2, cc.nF))  # its (zeroed, non-finite) linear start
+    assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, bs, vdfix, cc.dkind, cc.dpar,
+                                     ptr, idx, side, col, 4, 1e-7, 1e-5, True, 0, 2, xs) == 1
+    np.testing.assert_array_equal(xs[1], 0.0)
+    np.testing.assert_array_equal(xs[0], ser[0])
+
+
+def test_clipped_start_needs_every_diode_on_the_eliminated_layer():
+    c = Circuit()
+    c.add_voltage_source("v1", "a", 1.0)
+    c.add_resistor("r1", "a", "m", r=1e3)
+    c.add_resistor("r2", "m", "0", r=1e3)
+    c.add_diode("d1", "m", "0")
+    cc = c.compile()
+    assert cc.clipping_only
+    if cc.nE and cc.da[0] >= cc.nK:  # the diode's node was eliminated: the start applies
+        assert cc.clipped_factor is not None
+    d = Circuit()
+    d.add_voltage_source("v1", "a", 1.0)
+    d.add_resistor("r1", "a", "m", r=1e3)
+    d.add_diode("d1", "m", "n")  # a diode between two free nodes
+    d.add_resistor("r2", "n", "0", r=1e3)
+    dc = d.compile()
+    assert dc.clipped_factor is None
+    z = solve(DCProblem(dc, guess="zero"))
+    a = solve(DCProblem(dc, guess="clipped"))  # falls back (to the linear start)
+    np.testing.assert_allclose(a.v, z.v, rtol=0, atol=1e-9)
