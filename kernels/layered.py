@@ -186,8 +186,38 @@ def gather_t(a, cols, out):
 
 
 @njit(cache=True)
+def gff_wide(x, cols, W, A, nK, d, out):
+    """:func:`gff_cols` for one hidden layer whose output layer is the K class (nodes
+    ``0..nK-1``), ``W`` (nE, nK) S = ``W_2``, gain ``A``: two sample-major BLAS products
+    (``x_E W`` and ``x_K W^T``, (m, nK) and (m, nE)) and no node-major copy of the hidden
+    layer."""
+    nF = x.shape[1]
+    nE = nF - nK
+    m = cols.shape[0]
+    xK = np.empty((m, nK))
+    xE = np.empty((m, nE))
+    for j in range(m):
+        s = cols[j]
+        for i in range(nK):
+            xK[j, i] = x[s, i]
+        for i in range(nE):
+            xE[j, i] = x[s, nK + i]
+    pK = np.dot(xE, W)
+    pE = np.dot(xK, W.T)
+    for j in range(m):
+        s = cols[j]
+        for i in range(nK):
+            out[s, i] = d[i] * x[s, i] - A * pK[j, i]
+        for i in range(nE):
+            out[s, nK + i] = d[nK + i] * x[s, nK + i] - A * pE[j, i]
+
+
+@njit(cache=True)
 def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
     """``out[s] = G_FF x[s]`` (A) for the samples ``cols``; ``x``, ``out`` (B, nF), V and A."""
+    if nl.shape[0] == 3 and off[2] == 0 and nt == 1:
+        gff_wide(x, cols, Ws[0], gains[2], off[1], d, out)
+        return
     nF = x.shape[1]
     m = cols.shape[0]
     L = nl.shape[0] - 1
