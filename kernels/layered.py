@@ -191,24 +191,19 @@ def gff_wide(x, cols, W, A, nK, d, out):
     ``0..nK-1``), ``W`` (nE, nK) S = ``W_2``, gain ``A``: two sample-major BLAS products
     (``x_E W`` and ``x_K W^T``, (m, nK) and (m, nE)) and no node-major copy of the hidden
     layer."""
-    nF = x.shape[1]
-    nE = nF - nK
     m = cols.shape[0]
     xK = np.empty((m, nK))
-    xE = np.empty((m, nE))
+    xE = np.empty((m, x.shape[1] - nK))
     for j in range(m):
-        s = cols[j]
-        for i in range(nK):
-            xK[j, i] = x[s, i]
-        for i in range(nE):
-            xE[j, i] = x[s, nK + i]
+        xK[j] = x[cols[j], :nK]
+        xE[j] = x[cols[j], nK:]
     pK = np.dot(xE, W)
     pE = np.dot(xK, W.T)
     for j in range(m):
         s = cols[j]
         for i in range(nK):
             out[s, i] = d[i] * x[s, i] - A * pK[j, i]
-        for i in range(nE):
+        for i in range(pE.shape[1]):
             out[s, nK + i] = d[nK + i] * x[s, nK + i] - A * pE[j, i]
 
 
@@ -624,6 +619,18 @@ def _first_trial(vext, dxe, da, db, dkind, dpar, vcrit):
     return t
 
 
+@njit(cache=True, inline="always")
+def _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2):
+    """Record diode ``k``'s trial current ``i`` (A), conductance ``g`` (S) and (``carry``)
+    exponential ``evn``; return the energy change (W), phi' and phi'' with its terms added
+    (``dphi`` W, ``h`` V per unit step)."""
+    di_t[k] = i
+    dg_t[k] = g
+    if carry:
+        ev_t[k] = evn
+    return dEn + dphi, d1 + i * h, d2 + g * h * h
+
+
 @njit(cache=True)
 def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_t):
     """Energy change (W), phi'(t), phi''(t) and the energy's round-off scale (W) at
@@ -645,13 +652,7 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_
         dphi, i, g, evn = diode_move(dkind[q], dpar[q], vext[a] - vext[c],
                                      ev[k] if carry else 0.0, w)
         scale += abs(i) * (abs(wa) + abs(wc))
-        di_t[k] = i
-        dg_t[k] = g
-        if carry:
-            ev_t[k] = evn
-        dEn += dphi
-        d1 += i * h
-        d2 += g * h * h
+        dEn, d1, d2 = _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2)
     return dEn, d1, d2, scale
 
 
@@ -711,23 +712,13 @@ def _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf, dkind, dpar, carry, ev, di_t,
             h, v, w, sc = _fixed_move(t, xs, dxs, dfn[k], vf[k], dan[k])
             dphi, i, g, _ = pwl_move(p, v, 0.0, w)
             scale += abs(i) * sc
-            di_t[k] = i
-            dg_t[k] = g
-            dEn += dphi
-            d1 += i * h
-            d2 += g * h * h
+            dEn, d1, d2 = _take(k, dphi, i, g, 0.0, h, False, di_t, dg_t, ev_t, dEn, d1, d2)
         return dEn, d1, d2, scale
     for k in range(dfn.shape[0]):
         h, v, w, sc = _fixed_move(t, xs, dxs, dfn[k], vf[k], dan[k])
         dphi, i, g, evn = diode_move(kind, p, v, ev[k] if carry else 0.0, w)
         scale += abs(i) * sc
-        di_t[k] = i
-        dg_t[k] = g
-        if carry:
-            ev_t[k] = evn
-        dEn += dphi
-        d1 += i * h
-        d2 += g * h * h
+        dEn, d1, d2 = _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2)
     return dEn, d1, d2, scale
 
 
