@@ -619,18 +619,6 @@ def _first_trial(vext, dxe, da, db, dkind, dpar, vcrit):
     return t
 
 
-@njit(cache=True, inline="always")
-def _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2):
-    """Record diode ``k``'s trial current ``i`` (A), conductance ``g`` (S) and (``carry``)
-    exponential ``evn``; return the energy change (W), phi' and phi'' with its terms added
-    (``dphi`` W, ``h`` V per unit step)."""
-    di_t[k] = i
-    dg_t[k] = g
-    if carry:
-        ev_t[k] = evn
-    return dEn + dphi, d1 + i * h, d2 + g * h * h
-
-
 @njit(cache=True)
 def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_t):
     """Energy change (W), phi'(t), phi''(t) and the energy's round-off scale (W) at
@@ -652,19 +640,27 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_
         dphi, i, g, evn = diode_move(dkind[q], dpar[q], vext[a] - vext[c],
                                      ev[k] if carry else 0.0, w)
         scale += abs(i) * (abs(wa) + abs(wc))
-        dEn, d1, d2 = _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2)
+        di_t[k] = i
+        dg_t[k] = g
+        if carry:
+            ev_t[k] = evn
+        dEn += dphi
+        d1 += i * h
+        d2 += g * h * h
     return dEn, d1, d2, scale
 
 
 @njit(cache=True)
 def fixed_ends(da, db, nF, vdfix, dkind):
     """The line search's fast form of the diodes, when every diode joins one free node to one
-    fixed node and all share one kind and parameter row (every layered network): ``(dfn,
+    fixed node and all share one parameter row of the piecewise-linear kind (every layered
+    network with pwl diodes; Shockley diodes, whose exponentials dominate, keep the general
+    trial): ``(dfn,
     dan, vf)`` with ``dfn`` (nD,) int64 each diode's free node, ``dan`` (nD,) bool True where
     that node is the anode, ``vf`` (B or 1, nD) V the fixed end's voltage per row of
     ``vdfix``. Otherwise empty arrays (``dfn`` of length 0): the general trial is used."""
     nD = da.shape[0]
-    ok = dkind.shape[0] == 1
+    ok = dkind.shape[0] == 1 and dkind[0] == KIND_PWL
     for k in range(nD):
         if (da[k] < nF) == (db[k] < nF):
             ok = False
@@ -696,29 +692,24 @@ def _fixed_move(t, xs, dxs, f, vfk, anode):
 
 
 @njit(cache=True)
-def _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf, dkind, dpar, carry, ev, di_t, dg_t, ev_t):
-    """:func:`_trial` for diodes in :func:`fixed_ends` form (``xs``, ``dxs`` (nF,) one sample's
-    voltages and step in V, ``vf`` (nD,) V): the same values bit for bit, without gathering
-    the sample into extended arrays, and with the kind and parameter row read once, so that
-    the piecewise-linear model's loop holds no other model's branches."""
+def _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf, p, di_t, dg_t):
+    """:func:`_trial` for piecewise-linear diodes in :func:`fixed_ends` form sharing the
+    parameter row ``p`` (``xs``, ``dxs`` (nF,) one sample's voltages and step in V, ``vf``
+    (nD,) V): the same values bit for bit, without gathering the sample into extended arrays
+    and with no other model's branches in the loop (no exponentials to carry)."""
     dEn = t * g1 + 0.5 * t * t * g2
     d1 = g1 + t * g2
     d2 = g2
     scale = 0.0
-    kind = dkind[0]
-    p = dpar[0]
-    if kind == KIND_PWL:
-        for k in range(dfn.shape[0]):
-            h, v, w, sc = _fixed_move(t, xs, dxs, dfn[k], vf[k], dan[k])
-            dphi, i, g, _ = pwl_move(p, v, 0.0, w)
-            scale += abs(i) * sc
-            dEn, d1, d2 = _take(k, dphi, i, g, 0.0, h, False, di_t, dg_t, ev_t, dEn, d1, d2)
-        return dEn, d1, d2, scale
     for k in range(dfn.shape[0]):
         h, v, w, sc = _fixed_move(t, xs, dxs, dfn[k], vf[k], dan[k])
-        dphi, i, g, evn = diode_move(kind, p, v, ev[k] if carry else 0.0, w)
+        dphi, i, g, _ = pwl_move(p, v, 0.0, w)
         scale += abs(i) * sc
-        dEn, d1, d2 = _take(k, dphi, i, g, evn, h, carry, di_t, dg_t, ev_t, dEn, d1, d2)
+        di_t[k] = i
+        dg_t[k] = g
+        dEn += dphi
+        d1 += i * h
+        d2 += g * h * h
     return dEn, d1, d2, scale
 
 
@@ -783,7 +774,7 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     for _ in range(MAX_LINESEARCH):
         if fixed:
             dEn, d1, d2, dscale = _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf[row if vf.shape[0] > 1 else 0],
-                                               dkind, dpar, carry, evs, di_t, dg_t, ev_t)
+                                               dpar[0], di_t, dg_t)
         else:
             dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs,
                                          di_t, dg_t, ev_t)
@@ -815,8 +806,8 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
         if lo > 0.0:
             t = lo
             if fixed:
-                _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf[row if vf.shape[0] > 1 else 0], dkind,
-                             dpar, carry, evs, di_t, dg_t, ev_t)
+                _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf[row if vf.shape[0] > 1 else 0], dpar[0],
+                             di_t, dg_t)
             else:
                 _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
         else:
