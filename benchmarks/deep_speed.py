@@ -5,6 +5,7 @@ path (``solver.linear``), per-step medians, the 60,000-sample epoch estimate, an
         [--diode pwl shockley] [--linear schur cg] [--steps 10] [--warmup 5] [--repeats 3]
     python benchmarks/deep_speed.py --crossover [--widths 64 128 256 384 512]
     python benchmarks/deep_speed.py --arch 784-8192-10 784-32768-10 --diode pwl --steps 3
+    python benchmarks/deep_speed.py --arch 784-32768-10 --diode pwl --ab-kernels OLD/kernels
 
 Wide single layers (784-8192-10, 784-32768-10) take several seconds a step on the dense
 path; give ``--schur-limit`` a larger value to time it anyway. ``rss`` is the process's peak
@@ -18,6 +19,14 @@ CPU time per step, all threads, which other jobs on the machine do not inflate).
 repeat by repeat, so their ratio is measured under the same load. ``--crossover`` times
 784-h-h-10 for several widths h with both paths. The Schur path is skipped where a step would
 take over ``--schur-limit`` seconds (measured on the first warm-up step).
+
+``--ab-kernels DIR`` compares the CG solver kernel (``kernels/layered.py``) with another
+version of it, ``DIR`` a copy of an older ``kernels/`` folder: it records the inputs of every
+``solve_layered`` call of one training step (after one warm-up step; CG path, one thread is
+the intended use) and solves them ``--repeats`` times with either kernel, alternating in one
+process, so the two share the machine's load. Prints the CPU time of the step's solves per
+round, the median ratio new / old, the Newton iterations per sample and phase, and the largest
+difference of the solutions (V).
 """
 import argparse
 import os
@@ -97,6 +106,60 @@ def measure(arch, diode, linears, steps, warmup, repeats, schur_limit):
             for lin, v in out.items()}
 
 
+def ab_kernels(arch, diode, old_dir, rounds):
+    """Old / new ``solve_layered`` on the recorded solves of one step (see the docstring)."""
+    import importlib.util
+    import fastres.network as fn
+    spec = importlib.util.spec_from_file_location("oldkernels", os.path.join(old_dir, "__init__.py"),
+                                                  submodule_search_locations=[old_dir])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules["oldkernels"] = pkg
+    spec.loader.exec_module(pkg)
+    old = importlib.import_module("oldkernels.layered")
+    new = fn._layered
+    solve = new.solve_layered
+    calls = []
+
+    def record(*a):
+        calls.append([v.copy() if isinstance(v, np.ndarray) else v for v in a])
+        return solve(*a)
+
+    r = Runner(arch, diode, "cg")
+    r.step()
+    new.solve_layered = record
+    try:
+        r.step()
+    finally:
+        new.solve_layered = solve
+    if not calls:
+        raise SystemExit("no solve_layered call recorded (run with NUMBA_NUM_THREADS=1)")
+
+    def run(mod, c):
+        a = [v.copy() if isinstance(v, np.ndarray) else v for v in c]
+        t0 = time.process_time()
+        (solve if mod is new else mod.solve_layered)(*a)
+        return time.process_time() - t0, a
+
+    for c in calls:  # compile / load both
+        run(old, c), run(new, c)
+    t_old, t_new = [], []
+    for k in range(rounds):
+        so = sn = 0.0
+        for c in calls:
+            dt, ao = run(old, c)
+            so += dt
+            dt, an = run(new, c)
+            sn += dt
+            if k == 0:  # x is argument 13, iterations 26
+                print(f"  phase: Newton iterations per sample old {ao[26].mean():.2f} new "
+                      f"{an[26].mean():.2f}, max |x_new - x_old| {np.abs(an[13] - ao[13]).max():.1e} V")
+        t_old.append(so)
+        t_new.append(sn)
+    print(f"{arch} {diode}: CPU ms of the step's solves, old {[round(1e3 * v) for v in t_old]} "
+          f"new {[round(1e3 * v) for v in t_new]}; median new / old "
+          f"{np.median(np.array(t_new) / np.array(t_old)):.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="+", default=["784-100-100-10", "784-1024-1024-10",
@@ -111,7 +174,14 @@ def main():
     ap.add_argument("--parallel", choices=["auto", "samples", "products"], default=None,
                     help="LayeredSystem.PARALLEL: how the CG path shares a solve among threads")
     ap.add_argument("--widths", nargs="+", type=int, default=[64, 128, 192, 256, 384, 512])
+    ap.add_argument("--ab-kernels", metavar="DIR", default=None,
+                    help="compare kernels/layered.py with the one in DIR (an older kernels/ copy)")
     args = ap.parse_args()
+    if args.ab_kernels:
+        for arch in args.arch:
+            for diode in args.diode:
+                ab_kernels(arch, diode, args.ab_kernels, args.repeats)
+        return 0
     import numba
     if args.parallel:
         from fastres.network import LayeredSystem

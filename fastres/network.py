@@ -454,10 +454,12 @@ CG_FROM_NODES = 128
 #: Schur complement is only the output layer (2 n_classes nodes), but forming it costs
 #: (2 n_classes)^2 multiply-adds per hidden node, sample and Newton step, against two products
 #: with W_2 per CG iteration (about 2 per direction). Measured on the 2-core machine (training
-#: step, batch 20, interleaved, heavily shared): CG / dense 1.76 (pwl) and 1.31 (Shockley) at
-#: 784-2048-10, 0.91 and 0.71 at 784-8192-10. 784-1024-10 (a default network) keeps the dense
-#: path and its bit-identical results.
-CG_FROM_WIDTH = 8192
+#: step, batch 20, both paths in one process, one thread, shared machine; README "One wide
+#: hidden layer"): CPU time per step CG / dense 0.77 (pwl) and 0.73 (Shockley) at 784-2048-10,
+#: 0.75 and 0.67 at 784-4096-10, 0.66 and 0.68 at 784-8192-10 (it was 8192 before the CG line
+#: search and residual of one hidden layer got faster). 784-1024-10 (a default network) keeps
+#: the dense path and its bit-identical results.
+CG_FROM_WIDTH = 2048
 
 
 class LayeredSystem:

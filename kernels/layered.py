@@ -43,7 +43,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .devices import KIND_SHOCKLEY, beyond_imax, diode_carries, diode_exp, diode_ig, diode_move
+from .devices import (KIND_PWL, KIND_SHOCKLEY, beyond_imax, diode_carries, diode_exp, diode_ig,
+                      diode_move, pwl_move)
 
 CONVERGED = 0
 MAXITER = 1
@@ -185,8 +186,33 @@ def gather_t(a, cols, out):
 
 
 @njit(cache=True)
+def gff_wide(x, cols, W, A, nK, d, out):
+    """:func:`gff_cols` for one hidden layer whose output layer is the K class (nodes
+    ``0..nK-1``), ``W`` (nE, nK) S = ``W_2``, gain ``A``: two sample-major BLAS products
+    (``x_E W`` and ``x_K W^T``, (m, nK) and (m, nE)) and no node-major copy of the hidden
+    layer."""
+    m = cols.shape[0]
+    xK = np.empty((m, nK))
+    xE = np.empty((m, x.shape[1] - nK))
+    for j in range(m):
+        xK[j] = x[cols[j], :nK]
+        xE[j] = x[cols[j], nK:]
+    pK = np.dot(xE, W)
+    pE = np.dot(xK, W.T)
+    for j in range(m):
+        s = cols[j]
+        for i in range(nK):
+            out[s, i] = d[i] * x[s, i] - A * pK[j, i]
+        for i in range(pE.shape[1]):
+            out[s, nK + i] = d[nK + i] * x[s, nK + i] - A * pE[j, i]
+
+
+@njit(cache=True)
 def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
     """``out[s] = G_FF x[s]`` (A) for the samples ``cols``; ``x``, ``out`` (B, nF), V and A."""
+    if nl.shape[0] == 3 and off[2] == 0 and nt == 1:
+        gff_wide(x, cols, Ws[0], gains[2], off[1], d, out)
+        return
     nF = x.shape[1]
     m = cols.shape[0]
     L = nl.shape[0] - 1
@@ -625,9 +651,73 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, ev, di_t, dg_t, ev_
 
 
 @njit(cache=True)
-def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, di,
-                       dg, ev, reltol, vntol):
-    """Line search along ``dx[s]`` and the update of sample ``s`` (x, di, dg, ev in place).
+def fixed_ends(da, db, nF, vdfix, dkind):
+    """The line search's fast form of the diodes, when every diode joins one free node to one
+    fixed node and all share one parameter row of the piecewise-linear kind (every layered
+    network with pwl diodes; Shockley diodes, whose exponentials dominate, keep the general
+    trial): ``(dfn,
+    dan, vf)`` with ``dfn`` (nD,) int64 each diode's free node, ``dan`` (nD,) bool True where
+    that node is the anode, ``vf`` (B or 1, nD) V the fixed end's voltage per row of
+    ``vdfix``. Otherwise empty arrays (``dfn`` of length 0): the general trial is used."""
+    nD = da.shape[0]
+    ok = dkind.shape[0] == 1 and dkind[0] == KIND_PWL
+    for k in range(nD):
+        if (da[k] < nF) == (db[k] < nF):
+            ok = False
+    if not ok:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_), np.zeros((0, 0))
+    dfn = np.empty(nD, dtype=np.int64)
+    dan = np.empty(nD, dtype=np.bool_)
+    vf = np.empty((vdfix.shape[0], nD))
+    for k in range(nD):
+        dan[k] = da[k] < nF
+        dfn[k] = da[k] if dan[k] else db[k]
+        c = db[k] if dan[k] else da[k]
+        for q in range(vdfix.shape[0]):
+            vf[q, k] = vdfix[q, c - nF]
+    return dfn, dan, vf
+
+
+@njit(cache=True, inline="always")
+def _fixed_move(t, xs, dxs, f, vfk, anode):
+    """A diode from free node ``f`` to a fixed node at ``vfk`` (V) along ``xs + t dxs``:
+    ``(h, v, w, scale)`` its voltage's rate (V per unit t), voltage at 0 and at ``t`` (V), and
+    ``|V_a(t)| + |V_c(t)|`` (V), with the same operations as :func:`_trial`'s."""
+    xf = xs[f]
+    df = dxs[f]
+    wf = xf + t * df
+    if anode:
+        return df - 0.0, xf - vfk, wf - vfk, abs(wf) + abs(vfk)
+    return 0.0 - df, vfk - xf, vfk - wf, abs(wf) + abs(vfk)
+
+
+@njit(cache=True)
+def _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf, p, di_t, dg_t):
+    """:func:`_trial` for piecewise-linear diodes in :func:`fixed_ends` form sharing the
+    parameter row ``p`` (``xs``, ``dxs`` (nF,) one sample's voltages and step in V, ``vf``
+    (nD,) V): the same values bit for bit, without gathering the sample into extended arrays
+    and with no other model's branches in the loop (no exponentials to carry)."""
+    dEn = t * g1 + 0.5 * t * t * g2
+    d1 = g1 + t * g2
+    d2 = g2
+    scale = 0.0
+    for k in range(dfn.shape[0]):
+        h, v, w, sc = _fixed_move(t, xs, dxs, dfn[k], vf[k], dan[k])
+        dphi, i, g, _ = pwl_move(p, v, 0.0, w)
+        scale += abs(i) * sc
+        di_t[k] = i
+        dg_t[k] = g
+        dEn += dphi
+        d1 += i * h
+        d2 += g * h * h
+    return dEn, d1, d2, scale
+
+
+@njit(cache=True)
+def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, fx,
+                       di, dg, ev, reltol, vntol):
+    """Line search along ``dx[s]`` and the update of sample ``s`` (x, di, dg, ev in place);
+    ``fx`` the diodes in :func:`fixed_ends` form (trials by :func:`_trial_fixed`) or empty.
 
     Returns ``(status, t, step)``: ``status`` -1 for a step taken (length ``t``, ``step`` =
     t max|dx| in V), else SINGULAR (non-finite direction) or LINESEARCH (then ``x[s]`` is
@@ -635,14 +725,21 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     nF = x.shape[1]
     nXd = vdfix.shape[1]
     nD = da.shape[0]
-    vext = np.empty(nF + nXd)
-    dxe = np.zeros(nF + nXd)
+    dfn, dan, vf = fx
+    fixed = dfn.shape[0] == nD and nD > 0
     row = s if vdfix.shape[0] > 1 else 0
-    for i in range(nF):
-        vext[i] = x[s, i]
-        dxe[i] = dx[s, i]
-    for j in range(nXd):
-        vext[nF + j] = vdfix[row, j]
+    # the general trial and a Shockley first trial read the sample in extended arrays
+    ext = not fixed or carry
+    vext = np.empty(nF + nXd if ext else 0)
+    dxe = np.zeros(nF + nXd if ext else 0)
+    if ext:
+        for i in range(nF):
+            vext[i] = x[s, i]
+            dxe[i] = dx[s, i]
+        for j in range(nXd):
+            vext[nF + j] = vdfix[row, j]
+    xs = x[s]
+    dxs = dx[s]
     g1 = 0.0
     g2 = 0.0
     slope = 0.0
@@ -652,18 +749,18 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     for i in range(nF):
         xi = x[s, i]
         lin_scale += abs(rlin[s, i] + b[s, i]) * abs(xi) + abs(b[s, i]) * abs(xi)
-        g1 += rlin[s, i] * dxe[i]
-        g2 += dxe[i] * Gdx[s, i]
-        slope += r[s, i] * dxe[i]
+        g1 += rlin[s, i] * dxs[i]
+        g2 += dxs[i] * Gdx[s, i]
+        slope += r[s, i] * dxs[i]
         xmax = max(xmax, abs(xi))
-        a = abs(dxe[i])
+        a = abs(dxs[i])
         if a > dxmax or a != a:
             dxmax = a
     if not math.isfinite(dxmax):
         return SINGULAR, 0.0, 0.0
     tol_step = vntol + reltol * xmax
     tiny = dxmax <= tol_step
-    t = 1.0 if tiny else _first_trial(vext, dxe, da, db, dkind, dpar, vcrit)
+    t = 1.0 if tiny or not carry else _first_trial(vext, dxe, da, db, dkind, dpar, vcrit)
     lo = 0.0
     hi = math.inf
     accepted = False
@@ -675,7 +772,12 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     ev_t = np.empty(nD if carry else 0)
     evs = ev[s]
     for _ in range(MAX_LINESEARCH):
-        dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
+        if fixed:
+            dEn, d1, d2, dscale = _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf[row if vf.shape[0] > 1 else 0],
+                                               dpar[0], di_t, dg_t)
+        else:
+            dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs,
+                                         di_t, dg_t, ev_t)
         if tiny:
             accepted = True
             break
@@ -703,11 +805,15 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     if not accepted:
         if lo > 0.0:
             t = lo
-            _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
+            if fixed:
+                _trial_fixed(t, g1, g2, xs, dxs, dfn, dan, vf[row if vf.shape[0] > 1 else 0], dpar[0],
+                             di_t, dg_t)
+            else:
+                _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
         else:
             return LINESEARCH, 0.0, 0.0
     for i in range(nF):
-        x[s, i] += t * dxe[i]
+        x[s, i] += t * dxs[i]
     if carry:
         for k in range(nD):
             ev[s, k] = ev_t[k]
@@ -715,13 +821,13 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
 
 
 @njit(cache=True, parallel=True)
-def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, di,
-                     dg, ev, reltol, vntol, flag, tstep, step):
+def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, fx,
+                     di, dg, ev, reltol, vntol, flag, tstep, step):
     """:func:`line_search_sample` for every sample of ``cols``, in parallel; ``flag``, ``tstep``,
     ``step`` (m,) its results."""
     for j in prange(cols.shape[0]):
         f, t, st = line_search_sample(cols[j], x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar,
-                                      vcrit, carry, di, dg, ev, reltol, vntol)
+                                      vcrit, carry, fx, di, dg, ev, reltol, vntol)
         flag[j] = f
         tstep[j] = t
         step[j] = st
@@ -784,6 +890,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
     srcK, srcE = _source_sides(off, nK, L)
     vcrit = shockley_vcrit(dkind, dpar)
     carry = carries(dkind)
+    fx = fixed_ends(da, db, nF, vdfix, dkind)
     rlin = np.empty((B, nF))
     r = np.empty((B, nF))
     Jd = np.empty((B, nF))
@@ -893,7 +1000,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         tstep = np.empty(nact)
         step = np.empty(nact)
         line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry,
-                         di, dg, ev, reltol, vntol, flag, tstep, step)
+                         fx, di, dg, ev, reltol, vntol, flag, tstep, step)
         nmove = 0
         for j in range(nact):
             s = cols[j]

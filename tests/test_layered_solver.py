@@ -14,7 +14,7 @@ from fastres.kernels.status import Status
 from fastres.network import CG_FROM_NODES, CG_FROM_WIDTH, LayeredNetwork, LayeredSystem, NetworkSpec
 from fastres.train import TrainConfig, Trainer
 
-from naive import kcl, node_clamp, reference_solve
+from naive import dense_conductance, diode, kcl, node_clamp, reference_solve
 
 TOL = 1e-9  # V
 CG = Newton(linear="cg")
@@ -310,3 +310,62 @@ def test_node_clamp_matches_numpy_twin(shape):
     v = v0.copy()
     K.node_clamp(v, cur, diag, rlo, rhi, IS, vte, 6)
     assert np.array_equal(v, node_clamp(v0, cur, diag, rlo, rhi, IS, vte, 6))
+
+
+@pytest.mark.parametrize("diode_name", ["pwl", "shockley"])
+def test_fixed_end_trial_matches_general_trial_and_numpy(diode_name):
+    """kernels/layered._trial_fixed (pwl diodes joined to a fixed node, one parameter row)
+    gives the general trial's energy change, slope, curvature, scale and trial currents bit
+    for bit, and its slope is the numpy twin's ``g1 + t g2 + sum_k i_k(v_k + t h_k) h_k``
+    (naive.diode). Shockley diodes keep the general trial (fixed_ends gives no fast form)."""
+    from fastres.kernels import layered as K
+    net, p, X = deep_net((30, 600, 4), diode_name, False, B=3)
+    prob = net.problem(p, X)
+    ls = prob.system(CG)
+    x = net.initial_guess(prob.b, p, prob.system_)
+    nF = x.shape[1]
+    da, db = prob.system_.da, prob.system_.db
+    dfn, dan, vf = K.fixed_ends(da, db, nF, net.vdfix, ls.dkind)
+    if diode_name == "shockley":
+        assert dfn.shape == (0,)
+        return
+    assert dfn.shape == da.shape  # every layered diode joins a free node to a rail
+    assert not K.fixed_ends(da, db, nF, net.vdfix, prob.system_.dkind)[0].size  # per-diode table
+    rng = np.random.default_rng(3)
+    for s in range(x.shape[0]):
+        dx = rng.normal(0.0, 0.3, nF)
+        vext = np.concatenate([x[s], net.vdfix[0]])
+        dxe = np.concatenate([dx, np.zeros(net.vdfix.shape[1])])
+        for t in (0.3, 1.0, 1.7):
+            di_a, dg_a, di_b, dg_b = (np.empty(da.shape[0]) for _ in range(4))
+            a = K._trial_fixed(t, 0.1, 0.2, x[s].copy(), dx, dfn, dan, vf[0], ls.dpar[0], di_a, dg_a)
+            b = K._trial(t, 0.1, 0.2, vext, dxe, da, db, ls.dkind, ls.dpar, False, np.zeros(0),
+                         di_b, dg_b, np.zeros(0))
+            assert a == b and np.array_equal(di_a, di_b) and np.array_equal(dg_a, dg_b)
+            v = (vext[da] - vext[db]) + t * (dxe[da] - dxe[db])
+            i, g, _ = diode(ls.dkind[0], ls.dpar[0], v)
+            assert np.allclose(i, di_a, rtol=1e-9, atol=1e-12) and np.allclose(g, dg_a, rtol=1e-12)
+            terms = i * (dxe[da] - dxe[db])
+            d1 = 0.1 + t * 0.2 + np.sum(terms)
+            assert abs(a[1] - d1) <= 1e-9 * (abs(d1) + np.sum(np.abs(terms)))
+
+
+def test_wide_gff_matches_numpy():
+    """kernels/layered.gff_wide (G_FF x of one hidden layer, sample-major products) against the
+    dense conductance matrix of the numpy twin (naive.dense_conductance), on a subset of
+    samples; the other samples' rows are not written."""
+    from fastres.kernels import layered as K
+    net, p, X = deep_net((30, 600, 4), "pwl", True, B=5)
+    prob = net.problem(p, X)
+    ls = prob.system(CG)
+    k = net.system(p, dense=True)
+    x = net.initial_guess(prob.b, p, prob.system_)
+    cols = np.array([0, 2, 3])
+    out = np.full(x.shape, 7.0)
+    K.gff_wide(x, cols, ls.Ws[0], ls.gains[2], ls.nK, ls.d, out)
+    ref = x[cols] @ dense_conductance(k.GKK, k.GKE, k.gEE).T
+    assert np.abs(out[cols] - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert np.all(out[[1, 4]] == 7.0)
+    general = np.zeros(x.shape)
+    K.gff_cols(x, cols, ls.Ws, ls.gains, ls.off, ls.nl, 2, ls.d, general)  # 2 threads: not wide
+    assert np.abs(general[cols] - out[cols]).max() <= 1e-13 * np.abs(ref).max()
