@@ -81,6 +81,13 @@ def load_table(path, g_min, g_max):
     return (up - lo) / r, (down - lo) / r, a.shape[0] - 1
 
 
+class Apparent(dict):
+    """The conductances a step's solves see (:meth:`PulsedDevices.apparent`), a dict like the
+    params, with ``w1_colsum``: ``self["W1"].sum(axis=0)`` (S) if the read formed it, else None."""
+
+    w1_colsum = None
+
+
 class PulsedDevices:
     """SGD's desired changes, applied by pulses to devices (see the module docstring)."""
 
@@ -163,24 +170,35 @@ class PulsedDevices:
     # -- reading and writing -----------------------------------------------------------------
     def apparent(self, params) -> dict:
         """The conductances a step's solves see (S): programmed, times read noise, at least
-        1e-300 S. The arrays are buffers of this object, overwritten by the next call."""
+        1e-300 S. The arrays are buffers of this object, overwritten by the next call.
+
+        The result is an :class:`Apparent` dict; when the read ran serially (one thread, or an
+        array too small to split), its ``w1_colsum`` (n_1,) S holds ``out["W1"].sum(axis=0)``,
+        formed in the read's own pass (bit-identical to numpy's, tested), which
+        :meth:`fastres.network.LayeredNetwork.system` takes instead of summing W1 again."""
         sigma = self.p["read_noise"]
         if sigma <= 0:
             return params
         nchunks = max(1, numba.get_num_threads())
-        out = {}
+        out = Apparent()
         for j, (k, W) in enumerate(sorted(params.items())):
             buf = self._seen.get(k)
             if buf is None or buf[0].shape != (W.size,):  # reused step after step (the step's
-                buf = (np.empty(W.size), np.empty(W.size, dtype=np.int64))  # solves only read it)
+                buf = (np.empty(W.size), np.empty(W.size, dtype=np.int64),  # solves only read it)
+                       np.empty(W.shape[-1]))
                 self._seen[k] = buf
-            flat = np.ascontiguousarray(W).reshape(-1)
+            W = np.ascontiguousarray(W)
             key = stream_key(self.seed, self.step_count, j, _PURPOSE_READ)
-            if nchunks == 1 or W.size < PARALLEL_MIN_DEVICES:  # no parallel launch: ~30 us saved
-                _kp.read_noise_span(flat, buf[0], key, sigma, buf[1], 0, W.size)
-            else:
-                _kp.read_noise(flat, buf[0], key, sigma, buf[1], nchunks)
-            out[k] = buf[0].reshape(W.shape)
+            seen = buf[0].reshape(W.shape)
+            if nchunks > 1 and W.size >= PARALLEL_MIN_DEVICES:
+                _kp.read_noise(W.reshape(-1), buf[0], key, sigma, buf[1], nchunks)
+            elif W.ndim == 2:  # serial, row by row, the column sums in the same pass
+                _kp.read_noise_rows(W, seen, key, sigma, buf[1], buf[2])
+                if k == "W1" and W.shape[1] > 1:  # numpy sums one column pairwise
+                    out.w1_colsum = buf[2]
+            else:  # no parallel launch: ~30 us saved
+                _kp.read_noise_span(W.reshape(-1), buf[0], key, sigma, buf[1], 0, W.size)
+            out[k] = seen
         return out
 
     def _par(self) -> np.ndarray:
