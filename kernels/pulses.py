@@ -652,3 +652,14 @@ def seed_sequence_key(a, b, c, d):
         v ^= v >> np.uint64(16)
         out |= v << np.uint64(32 * w)
     return out
+
+
+@njit(cache=True)
+def seed_sequence_keys(a, b, n, d):
+    """:func:`seed_sequence_key` ``(a, b, c, d)`` for ``c = 0..n-1``, as a (n,) uint64 array
+    (one compiled call for all of a step's arrays)."""
+    out = np.empty(n, dtype=np.uint64)
+    for c in range(n):
+        out[c] = seed_sequence_key(a, b, np.uint64(c), d)
+    return out
+

@@ -475,6 +475,11 @@ def test_stream_keys_are_numpy_seed_sequence_bit_for_bit():
     for c in cases:
         want = np.random.SeedSequence(list(c)).generate_state(1, dtype=np.uint64)[0]
         assert stream_key(*c) == want and isinstance(stream_key(*c), np.uint64), c
+    from fastres.pulsed import stream_keys  # a step's keys of all arrays in one call
+    for seed, step, purpose in [(0, 0, 1), (3, 10 ** 6, 2), (2 ** 32 - 1, 7, 1), (2 ** 40, 1, 2)]:
+        keys = stream_keys(seed, step, 5, purpose)
+        assert keys.dtype == np.uint64
+        assert list(keys) == [stream_key(seed, step, j, purpose) for j in range(5)]
 
 
 @pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="MNIST not found")
