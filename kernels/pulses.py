@@ -446,13 +446,16 @@ def read_noise_rows(g, out, key, sigma, idx, colsum):
     n_from, n_to = g.shape
     gf = g.reshape(-1)
     of = out.reshape(-1)
+    bits = np.empty(n_to, dtype=np.uint64)
     for i in range(n_from):
         o = i * n_to
+        for j in range(n_to):  # the row's hashes first: this loop vectorises, the next cannot
+            bits[j] = device_bits(key, o + j)  # (its table lookups); ~10 % of the read saved
         m = 0  # the row's first tries (branch-free), its rejected devices listed in idx[:m]
-        for i2 in range(o, o + n_to):
-            layer, u, z, ok = _zig_first(device_bits(key, i2))
-            of[i2] = max(gf[i2] * (1.0 + sigma * z), 1e-300)
-            idx[m] = i2
+        for j in range(n_to):
+            layer, u, z, ok = _zig_first(bits[j])
+            of[o + j] = max(gf[o + j] * (1.0 + sigma * z), 1e-300)
+            idx[m] = o + j
             m += 0 if ok else 1
         for k in range(m):  # the row's rejected ones (about 3 %)
             i2 = idx[k]
