@@ -35,7 +35,8 @@ write key's bits, write noise those of a derived key (:func:`noise_key`), read n
 key's.
 
 Speed: the pulse counts of all devices are found in branch-free loops over contiguous rows (the
-desired change, the hash, the rounding, the clamps), the firing
+desired change, the hash, the rounding, the clamps) that vectorise (no int64 <-> float64
+conversion, which AVX2 lacks: :func:`top53`, :func:`floor_count`), the firing
 devices are listed by a branch-free compaction, and only those (a few % a step) are moved by
 the model. Loops that may call :func:`move` or draw a normal run far slower per device.
 """
