@@ -3,6 +3,8 @@ short runs, compared with the hashes recorded in ``tests/data/bitident.json``.
 
     python benchmarks/bitident.py            # run the set, print the hashes, compare
     python benchmarks/bitident.py --record   # run the set and (re)write the recorded hashes
+    python benchmarks/bitident.py --only dev-realistic ...  # some cases (--record: merges them)
+    python benchmarks/bitident.py --devices  # the pulsed-device cases only (issue 11)
 
 The runs use the command line only, so the same commands are valid before and after a change
 of the Python layer; a refactoring that claims to change no result must leave every hash
@@ -48,6 +50,40 @@ CASES = {
 }
 
 
+def _dev(*params, threads="1", arch="784-100-10", extra=()):
+    """A short pulsed-device run: ``params`` as ``--device ...``/``--device-param K=V`` flags."""
+    return [["train", "--arch", arch, "--diode", "pwl", "--threads", threads, *SMALL, *extra, *params,
+             "--out", "RUN"]]
+
+
+_P = "--device-param"
+#: pulsed devices with noise on (issue 11): the final conductances and the whole device state
+#: (momentum, accumulators, per-device parameters) must not change under a speed-up
+DEVICE_CASES = {
+    "dev-realistic": _dev("--device", "realistic"),
+    "dev-realistic-2threads": _dev("--device", "realistic", threads="2"),
+    "dev-realistic-acc": _dev("--device", "realistic", _P, "accumulate=true"),
+    "dev-realistic-resumed": [
+        ["train", "--arch", "784-100-10", "--diode", "pwl", "--threads", "1", *SMALL[:-3], "--epochs", "1",
+         "--seed", "3", "--quiet", "--device", "realistic", "--out", "RUN"],
+        ["train", "--resume", "RUN", "--epochs", "2", "--threads", "1", "--quiet"]],
+    "dev-linear16": _dev(_P, "model=linear", _P, "levels=16"),
+    "dev-linear16-deterministic": _dev(_P, "model=linear", _P, "levels=16", _P, "rounding=deterministic"),
+    "dev-soft-updown": _dev(_P, "model=soft-bounds", _P, "levels=64", _P, "up_down=0.2"),
+    "dev-exponential": _dev(_P, "model=exponential", _P, "levels=32"),
+    "dev-table": _dev(_P, "model=table", _P, "table=docs/example-device.csv"),
+    "dev-write-noise": _dev(_P, "model=linear", _P, "levels=256", _P, "write_noise=0.03"),
+    "dev-read-noise": _dev(_P, "model=linear", _P, "levels=64", _P, "read_noise=0.03"),
+    "dev-stuck": _dev(_P, "model=linear", _P, "levels=64", _P, "stuck=0.05"),
+    "dev-d2d": _dev(_P, "model=exponential", _P, "levels=32", _P, "d2d_step=0.3", _P, "d2d_bounds=0.1",
+                    _P, "d2d_nonlinearity=0.3"),
+    "dev-realistic-deep": _dev("--device", "realistic", arch="784-30-30-10"),
+    "dev-mlp-realistic": _dev("--device", "realistic", extra=("--baseline", "mlp")),
+    "dev-mlp-realistic-acc": _dev("--device", "realistic", _P, "accumulate=true", extra=("--baseline", "mlp")),
+}
+CASES.update(DEVICE_CASES)
+
+
 def fingerprint() -> dict:
     import numba
     cpu = numba.config.CPU_NAME or ""
@@ -67,13 +103,23 @@ def fingerprint() -> dict:
             "numba": numba.__version__, "blas": blas}
 
 
-def params_hashes(path) -> dict:
-    """sha256 of each conductance array of the latest checkpoint of a run file."""
+def _sha(a) -> str:
+    a = np.asarray(a)
+    a = np.ascontiguousarray(a, dtype="<f8" if a.dtype.kind == "f" else "<i8")
+    return hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def params_hashes(path, optimizer=False) -> dict:
+    """sha256 of each conductance array of the latest checkpoint of a run file; with
+    ``optimizer``, also of each array of its optimiser group (keys ``optimizer/NAME``: the
+    momentum and, pulsed devices, the device state and accumulators)."""
     with h5py.File(path, "r") as f:
         ep = int(f.attrs["latest_checkpoint"])
-        g = f[f"checkpoints/{ep:06d}/params"]
-        return {k: hashlib.sha256(np.ascontiguousarray(g[k][()], dtype="<f8").tobytes()).hexdigest()
-                for k in sorted(g)}
+        c = f[f"checkpoints/{ep:06d}"]
+        out = {k: _sha(c["params"][k][()]) for k in sorted(c["params"])}
+        if optimizer and "optimizer" in c:
+            out.update({f"optimizer/{k}": _sha(c["optimizer"][k][()]) for k in sorted(c["optimizer"])})
+        return out
 
 
 def fastres_cmd() -> list:
@@ -93,10 +139,10 @@ def run_case(name, cmds, workdir, data) -> dict:
             args = args[1:]
         if args[0] == "train" and "--resume" not in args:
             args += ["--data", str(data)]
-        p = subprocess.run(prefix + args, env=env, capture_output=True, text=True)
+        p = subprocess.run(prefix + args, env=env, capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
             raise RuntimeError(f"{name}: {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
-    return params_hashes(run)
+    return params_hashes(run, optimizer=name in DEVICE_CASES)
 
 
 def main(argv=None) -> int:
@@ -104,7 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="rewrite tests/data/bitident.json")
     ap.add_argument("--data", default=str(MNIST))
     ap.add_argument("--only", nargs="*", help="case names to run")
+    ap.add_argument("--devices", action="store_true", help="only the pulsed-device cases")
     args = ap.parse_args(argv)
+    if args.devices:
+        args.only = [*(args.only or []), *DEVICE_CASES]
     got = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cmds in CASES.items():
@@ -112,15 +161,25 @@ def main(argv=None) -> int:
                 continue
             got[name] = run_case(name, cmds, tmp, args.data)
             print(name, json.dumps(got[name]))
-    if args.record:
+    if args.record:  # with --only, the other cases keep their recorded hashes
         RECORD.parent.mkdir(parents=True, exist_ok=True)
-        RECORD.write_text(json.dumps({"fingerprint": fingerprint(), "cases": CASES, "hashes": got},
+        hashes = {}
+        if args.only and RECORD.exists():
+            old = json.loads(RECORD.read_text())
+            if old["fingerprint"] == fingerprint():
+                hashes = {n: h for n, h in old["hashes"].items() if n in CASES}
+        hashes.update(got)
+        RECORD.write_text(json.dumps({"fingerprint": fingerprint(), "cases": CASES, "hashes": hashes},
                                      indent=1) + "\n")
         print(f"recorded {RECORD}")
         return 0
     rec = json.loads(RECORD.read_text())
     if rec["fingerprint"] != fingerprint():
         print(f"fingerprint differs from the recorded one: {fingerprint()} vs {rec['fingerprint']}")
+        return 2
+    missing = [n for n in got if n not in rec["hashes"]]
+    if missing:
+        print(f"no recorded hashes for {', '.join(missing)}: record them with --record --only ...")
         return 2
     bad = [n for n in got if got[n] != rec["hashes"].get(n)]
     print("bit-identical" if not bad else f"DIFFERENT: {', '.join(bad)}")

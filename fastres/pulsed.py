@@ -56,6 +56,14 @@ def stream_key(seed, step, array_index, purpose) -> np.uint64:
     return np.uint64(int(h.generate_state(1, dtype=np.uint64)[0]))
 
 
+def stream_keys(seed, step, n, purpose) -> np.ndarray:
+    """``stream_key(seed, step, j, purpose)`` for arrays ``j = 0..n-1`` (n,) uint64, in one
+    compiled call when the words fit (a step's keys: the Python per key cost ~5 us)."""
+    if 0 <= int(seed) < 1 << 32 and 0 <= int(step) < 1 << 32 and 0 <= int(purpose) < 1 << 32:
+        return _kp.seed_sequence_keys(np.uint64(seed), np.uint64(step), int(n), np.uint64(purpose))
+    return np.array([stream_key(seed, step, j, purpose) for j in range(n)], dtype=np.uint64)
+
+
 def load_table(path, g_min, g_max):
     """A measured curve: CSV rows ``pulse, g_potentiation, g_depression`` (S; potentiation
     increasing, depression decreasing, both spanning the same range). Returns the curves
@@ -79,6 +87,13 @@ def load_table(path, g_min, g_max):
                           f"[g_min, g_max] = [{g_min:g}, {g_max:g}] S")
     r = hi - lo
     return (up - lo) / r, (down - lo) / r, a.shape[0] - 1
+
+
+class Apparent(dict):
+    """The conductances a step's solves see (:meth:`PulsedDevices.apparent`), a dict like the
+    params, with ``w1_colsum``: ``self["W1"].sum(axis=0)`` (S) if the read formed it, else None."""
+
+    w1_colsum = None
 
 
 class PulsedDevices:
@@ -105,6 +120,7 @@ class PulsedDevices:
         self.dev = None  # per array: dict of per-device state
         self._seen = {}  # per array: the read noise's output and scratch
         self._packed = {}  # per array: (its lo array, the packed per-device parameters)
+        self._par_array = None  # the scalar settings, packed (_par)
         self.step_count = 0
         self.last_pulses = 0
 
@@ -163,32 +179,50 @@ class PulsedDevices:
     # -- reading and writing -----------------------------------------------------------------
     def apparent(self, params) -> dict:
         """The conductances a step's solves see (S): programmed, times read noise, at least
-        1e-300 S. The arrays are buffers of this object, overwritten by the next call."""
+        1e-300 S. The arrays are buffers of this object, overwritten by the next call.
+
+        The result is an :class:`Apparent` dict; when the read ran serially (one thread, or an
+        array too small to split), its ``w1_colsum`` (n_1,) S holds ``out["W1"].sum(axis=0)``,
+        formed in the read's own pass (bit-identical to numpy's, tested), which
+        :meth:`fastres.network.LayeredNetwork.system` takes instead of summing W1 again."""
         sigma = self.p["read_noise"]
         if sigma <= 0:
             return params
         nchunks = max(1, numba.get_num_threads())
-        out = {}
-        for j, (k, W) in enumerate(sorted(params.items())):
+        out = Apparent()
+        names = sorted(params)
+        keys = stream_keys(self.seed, self.step_count, len(names), _PURPOSE_READ)
+        for j, k in enumerate(names):
+            W = params[k]
             buf = self._seen.get(k)
             if buf is None or buf[0].shape != (W.size,):  # reused step after step (the step's
-                buf = (np.empty(W.size), np.empty(W.size, dtype=np.int64))  # solves only read it)
+                buf = (np.empty(W.size), np.empty(W.size, dtype=np.int64),  # solves only read it)
+                       np.empty(W.shape[-1]))
                 self._seen[k] = buf
-            flat = np.ascontiguousarray(W).reshape(-1)
-            key = stream_key(self.seed, self.step_count, j, _PURPOSE_READ)
-            if nchunks == 1 or W.size < PARALLEL_MIN_DEVICES:  # no parallel launch: ~30 us saved
-                _kp.read_noise_span(flat, buf[0], key, sigma, buf[1], 0, W.size)
-            else:
-                _kp.read_noise(flat, buf[0], key, sigma, buf[1], nchunks)
-            out[k] = buf[0].reshape(W.shape)
+            W = np.ascontiguousarray(W)
+            key = keys[j]
+            seen = buf[0].reshape(W.shape)
+            if nchunks > 1 and W.size >= PARALLEL_MIN_DEVICES:
+                _kp.read_noise(W.reshape(-1), buf[0], key, sigma, buf[1], nchunks)
+            elif W.ndim == 2:  # serial, row by row, the column sums in the same pass
+                _kp.read_noise_rows(W, seen, key, sigma, buf[1], buf[2])
+                if k == "W1" and W.shape[1] > 1:  # numpy sums one column pairwise
+                    out.w1_colsum = buf[2]
+            else:  # no parallel launch: ~30 us saved
+                _kp.read_noise_span(W.reshape(-1), buf[0], key, sigma, buf[1], 0, W.size)
+            out[k] = seen
         return out
 
     def _par(self) -> np.ndarray:
-        """The scalar device settings, packed as :mod:`fastres.kernels.pulses` takes them."""
-        p = self.p
-        return np.array([self.model, self.step_nominal, self.step_up, self.step_down, self.p_max,
-                         1 if p["rounding"] == "stochastic" else 0, float(p["max_pulses"]),
-                         float(p["write_noise"]), 1.0 if p["accumulate"] else 0.0])
+        """The scalar device settings, packed as :mod:`fastres.kernels.pulses` takes them
+        (constant: formed once)."""
+        if self._par_array is None:
+            p = self.p
+            self._par_array = np.array([self.model, self.step_nominal, self.step_up, self.step_down,
+                                        self.p_max, 1 if p["rounding"] == "stochastic" else 0,
+                                        float(p["max_pulses"]), float(p["write_noise"]),
+                                        1.0 if p["accumulate"] else 0.0])
+        return self._par_array
 
     def _prm(self, k) -> np.ndarray:
         """Array ``k``'s per-device parameters packed for the kernels (constant after
@@ -211,10 +245,9 @@ class PulsedDevices:
         sgd = self.sgd
         gscale = self.g_max * self.g_max * lr_factor
         par = self._par()
-        index = {k: j for j, k in enumerate(sorted(params))}
-
-        def key(k):
-            return stream_key(self.seed, self.step_count, index[k], _PURPOSE_WRITE)
+        names = sorted(params)
+        keys = dict(zip(names, stream_keys(self.seed, self.step_count, len(names), _PURPOSE_WRITE)))
+        key = keys.__getitem__
         blocks, colsum = sgd.sum_buffers(params["W1"])  # the fused step writes W1's column sums
         counts = np.zeros(blocks.shape[0])
         uT, d, col = ph.first
@@ -244,13 +277,16 @@ class PulsedDevices:
         nchunks = max(1, numba.get_num_threads())
         par = self._par()
         total = 0
-        for j, (k, W) in enumerate(sorted(params.items())):
+        names = sorted(params)
+        keys = stream_keys(self.seed, self.step_count, len(names), _PURPOSE_WRITE)
+        for j, k in enumerate(names):
+            W = params[k]
             d = self.dev[k]
             if not W.flags.c_contiguous:
                 raise FastresError(f"pulsed devices: conductance array {k} must be C-contiguous")
             flat = W.reshape(-1)
             pulses = np.empty(flat.size)
-            key = stream_key(self.seed, self.step_count, j, _PURPOSE_WRITE)
+            key = keys[j]
             _kp.pulse_update(flat, np.ascontiguousarray(desired[k], dtype=np.float64).reshape(-1),
                              d["acc"], self._prm(k), pulses, key, int(par[0]), par[1], par[2], par[3],
                              par[4], self.tab_up, self.tab_down, int(par[5]), par[6], par[7],

@@ -35,7 +35,8 @@ write key's bits, write noise those of a derived key (:func:`noise_key`), read n
 key's.
 
 Speed: the pulse counts of all devices are found in branch-free loops over contiguous rows (the
-desired change, the hash, the rounding, the clamps), the firing
+desired change, the hash, the rounding, the clamps) that vectorise (no int64 <-> float64
+conversion, which AVX2 lacks: :func:`top53`, :func:`floor_count`), the firing
 devices are listed by a branch-free compaction, and only those (a few % a step) are moved by
 the model. Loops that may call :func:`move` or draw a normal run far slower per device.
 """
@@ -75,9 +76,36 @@ def device_bits(key, i):
 
 
 @njit(cache=True, inline="always")
+def top53(h):
+    """The top 53 bits of ``h`` as a float64, exactly: ``float(h >> 11)`` formed from two int32
+    halves (``a 2^27 + b``, exact below 2^53), because AVX2 has no vector int64 -> float64
+    conversion (a loop converting int64 is not vectorised; int32 halves are, bit for bit)."""
+    v = h >> np.uint64(11)
+    a = np.float64(np.int32(v >> np.uint64(27)))
+    b = np.float64(np.int32(v & np.uint64(0x7FFFFFF)))
+    return a * 134217728.0 + b
+
+
+@njit(cache=True, inline="always")
 def unit(h):
     """Uniform in (0, 1) from the top 53 bits of ``h``."""
-    return (np.float64(np.int64(h >> np.uint64(11))) + 0.5) * (1.0 / 9007199254740992.0)
+    return (top53(h) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+_I64_MIN = -9.223372036854775808e18  # -2^63 as float64
+
+
+@njit(cache=True, inline="always")
+def floor_count(x):
+    """``float(math.floor(x))`` through int64, as x86 converts (``-2^63`` for NaN and for
+    ``|x| >= 2^63``), without the int64: a float floor and a select, which vectorise."""
+    return np.floor(x) if abs(x) < 9.223372036854775808e18 else _I64_MIN
+
+
+@njit(cache=True, inline="always")
+def trunc_count(x):
+    """``float(int(x))`` through int64 (see :func:`floor_count`), vectorisable."""
+    return np.trunc(x) if abs(x) < 9.223372036854775808e18 else _I64_MIN
 
 
 @njit(cache=True, inline="always")
@@ -168,18 +196,18 @@ def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses
             f = f0 + j
             a = acc[f] + dd[off + j]
             x = min(max(a / step_nominal, -max_pulses - 1.0), max_pulses + 1.0)
-            q = min(max(float(int(x)), -max_pulses), max_pulses)
+            q = min(max(trunc_count(x), -max_pulses), max_pulses)
             acc[f] = a - q * step_nominal
             out[off + j] = q
     elif rounding == 1:  # stochastic: up with probability x - floor(x)
         for j in range(n):
             x = dd[off + j] / step_nominal
-            fl = math.floor(x)
+            fl = floor_count(x)
             q = fl + (1.0 if uniform(key, f0 + j) < x - fl else 0.0)
             out[off + j] = min(max(q, -max_pulses), max_pulses)
     else:  # to nearest
         for j in range(n):
-            q = math.floor(dd[off + j] / step_nominal + 0.5)
+            q = floor_count(dd[off + j] / step_nominal + 0.5)
             out[off + j] = min(max(q, -max_pulses), max_pulses)
 
 
@@ -195,18 +223,44 @@ def list_firing(q, off, f0, n, idx, nl, m):
     return m
 
 
-PRM_LO, PRM_HI, PRM_S, PRM_AUP, PRM_ADOWN, PRM_STUCK = 0, 1, 2, 3, 4, 5
+PRM_LO, PRM_HI, PRM_S, PRM_AUP, PRM_ADOWN, PRM_STUCK, PRM_TOP, PRM_BOT = 0, 1, 2, 3, 4, 5, 6, 7
+
+
+@njit(cache=True, error_model="numpy")
+def _exp_asymptotes(prm):
+    """Columns ``PRM_TOP``, ``PRM_BOT`` of :func:`pack_devices`: the exponential curve's
+    asymptotes ``lo + B_up`` and ``hi - B_down`` (S), ``B = r / (-expm1(-1 / a))``, formed by
+    the same operations as :func:`move` (so :func:`move_exp` is bit-identical to it)."""
+    for i in range(prm.shape[0]):
+        lo, hi = prm[i, PRM_LO], prm[i, PRM_HI]
+        r = hi - lo
+        prm[i, PRM_TOP] = lo + r / (-math.expm1(-1.0 / prm[i, PRM_AUP]))
+        prm[i, PRM_BOT] = hi - r / (-math.expm1(-1.0 / prm[i, PRM_ADOWN]))
 
 
 def pack_devices(lo, hi, s, a_up, a_down, stuck):
     """The per-device parameters as one (N, 8) C-contiguous float64 array, a device a 64-byte
     row (columns ``PRM_*``: bounds ``lo``, ``hi`` (S), step scale ``s``, nonlinearity ``a_up``,
-    ``a_down``, ``stuck`` (0/1), 2 unused): a firing device is found at random, and one cache
-    line per device instead of six (one an array) made :func:`program_listed` ~3x faster."""
+    ``a_down``, ``stuck`` (0/1), and the exponential curve's asymptotes ``top``, ``bot`` (S,
+    derived, :func:`_exp_asymptotes`)): a firing device is found at random, and one cache
+    line per device instead of six (one an array) made :func:`program_listed` ~3x faster;
+    the asymptotes save the exponential model two ``expm1`` a firing device."""
     prm = np.zeros((np.asarray(lo).size, 8))
     for c, a in enumerate((lo, hi, s, a_up, a_down, stuck)):
         prm[:, c] = np.asarray(a, dtype=np.float64).ravel()
+    _exp_asymptotes(prm)
     return prm
+
+
+@njit(cache=True, inline="always")
+def move_exp(g, n, lo, hi, s, a_up, a_down, p_max, top, bot):
+    """:func:`move` of ``MODEL_EXP`` with the device's asymptotes ``top``, ``bot`` (S) given
+    (:func:`pack_devices`), bit-identical to it (tested)."""
+    if n == 0.0 or hi - lo <= 0.0:
+        return g
+    if n > 0:
+        return top - (top - min(max(g, lo), top)) * math.exp(-s * n / (a_up * p_max))
+    return bot + (min(max(g, bot), hi) - bot) * math.exp(s * n / (a_down * p_max))
 
 
 @njit(cache=True)
@@ -222,12 +276,12 @@ def program_listed(g, idx, nl, m, prm, key, model, step_up, step_down, p_max, ta
     conductances are gathered first, in a loop of independent loads that the CPU overlaps:
     scattered devices miss the cache (~200 ns each when fetched one after the other, measured).
     Write noise: :func:`normal_zig` on :func:`noise_key` ``(key)``."""
-    buf = np.empty((m, 8))
+    buf = np.empty((m, 9))
     for k in range(m):
         i = idx[k]
-        for c in range(6):
+        for c in range(8):
             buf[k, c] = prm[i, c]
-        buf[k, 6] = g[i]
+        buf[k, 8] = g[i]
     nkey = noise_key(key)
     count = 0.0
     for k in range(m):
@@ -237,8 +291,12 @@ def program_listed(g, idx, nl, m, prm, key, model, step_up, step_down, p_max, ta
         if buf[k, PRM_STUCK] != 0.0:
             continue
         lo, hi = buf[k, PRM_LO], buf[k, PRM_HI]
-        gn = move(model, buf[k, 6], n, lo, hi, buf[k, PRM_S], step_up, step_down, buf[k, PRM_AUP],
-                  buf[k, PRM_ADOWN], p_max, tab_up, tab_down)
+        if model == MODEL_EXP:
+            gn = move_exp(buf[k, 8], n, lo, hi, buf[k, PRM_S], buf[k, PRM_AUP], buf[k, PRM_ADOWN], p_max,
+                          buf[k, PRM_TOP], buf[k, PRM_BOT])
+        else:
+            gn = move(model, buf[k, 8], n, lo, hi, buf[k, PRM_S], step_up, step_down, buf[k, PRM_AUP],
+                      buf[k, PRM_ADOWN], p_max, tab_up, tab_down)
         if sigma > 0.0:
             gn += sigma * (hi - lo) * math.sqrt(abs(n)) * normal_zig(nkey, i)
         g[i] = min(max(gn, lo), hi)
@@ -374,6 +432,43 @@ def read_noise_span(g, out, key, sigma, idx, first, last):
     """Devices ``first..last-1`` of :func:`read_noise`: every device's first ziggurat try in
     one branch-free loop, then the rejected ones."""
     _read_rejected(g, out, key, sigma, idx, first, _read_first(g, out, key, sigma, idx, first, last))
+
+
+@njit(cache=True)
+def read_noise_rows(g, out, key, sigma, idx, colsum):
+    """:func:`read_noise` of a whole conductance array ``g`` (n_from, n_to) (S, C-contiguous;
+    device ``i n_to + j`` at ``[i, j]``) into ``out`` (same shape), serially, row by row, and
+    the column sums of ``out`` into ``colsum`` (n_to,) (S) in the same pass, while each row is
+    in cache: row 0, then each further row added in turn, bit-identical to numpy's
+    ``out.sum(axis=0)`` for ``n_to >= 2`` (tested; numpy sums a single column pairwise), which
+    the network's system needs. ``idx`` (n_to,) int64
+    scratch. The same draws as :func:`read_noise` (a device's noise depends on its flat index
+    only)."""
+    n_from, n_to = g.shape
+    gf = g.reshape(-1)
+    of = out.reshape(-1)
+    bits = np.empty(n_to, dtype=np.uint64)
+    for i in range(n_from):
+        o = i * n_to
+        for j in range(n_to):  # the row's hashes first: this loop vectorises, the next cannot
+            bits[j] = device_bits(key, o + j)  # (its table lookups); ~10 % of the read saved
+        m = 0  # the row's first tries (branch-free), its rejected devices listed in idx[:m]
+        for j in range(n_to):
+            layer, u, z, ok = _zig_first(bits[j])
+            of[o + j] = max(gf[o + j] * (1.0 + sigma * z), 1e-300)
+            idx[m] = o + j
+            m += 0 if ok else 1
+        for k in range(m):  # the row's rejected ones (about 3 %)
+            i2 = idx[k]
+            h0 = device_bits(key, i2)
+            layer, u, z, ok = _zig_first(h0)
+            of[i2] = max(gf[i2] * (1.0 + sigma * _normal_slow(h0, layer, u)), 1e-300)
+        if i == 0:
+            for j in range(n_to):
+                colsum[j] = of[j]
+        else:
+            for j in range(n_to):
+                colsum[j] += of[o + j]
 
 
 @njit(cache=True, parallel=True)
@@ -561,3 +656,14 @@ def seed_sequence_key(a, b, c, d):
         v ^= v >> np.uint64(16)
         out |= v << np.uint64(32 * w)
     return out
+
+
+@njit(cache=True)
+def seed_sequence_keys(a, b, n, d):
+    """:func:`seed_sequence_key` ``(a, b, c, d)`` for ``c = 0..n-1``, as a (n,) uint64 array
+    (one compiled call for all of a step's arrays)."""
+    out = np.empty(n, dtype=np.uint64)
+    for c in range(n):
+        out[c] = seed_sequence_key(a, b, np.uint64(c), d)
+    return out
+

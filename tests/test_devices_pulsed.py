@@ -373,6 +373,79 @@ def test_read_noise_matches_its_twin_and_is_normal():
     assert abs(np.mean(np.abs(x) > 3.0) - 2 * stats.norm.sf(3.0)) < 4e-4
 
 
+def test_read_noise_rows_gives_the_same_draws_and_numpys_column_sums():
+    """The serial row-by-row read (the one a 1-thread step uses) draws what the chunked read
+    draws, and its column sums are numpy's ``sum(axis=0)`` of the read, bit for bit."""
+    rng = np.random.default_rng(4)
+    for shape in [(1568, 100), (7, 3), (1, 10), (300, 2), (1568, 1024)]:  # (n, 1): numpy sums pairwise
+        g = rng.uniform(LO, HI, shape)
+        want = np.empty(g.size)
+        kp.read_noise(g.reshape(-1), want, np.uint64(21), 0.05, np.empty(g.size, dtype=np.int64), 3)
+        out, colsum = np.empty(shape), np.full(shape[1], np.nan)
+        kp.read_noise_rows(g, out, np.uint64(21), 0.05, np.empty(shape[1], dtype=np.int64), colsum)
+        assert np.array_equal(out.reshape(-1), want)
+        assert np.array_equal(colsum, want.reshape(shape).sum(axis=0))
+    # through the devices: the read carries W1's column sums, which the system then uses
+    cfg = TrainConfig(arch="784-30-10", diode="pwl", device=DeviceConfig(preset="realistic"))
+    tr = Trainer(cfg)
+    tr.init_state(np.random.default_rng(0))
+    seen = tr.optimizer.apparent(tr.params)
+    assert tr.params["W1"].size < kp_min()  # read serially, whatever the thread count
+    assert np.array_equal(seen.w1_colsum, seen["W1"].sum(axis=0))
+    a, b = tr.net.system(seen), tr.net.system(dict(seen))  # carried sums, numpy's sums
+    for name in ("GKK", "GKE", "gEE", "b0"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+
+
+def kp_min():
+    from fastres.pulsed import PARALLEL_MIN_DEVICES
+    return PARALLEL_MIN_DEVICES
+
+
+def test_vectorisable_conversions_are_the_int64_ones_bit_for_bit():
+    """``unit`` (int32 halves), ``floor_count`` and ``trunc_count`` (float floor/trunc and a
+    select) give what the int64 conversions they replace gave, edge cases included."""
+    from numba import njit
+
+    @njit
+    def old(h, x):
+        return ((np.float64(np.int64(h >> np.uint64(11))) + 0.5) * (1.0 / 9007199254740992.0),
+                float(math.floor(x)), float(int(x)))
+
+    @njit
+    def new(h, x):
+        return kp.unit(h), kp.floor_count(x), kp.trunc_count(x)
+
+    import math  # noqa: F401 (used by the compiled twin)
+    rng = np.random.default_rng(5)
+    hs = np.concatenate([rng.integers(0, 2 ** 63, 20000, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+                         np.array([0, 2 ** 64 - 1, 2 ** 63, 2 ** 11 - 1, 2 ** 11, (2 ** 53 - 1) << 11],
+                                  dtype=np.uint64)])
+    xs = np.concatenate([rng.normal(0, 20, 20000), [0.0, -0.0, 0.5, -0.5, 8.0, -8.0, -9.0, 1e300, -1e300,
+                                                    2.0 ** 63, -(2.0 ** 63), 2.0 ** 63 - 1024, np.inf,
+                                                    -np.inf, np.nan, 4.999999999999999]])
+    for h, x in zip(hs, xs):
+        a, b = old(h, x), new(h, x)
+        assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2], (h, x, a, b)
+
+
+def test_exponential_move_with_packed_asymptotes_is_move_bit_for_bit():
+    rng = np.random.default_rng(6)
+    N = 5000
+    lo = LO + rng.uniform(0, 0.3, N) * (HI - LO)
+    hi = HI - rng.uniform(0, 0.3, N) * (HI - LO)
+    a_up, a_down = rng.uniform(1e-3, 2.0, N), rng.uniform(1e-3, 2.0, N)
+    prm = kp.pack_devices(lo, hi, rng.uniform(0.5, 1.5, N), a_up, a_down, np.zeros(N))
+    g = rng.uniform(LO, HI, N)
+    n = rng.integers(-8, 9, N).astype(float)
+    for i in range(N):
+        want = kp.move(kp.MODEL_EXP, g[i], n[i], lo[i], hi[i], prm[i, 2], 0.0, 0.0, a_up[i], a_down[i],
+                       31.0, np.zeros(2), np.zeros(2))
+        got = kp.move_exp(g[i], n[i], lo[i], hi[i], prm[i, 2], a_up[i], a_down[i], 31.0,
+                          prm[i, kp.PRM_TOP], prm[i, kp.PRM_BOT])
+        assert got == want
+
+
 def test_pulse_curve_follows_each_model(tmp_path):
     """The report's conductance-against-pulse-count curve: the linear ramp, the exponential
     formula, and the measured table reproduced pulse by pulse (up, then down)."""
@@ -402,6 +475,11 @@ def test_stream_keys_are_numpy_seed_sequence_bit_for_bit():
     for c in cases:
         want = np.random.SeedSequence(list(c)).generate_state(1, dtype=np.uint64)[0]
         assert stream_key(*c) == want and isinstance(stream_key(*c), np.uint64), c
+    from fastres.pulsed import stream_keys  # a step's keys of all arrays in one call
+    for seed, step, purpose in [(0, 0, 1), (3, 10 ** 6, 2), (2 ** 32 - 1, 7, 1), (2 ** 40, 1, 2)]:
+        keys = stream_keys(seed, step, 5, purpose)
+        assert keys.dtype == np.uint64
+        assert list(keys) == [stream_key(seed, step, j, purpose) for j in range(5)]
 
 
 @pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="MNIST not found")
