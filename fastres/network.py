@@ -216,16 +216,14 @@ class LayeredNetwork:
         blocks, the bias sources' constant currents ``b0`` (A) and the clipping diodes.
 
         ``w1_colsum`` (n_1,) S: ``params["W1"].sum(axis=0)`` when the caller already has it
-        (the training step gets it from the fused update, or ``params.w1_colsum`` from the
-        read of noisy devices; W1 is by far the largest matrix).
+        (the training step gets it from the fused update, or from the read of noisy devices,
+        :class:`fastres.pulsed.Apparent`; W1 is by far the largest matrix).
         ``dense``: fill the off-diagonal block ``GKE``; None: only where the automatic choice
         is the Schur path (:meth:`linear_path`). Without it ``GKE`` is left zero (untouched
         memory) and the system is only for the CG path, which reads the diagonal alone;
         :meth:`NetworkProblem.system` rebuilds it in full if the Schur path is asked for."""
         if dense is None:
             dense = self.linear_path("auto") == "schur"
-        if w1_colsum is None:  # a read of noisy devices may carry them (fastres.pulsed.Apparent)
-            w1_colsum = getattr(params, "w1_colsum", None)
         n = self.nodes_per_layer
         L = self.L
         d = {}

@@ -103,7 +103,9 @@ class Trainer:
         t0 = time.perf_counter()
         U = self.net.input_voltages(X)
         seen = self.optimizer.apparent(self.params)  # read noise, if the devices have it
-        colsum = self.optimizer.column_sums(self.params) if seen is self.params else None
+        # W1's column sums: from the fused update, or from the read of noisy devices if it formed them
+        colsum = (self.optimizer.column_sums(self.params) if seen is self.params
+                  else getattr(seen, "w1_colsum", None))
         system = self.net.system(seen, colsum)
         # a rank's share gets its own input array, as BLAS may round differently on a view
         Ush = U if (lo, hi) == (0, B) else self.net.input_voltages(X[lo:hi])

@@ -385,14 +385,14 @@ def test_read_noise_rows_gives_the_same_draws_and_numpys_column_sums():
         kp.read_noise_rows(g, out, np.uint64(21), 0.05, np.empty(shape[1], dtype=np.int64), colsum)
         assert np.array_equal(out.reshape(-1), want)
         assert np.array_equal(colsum, want.reshape(shape).sum(axis=0))
-    # through the devices: the read carries W1's column sums, which the system then uses
+    # through the devices: the read carries W1's column sums, which the training step passes on
     cfg = TrainConfig(arch="784-30-10", diode="pwl", device=DeviceConfig(preset="realistic"))
     tr = Trainer(cfg)
     tr.init_state(np.random.default_rng(0))
     seen = tr.optimizer.apparent(tr.params)
     assert tr.params["W1"].size < kp_min()  # read serially, whatever the thread count
     assert np.array_equal(seen.w1_colsum, seen["W1"].sum(axis=0))
-    a, b = tr.net.system(seen), tr.net.system(dict(seen))  # carried sums, numpy's sums
+    a, b = tr.net.system(seen, seen.w1_colsum), tr.net.system(dict(seen))  # carried sums, numpy's
     for name in ("GKK", "GKE", "gEE", "b0"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
 
