@@ -360,7 +360,7 @@ def clipped_start(cc: CompiledCircuit, b, vdfix, steps=None, tol=None, inner_tol
     B = b.shape[0]
     x = np.empty((B, cc.nF))
     n = chunks(B)
-    args = (L, LK, cc.GKK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx, side, col,
+    args = (L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx, side, col,
             steps, tol, inner_tol, inner_max)
     if n == 1:
         _guess.clipped_start_range(*args, 0, B, x)

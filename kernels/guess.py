@@ -124,14 +124,15 @@ def _node_kcl(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def clipped_start_range(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side,
+def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side,
                         col, steps, tol, inner_tol, inner_max, lo, hi, x):
     """Rows ``lo..hi-1`` of ``x`` (B, nF) V: per sample the linear start
     (:func:`linear_start_range`), then Newton steps on the whole circuit, each solved by block
     Gauss-Seidel (module docstring), until a step moves no node by more than ``tol`` V or after
     ``steps`` of them. A step's linear system ``J d = -r`` (``J`` the Jacobian: ``GKK`` and
-    ``GKE`` as they are, the ``E`` diagonal ``gEE`` plus the diode conductances) is solved by
-    alternating ``dE = -(rE + GKE^T dK) / J_EE`` (diagonal) and ``GKK dK = -rK - GKE dE``
+    ``GKE`` as they are, the ``E`` diagonal ``gEE`` plus the diode conductances; ``r_K = 0``,
+    as the linear start and every step end with ``K`` solved exactly) is solved by
+    alternating ``dE = -(rE + GKE^T dK) / J_EE`` (diagonal) and ``GKK dK = -GKE dE``
     (``LK`` (nK, nK) the lower Cholesky factor of ``GKK``, S^1/2) from ``dK = 0``, until an
     update of ``dK`` is below ``inner_tol`` times the largest entry of ``d`` (at most
     ``inner_max`` times). ``L`` (nK, nK), ``inv_gEE`` (nE,): the linear start's factor. The
@@ -163,22 +164,16 @@ def clipped_start_range(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, pt
         prev = math.inf
         took = False
         for step in range(steps):
-            # residual: rE = gEE xE - bE + GKE^T xK + diodes (acc: GKE^T xK), rK = GKK xK +
-            # GKE xE - bK; at the linear start rK = 0 and acc is the linear start's own
-            for k in range(nK):
-                rK[k] = 0.0
+            # residual: rE = gEE xE - bE + GKE^T xK + diodes (acc: GKE^T xK, the linear
+            # start's own at first); rK = GKK xK + GKE xE - bK is 0: the linear start and
+            # every step end with K solved exactly for the E held (K has no diode)
             if step > 0:
                 for e in range(nE):
                     acc[e] = 0.0
-            for k in range(nK if step > 0 else 0):
-                xk = x[s, k]
-                t = -b[s, k]
-                for j in range(nK):
-                    t += GKK[k, j] * x[s, j]
-                for e in range(nE):
-                    t += GKE[k, e] * x[s, nK + e]
-                    acc[e] += GKE[k, e] * xk
-                rK[k] = t
+                for k in range(nK):
+                    xk = x[s, k]
+                    for e in range(nE):
+                        acc[e] += GKE[k, e] * xk
             for e in range(nE):
                 f, fp = _node_kcl(x[s, nK + e], gEE[e], b[s, nK + e] - acc[e], e, ptr, idx,
                                   side, vf, dkind, dpar)
@@ -201,7 +196,7 @@ def clipped_start_range(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, pt
                     dE[e] = d
                     dmax = max(dmax, abs(d))
                 for k in range(nK):
-                    t = -rK[k]
+                    t = 0.0
                     for e in range(nE):
                         t -= GKE[k, e] * dE[e]
                     dKn[k] = t
@@ -229,7 +224,7 @@ def clipped_start_range(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, pt
 
 
 @njit(cache=True, parallel=True)
-def clipped_start(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col,
+def clipped_start(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col,
                   steps, tol, inner_tol, inner_max, nchunks, x):
     """:func:`clipped_start_range` of every sample into ``x`` (B, nF) V, chunks of samples in
     parallel (:func:`~fastres.kernels.blocks.block_range`). Returns how many samples took no
@@ -239,7 +234,7 @@ def clipped_start(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx
     for c in prange(nchunks):
         lo, hi = block_range(B, nchunks, c)
         if lo < hi:
-            bad += clipped_start_range(L, LK, GKK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr,
+            bad += clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr,
                                        idx, side, col, steps, tol, inner_tol, inner_max, lo, hi,
                                        x)
     return bad

@@ -285,7 +285,7 @@ def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_li
     LK, ptr, idx, side, col = cc.clipped_factor
     prob = DCProblem(cc, netlist_speed.source_batch(rng, 40, 30))
     b, vdfix = prob.batch(Newton())
-    head = (L, LK, cc.GKK, cc.GKE, cc.gEE, inv)
+    head = (L, LK, cc.GKE, cc.gEE, inv)
     tail = (cc.dkind, cc.dpar, ptr, idx, side, col, 6, 1e-7, 1e-4, 20)
     par = np.empty((40, cc.nF))
     assert guess.clipped_start(*head, b, vdfix, *tail, 3, par) == 0
