@@ -293,11 +293,11 @@ def _move_only(vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
-def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
+def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always, assemble_always):
     """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
     computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them -- if
-    ``always``, or if a current or conductance differs from the one held (else the residual and
-    Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
+    ``always`` or ``assemble_always``, or if a current or conductance differs from the one held
+    (else the residual and Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
     carries a value (:func:`~fastres.kernels.devices.diode_carries`) are evaluated: the others'
     moves evaluated the model at exactly this voltage (``_trial`` forms it with the arithmetic
     of the update), so their held values are the fresh ones."""
@@ -317,7 +317,7 @@ def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
         di[k] = i
         dg[k] = g
         ev[k] = evk
-    if changed:
+    if changed or assemble_always:
         nF = GKK.shape[0] + gEE.shape[0]
         assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual,
                  w.jac_kk, w.jac_e)
@@ -357,7 +357,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True)
+    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True, False)
     it = 0
     noise_prev = 0.0  # the last step (V) found within round-off noise (0: the last one was not)
     stalls = 0  # consecutive such steps that did not shrink by STALL
@@ -366,8 +366,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     while True:
         if step_small:
             # the convergence test never trusts carried values: every device's current and
-            # conductance, and the residual, afresh at this point
-            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+            # conductance, and the residual, afresh at this point (assembled here: the step
+            # that ended small did not)
+            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False, True)
         rmax = 0.0
         for i in range(nF):
             a = abs(r[i])
@@ -384,7 +385,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             if limited:
                 # the steps stalled at the round-off floor: judge the last point afresh; if the
                 # residual test passes, it is the round-off-limited answer, left in place
-                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False, False)
                 rmax = 0.0
                 for i in range(nF):
                     a = abs(r[i])
@@ -405,18 +406,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             for k in range(nD):
                 dgs[k] = dg[k]
             valid = True
-        gff_matvec(GKK, GKE, gEE, dx, Gdx)
-        g1 = 0.0
-        g2 = 0.0
-        slope = 0.0
         xmax = 0.0
         dxmax = 0.0
-        lin_scale = 0.0
         for i in range(nF):
-            lin_scale += abs(rlin[i] + b[i]) * abs(x[i]) + abs(b[i]) * abs(x[i])
-            g1 += rlin[i] * dx[i]
-            g2 += dx[i] * Gdx[i]
-            slope += r[i] * dx[i]
             xmax = max(xmax, abs(x[i]))
             a = abs(dx[i])
             if a > dxmax or a != a:  # a NaN sticks (max() would drop it)
@@ -425,6 +417,18 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             return it, rmax, SINGULAR, False
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
+        # the line search's energy terms (W), not needed for a step taken unchecked
+        g1 = 0.0
+        g2 = 0.0
+        slope = 0.0
+        lin_scale = 0.0
+        if not tiny:
+            gff_matvec(GKK, GKE, gEE, dx, Gdx)
+            for i in range(nF):
+                lin_scale += abs(rlin[i] + b[i]) * abs(x[i]) + abs(b[i]) * abs(x[i])
+                g1 += rlin[i] * dx[i]
+                g2 += dx[i] * Gdx[i]
+                slope += r[i] * dx[i]
         stalled = False
         if not tiny and _residual_small(r, JKK, dE, x, reltol, vntol, abstol) \
                 and _step_noise(GKE, b, vext, da, db, di, dg, JKK, dE, S, w):
@@ -495,8 +499,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             di[k] = di_t[k]
             dg[k] = dg_t[k]
             ev[k] = ev_t[k]
-        assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
         step_small = t * dxmax <= tol_step
+        if not step_small:  # else the convergence test's fresh evaluation assembles them
+            assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
         it += 1
 
 
