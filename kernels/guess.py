@@ -194,7 +194,8 @@ def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, id
                 for e in range(nE):
                     d = -acc[e] * jE[e]
                     dE[e] = d
-                    dmax = max(dmax, abs(d))
+                    if not (abs(d) <= dmax):  # a NaN sticks (max() would drop it)
+                        dmax = abs(d)
                 for k in range(nK):
                     t = 0.0
                     for e in range(nE):
@@ -205,9 +206,12 @@ def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, id
                 for k in range(nK):
                     change = max(change, abs(dKn[k] - dK[k]))
                     dK[k] = dKn[k]
-                    dmax = max(dmax, abs(dKn[k]))
+                    if not (abs(dKn[k]) <= dmax):
+                        dmax = abs(dKn[k])
                 if not (change > inner_tol * dmax):  # NaN stops too (and fails below)
                     break
+            if dmax != dmax:
+                break
             if not (dmax < GROWTH * prev):  # not finite, or growing: keep the point before
                 break
             for k in range(nK):

@@ -298,6 +298,11 @@ def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_li
     assert guess.clipped_start_range(*head, bs, vdfix, *tail, 0, 2, xs) == 1
     np.testing.assert_array_equal(xs[1], 0.0)
     np.testing.assert_array_equal(xs[0], ser[0])
+    # diodes that evaluate to NaN: no step is taken, every sample keeps its linear start
+    nan_tail = (cc.dkind, np.full_like(cc.dpar, np.nan)) + tail[2:]
+    xn = np.empty((40, cc.nF))
+    assert guess.clipped_start_range(*head, b, vdfix, *nan_tail, 0, 40, xn) == 40
+    np.testing.assert_array_equal(xn, linear_start(cc, b))
 
 
 def test_clipped_start_needs_every_diode_on_the_eliminated_layer():
