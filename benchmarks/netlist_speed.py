@@ -2,7 +2,7 @@
 ``DCProblem`` with a dict of 784 source arrays, against a plain numpy batched Newton.
 
     python benchmarks/netlist_speed.py [--batch 20000] [--rounds 3] [--numpy-batch N]
-                                       [--seed 0] [--json FILE]
+                                       [--seed 0] [--json FILE] [--cpu B]
 
 The deck (written by :func:`deck_text`, a plain SPICE netlist): 784 input voltage sources
 ``vx<i>`` (node ``x<i>``), 100 hidden nodes ``h<j>`` each joined to every input by a resistor,
@@ -27,6 +27,13 @@ What is timed (wall clock, medians over ``--rounds``, the two solvers interleave
 
 Printed: microseconds per sample of each, the ratio numpy / fastres (end to end), the mean
 Newton iterations per sample, and the largest voltage difference between the two (V).
+
+``--cpu B`` instead times, on one thread and in CPU time (``time.thread_time``, less exposed to
+other processes on a shared machine than wall time), the start (``prob.start``) and then the
+Newton kernel (``solve_system``) from it, for the default start and ``guess="linear"``, on the
+first ``B`` samples; medians of ``--rounds`` (the first, which loads the kernels, not counted).
+It uses only what older versions also have, so ``OLD_PYTHON benchmarks/netlist_speed.py --cpu
+4000`` times the old code the same way.
 """
 import os
 
@@ -96,6 +103,33 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
+def cpu_parts(circuit, sources, rounds):
+    """Serial CPU time per sample (us) of the start and of the Newton kernel from it, for the
+    default start and ``guess="linear"`` (see the module docstring); prints and returns them."""
+    cc = circuit.compile()
+    alg = Newton()
+    numba.set_num_threads(1)
+    out = {}
+    for guess in ("auto", "linear"):
+        prob = DCProblem(cc, sources) if guess == "auto" else DCProblem(cc, sources, guess=guess)
+        b, vdfix = prob.batch(alg)
+        B = b.shape[0]
+        ts, tn = [], []
+        for _ in range(rounds + 1):
+            t0 = time.thread_time()
+            x = prob.start(alg, B)
+            t1 = time.thread_time()
+            it, _, _ = solve_system(cc.system, b, vdfix, x, alg)
+            t2 = time.thread_time()
+            ts.append(t1 - t0)
+            tn.append(t2 - t1)
+        st, nt = (1e6 * float(np.median(v[1:])) / B for v in (ts, tn))
+        out[guess] = {"start": st, "newton": nt, "iterations": float(np.mean(it))}
+        print(f"guess={guess!r}: start {st:.2f} + Newton kernel {nt:.2f} = {st + nt:.2f} us CPU "
+              f"per sample, one thread ({np.mean(it):.2f} iterations, B = {B})", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=20000)
@@ -104,6 +138,8 @@ def main(argv=None):
                     help="samples for the numpy baseline (default: the whole batch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--cpu", type=int, metavar="B", default=None,
+                    help="serial CPU time of the start and the Newton kernel on B samples")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     B = args.batch
@@ -114,6 +150,8 @@ def main(argv=None):
             f.write(deck_text(rng))
         t_read, circuit = _timed(lambda: read_netlist(path))
     sources = source_batch(rng, B)
+    if args.cpu is not None:
+        return cpu_parts(circuit, {k: v[:args.cpu] for k, v in sources.items()}, args.rounds)
     sub = {k: v[:nB] for k, v in sources.items()}
     alg = Newton()
     print(f"784-100-10 deck, B = {B}, numba threads {numba.get_num_threads()}, "

@@ -104,16 +104,16 @@ class Newton:
 
 #: ``DCProblem.guess`` values: the start of a solve without ``v0`` (see :class:`DCProblem`)
 GUESSES = ("auto", "clipped", "linear", "zero")
-#: the clipped start (:func:`clipped_start`): its sweeps stop when no node moved by more than
-#: ``CLIPPED_TOL`` (V) in one, or after ``CLIPPED_SWEEPS``; the first sweep's scalar solve of
-#: a node stops at a step below ``CLIPPED_NODE_TOL`` (V; Newton's error after a step ``s`` up
-#: an exponential is about ``s^2 / (2 N vt)``, 2e-9 V here); ``CLIPPED_POLISH``: a last sweep
-#: of one Newton step per node at its own point. Measured on the 784-100-10 deck of
-#: ``benchmarks/netlist_speed.py`` (README, "The netlist path").
-CLIPPED_SWEEPS = 4
+#: the clipped start (:func:`clipped_start`): Newton steps on the whole circuit from the linear
+#: start, each solved by block Gauss-Seidel, until a step moves no node by more than
+#: ``CLIPPED_TOL`` (V) or after ``CLIPPED_STEPS``; a step's inner sweeps stop when an update of
+#: the ``K`` block is below ``CLIPPED_INNER_TOL`` times the step (at most ``CLIPPED_INNER_MAX``
+#: sweeps). Measured on the 784-100-10 deck of ``benchmarks/netlist_speed.py`` (README, "The
+#: netlist path").
+CLIPPED_STEPS = 12
 CLIPPED_TOL = 1e-7
-CLIPPED_NODE_TOL = 1e-5
-CLIPPED_POLISH = True
+CLIPPED_INNER_TOL = 1e-4
+CLIPPED_INNER_MAX = 20
 
 #: ``aid`` codes of a result: the continuation aid that solved a sample plain Newton did not
 AID_TEXT = {int(_newton.AID_NONE): "none", int(_newton.AID_GMIN): "gmin stepping",
@@ -208,9 +208,9 @@ class DCProblem:
 
     ``guess`` chooses the start when there is no ``v0``: ``"linear"`` the solution of the
     resistor network alone (every diode removed; one factor shared by the batch, see
-    :func:`linear_start`), ``"clipped"`` the linear start with the diodes put back by block
-    Gauss-Seidel sweeps (:func:`clipped_start`; where not every diode joins an eliminated node
-    to a held one, the linear start), ``"zero"`` 0 V everywhere, ``"auto"`` (default) the
+    :func:`linear_start`), ``"clipped"`` the linear start with the diodes put back by Newton
+    steps solved by block Gauss-Seidel (:func:`clipped_start`; where not every diode joins an
+    eliminated node to a held one, the linear start), ``"zero"`` 0 V everywhere, ``"auto"`` (default) the
     clipped start where it applies, else the linear start when every diode joins a free node
     to a held one (clipping diodes, as in a layered network;
     :attr:`CompiledCircuit.clipping_only`), else 0 V. Where the resistor network alone is
@@ -333,39 +333,40 @@ def linear_start(cc: CompiledCircuit, b) -> np.ndarray | None:
     b = np.ascontiguousarray(b, dtype=np.float64)
     B = b.shape[0]
     x = np.empty((B, cc.nF))
-    _guess.linear_start_range(L, cc.GKE, inv, b, 0, B, x)
+    _guess.linear_start_range(L, cc.GKE, inv, b, 0, B, x, np.empty(cc.nK), np.empty(cc.nE))
     return x
 
 
-def clipped_start(cc: CompiledCircuit, b, vdfix, sweeps=None, tol=None, polish=None,
-                  node_tol=None) -> np.ndarray | None:
+def clipped_start(cc: CompiledCircuit, b, vdfix, steps=None, tol=None, inner_tol=None,
+                  inner_max=None) -> np.ndarray | None:
     """Free-node voltages (B, nF) in V close to the solution of a circuit whose every diode
     joins a node of the eliminated set ``E`` to a held node (a layered network's clipping
-    diodes): the linear start (:func:`linear_start`), then nonlinear block Gauss-Seidel sweeps
-    that solve each ``E`` node's KCL with its diodes exactly, then ``K`` (kernel
-    :func:`fastres.kernels.guess.clipped_start`, chunks of samples in parallel). ``b`` (B, nF)
-    source currents (A), ``vdfix`` (B or 1, nXd) the held voltages diodes touch (V). None
-    where the circuit is not of that form (:attr:`CompiledCircuit.clipped_factor`)."""
+    diodes): the linear start (:func:`linear_start`), then Newton steps on the whole circuit,
+    each solved by block Gauss-Seidel sweeps (``E`` diagonal, ``K`` by one Cholesky factor of
+    ``GKK`` shared by the batch; kernel :func:`fastres.kernels.guess.clipped_start`, chunks of
+    samples in parallel), with the settings ``CLIPPED_*`` of this module unless given. ``b``
+    (B, nF) source currents (A), ``vdfix`` (B or 1, nXd) the held voltages diodes touch (V).
+    None where the circuit is not of that form (:attr:`CompiledCircuit.clipped_factor`)."""
     fac, clip = cc.linear_factor, cc.clipped_factor
     if fac is None or clip is None:
         return None
     L, inv = fac
     LK, ptr, idx, side, col = clip
-    sweeps = CLIPPED_SWEEPS if sweeps is None else int(sweeps)
+    steps = CLIPPED_STEPS if steps is None else int(steps)
     tol = CLIPPED_TOL if tol is None else float(tol)
-    polish = CLIPPED_POLISH if polish is None else bool(polish)
-    node_tol = CLIPPED_NODE_TOL if node_tol is None else float(node_tol)
+    inner_tol = CLIPPED_INNER_TOL if inner_tol is None else float(inner_tol)
+    inner_max = CLIPPED_INNER_MAX if inner_max is None else int(inner_max)
     b = np.ascontiguousarray(b, dtype=np.float64)
     B = b.shape[0]
     x = np.empty((B, cc.nF))
     n = chunks(B)
+    args = (L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx, side, col,
+            steps, tol, inner_tol, inner_max)
     if n == 1:
-        _guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
-                                   idx, side, col, sweeps, tol, node_tol, polish, 0, B, x)
+        _guess.clipped_start_range(*args, 0, B, x)
     else:
         with dynamic_chunks():
-            _guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
-                                 side, col, sweeps, tol, node_tol, polish, n, x)
+            _guess.clipped_start(*args, n, x)
     return x
 
 

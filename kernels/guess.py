@@ -12,16 +12,19 @@ and one pass over the sample's source currents, so it costs a fraction of one Ne
 
 The clipped start (:func:`clipped_start`) then puts the diodes back, for circuits whose every
 diode joins a node of ``E`` to a held node (a layered network's clipping diodes, with ``E`` a
-hidden layer): block Gauss-Seidel sweeps, each updating every ``E`` node with ``K`` held (one
-scalar equation per node; the ``E`` nodes do not touch each other), then ``K`` exactly with
-``E`` held (``GKK xK = b_K - GKE xE``, one Cholesky factor of ``GKK`` shared by the batch).
-The first sweep solves each node's KCL with its diodes exactly (safeguarded scalar Newton,
-about four diode evaluations per node), the next ones take one Newton step per node with the
-first sweep's derivative (no diode evaluated: a linear model, whose fixed point is off by its
-linearisation error), and a last one a Newton step per node at its own point. On the
-784-100-10 deck of ``benchmarks/netlist_speed.py`` the start is then within about 1e-6 V of
-the solution and Newton takes 2 steps instead of 4.5 from the linear start; that is the whole
-aim: Newton's own termination test still decides the answer.
+hidden layer): Newton steps on the whole circuit from the linear start, without a line search,
+each step's linear system ``J d = -r`` solved by block Gauss-Seidel: the ``E`` block of the
+Jacobian is diagonal (``gEE`` plus the diode conductances; the ``E`` nodes do not touch each
+other), the ``K`` block is ``GKK`` itself (no diode touches ``K``), whose one Cholesky factor
+the batch shares, so each sweep is two passes over ``GKE`` and a small triangular solve; with
+the weak ``K``-``E`` coupling of a layered network a few sweeps give the step to a relative
+1e-4. A step costs one evaluation of every diode and about as many multiply-adds as one
+Newton iteration's products with ``G_KE``, without the Schur complement, its factor, the
+line search's trials or the termination test. On the 784-100-10 deck of
+``benchmarks/netlist_speed.py`` three steps bring the start from about 5e-3 V (linear) to
+within 1e-13 V, and Newton then takes one step, which its own unchanged termination test
+accepts (two from the previous start, 4.5 from the linear one). Newton's test decides the
+answer: the start is only a start.
 """
 import math
 
@@ -33,8 +36,10 @@ from .devices import diode_ig
 from .flags import FASTMATH
 from .linalg import cholesky_solve_inplace
 
-#: safeguarded Newton steps at most per node and sweep (scalar KCL of one ``E`` node)
-MAX_NODE_STEPS = 60
+#: the clipped start stops (keeping the point before) at a step more than ``GROWTH`` times as
+#: long as the one before: Newton without a line search diverging. Slower shrinking is allowed:
+#: coming down an exponential from above, Newton's steps are each about ``N vt`` long.
+GROWTH = 2.0
 
 
 
@@ -53,18 +58,16 @@ def _solve_k(L, GKE, b, x, s, rK):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x):
+def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x, rK, acc):
     """Rows ``lo..hi-1`` of ``x`` (B, nF) V: per sample the solution of ``G_FF x = b`` (module
     docstring), ``b`` (B, nF) source currents (A), ``L`` (nK, nK) the lower Cholesky factor of
     the Schur complement (S^1/2), ``inv_gEE`` (nE,) ohm. A sample whose result is not finite
-    gets 0 V; returns how many did.
+    gets 0 V; returns how many did. Scratch: ``rK`` (nK,), ``acc`` (nE,).
 
     Serial: about 0.5 us per sample of the 784-100-10 deck (nK = 10, nE = 100) on the 2-core
     machine, less than launching the parallel threads cost there when it was busy."""
     nK = GKE.shape[0]
     nE = GKE.shape[1]
-    rK = np.empty(nK)
-    acc = np.empty(nE)
     bad = 0
     for s in range(lo, hi):
         for e in range(nE):
@@ -94,6 +97,13 @@ def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x):
 
 
 @njit(cache=True, inline="always")
+def _par(dpar, k):
+    """Diode ``k``'s parameter row ``dpar[k]`` as a tuple (no array view per diode; the device
+    functions index it the same way)."""
+    return (dpar[k, 0], dpar[k, 1], dpar[k, 2], dpar[k, 3], dpar[k, 4])
+
+
+@njit(cache=True, inline="always")
 def _node_kcl(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar):
     """KCL residual (A) of ``E`` node ``e`` at voltage ``v`` (V) with its neighbours held, and
     its derivative (S): ``ge v - rhs + sum of diode currents leaving the node``. Diode ``k =
@@ -104,141 +114,131 @@ def _node_kcl(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar):
     for j in range(ptr[e], ptr[e + 1]):
         k = idx[j]
         if side[j] > 0:
-            i, g = diode_ig(dkind[k], dpar[k], v - vfix[j])
+            i, g = diode_ig(dkind[k], _par(dpar, k), v - vfix[j])
             f += i
         else:
-            i, g = diode_ig(dkind[k], dpar[k], vfix[j] - v)
+            i, g = diode_ig(dkind[k], _par(dpar, k), vfix[j] - v)
             f -= i
         fp += g
     return f, fp
 
 
-@njit(cache=True, inline="always")
-def _solve_node(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar, tol):
-    """The root (V) of :func:`_node_kcl` (strictly increasing in ``v``), by Newton from ``v``
-    safeguarded by the bracket of the points seen (bisection where Newton leaves it), and the
-    derivative (S) at the last point evaluated. Stops when a step is below ``tol`` (V); NaN
-    if the residual is not finite."""
-    lo = -math.inf
-    hi = math.inf
-    for _ in range(MAX_NODE_STEPS):
-        f, fp = _node_kcl(v, ge, rhs, e, ptr, idx, side, vfix, dkind, dpar)
-        if not (math.isfinite(f) and fp > 0.0 and math.isfinite(fp)):
-            return math.nan, fp
-        if f == 0.0:
-            return v, fp
-        if f > 0.0:
-            hi = v
-        else:
-            lo = v
-        vn = v - f / fp
-        if vn == v:  # the step is below one ulp of v
-            return v, fp
-        if not (vn > lo and vn < hi):
-            # f being increasing, a Newton step stays inside a half-open bracket: both ends
-            # are finite here
-            vn = 0.5 * (lo + hi)
-        if abs(vn - v) <= tol:
-            return vn, fp
-        v = vn
-    return v, fp
-
-
 @njit(cache=True, fastmath=FASTMATH)
-def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col,
-                        sweeps, tol, node_tol, polish, lo, hi, x):
-    """Rows ``lo..hi-1`` of ``x`` (B, nF) V: the linear start (:func:`linear_start_range`),
-    then block Gauss-Seidel sweeps with the diodes (module docstring): the first solves each
-    ``E`` node's KCL (scalar Newton to a step below ``node_tol`` V), the next ones
-    (``sweeps`` in all, fewer once no node moves by more than ``tol`` V) update each ``E``
-    node by one Newton step with the derivative of the first; with ``polish``, a last sweep of
-    one Newton step per ``E`` node at its own point. Each sweep ends with ``K`` solved exactly
-    with ``E`` held. ``LK`` (nK, nK) is the lower Cholesky factor of ``GKK`` (S^1/2); the
+def clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side,
+                        col, steps, tol, inner_tol, inner_max, lo, hi, x):
+    """Rows ``lo..hi-1`` of ``x`` (B, nF) V: per sample the linear start
+    (:func:`linear_start_range`), then Newton steps on the whole circuit, each solved by block
+    Gauss-Seidel (module docstring), until a step moves no node by more than ``tol`` V or after
+    ``steps`` of them. A step's linear system ``J d = -r`` (``J`` the Jacobian: ``GKK`` and
+    ``GKE`` as they are, the ``E`` diagonal ``gEE`` plus the diode conductances; ``r_K = 0``,
+    as the linear start and every step end with ``K`` solved exactly) is solved by
+    alternating ``dE = -(rE + GKE^T dK) / J_EE`` (diagonal) and ``GKK dK = -GKE dE``
+    (``LK`` (nK, nK) the lower Cholesky factor of ``GKK``, S^1/2) from ``dK = 0``, until an
+    update of ``dK`` is below ``inner_tol`` times the largest entry of ``d`` (at most
+    ``inner_max`` times). ``L`` (nK, nK), ``inv_gEE`` (nE,): the linear start's factor. The
     diodes of ``E`` node ``e`` are ``idx[j]``, ``j`` in ``ptr[e]..ptr[e+1]-1`` (``ptr``
     (nE + 1,), ``idx``, ``side``, ``col`` (nDE,) int64): ``side[j]`` 1 if the node is the
     anode, -1 the cathode, and the other end the held voltage ``vdfix[s, col[j]]`` (V; row 0
-    when ``vdfix`` has one row). A sample whose sweeps give a non-finite voltage keeps its
-    linear start. Returns how many did."""
+    when ``vdfix`` has one row). No line search: a step that is not finite or more than
+    :data:`GROWTH` times as long as the one before stops the steps at the point before it. A
+    sample whose linear start is not finite starts at 0 V. Returns how many samples did not
+    take a step."""
     nK = GKE.shape[0]
     nE = GKE.shape[1]
-    linear_start_range(L, GKE, inv_gEE, b, lo, hi, x)
-    rhs = np.empty(nE)
-    rhs0 = np.empty(nE)
-    dfe = np.empty(nE)
     rK = np.empty(nK)
+    acc = np.empty(nE)
+    rE = np.empty(nE)
+    jE = np.empty(nE)
+    dK = np.empty(nK)
+    dKn = np.empty(nK)
+    dE = np.empty(nE)
     vf = np.empty(idx.shape[0])
-    keep = np.empty(nK + nE)
     bad = 0
     for s in range(lo, hi):
+        if linear_start_range(L, GKE, inv_gEE, b, s, s + 1, x, rK, acc) > 0:
+            bad += 1
+            continue
         row = s if vdfix.shape[0] > 1 else 0
         for j in range(idx.shape[0]):
             vf[j] = vdfix[row, col[j]]
-        for i in range(nK + nE):
-            keep[i] = x[s, i]
-        ok = True
-        last = False
-        sweep = 0
-        while True:
-            # E nodes with K held: rhs_e = b_e - sum_k GKE[k, e] xK_k
-            for e in range(nE):
-                rhs[e] = b[s, nK + e]
-            for k in range(nK):
-                xk = x[s, k]
+        prev = math.inf
+        took = False
+        for step in range(steps):
+            # residual: rE = gEE xE - bE + GKE^T xK + diodes (acc: GKE^T xK, the linear
+            # start's own at first); rK = GKK xK + GKE xE - bK is 0: the linear start and
+            # every step end with K solved exactly for the E held (K has no diode)
+            if step > 0:
                 for e in range(nE):
-                    rhs[e] -= GKE[k, e] * xk
-            moved = 0.0
+                    acc[e] = 0.0
+                for k in range(nK):
+                    xk = x[s, k]
+                    for e in range(nE):
+                        acc[e] += GKE[k, e] * xk
             for e in range(nE):
-                old = x[s, nK + e]
-                if ptr[e + 1] == ptr[e]:
-                    v = rhs[e] * inv_gEE[e]
-                elif sweep == 0:
-                    v, dfe[e] = _solve_node(old, gEE[e], rhs[e], e, ptr, idx, side, vf, dkind,
-                                            dpar, node_tol)
-                elif last:
-                    f, fp = _node_kcl(old, gEE[e], rhs[e], e, ptr, idx, side, vf, dkind, dpar)
-                    v = old - f / fp
-                else:
-                    v = old + (rhs[e] - rhs0[e]) / dfe[e]
-                rhs0[e] = rhs[e]
-                if not math.isfinite(v):
-                    ok = False
-                    break
-                moved = max(moved, abs(v - old))
-                x[s, nK + e] = v
-            if not ok:
-                break
-            _solve_k(LK, GKE, b, x, s, rK)  # K nodes with E held
+                f, fp = _node_kcl(x[s, nK + e], gEE[e], b[s, nK + e] - acc[e], e, ptr, idx,
+                                  side, vf, dkind, dpar)
+                rE[e] = f
+                jE[e] = 1.0 / fp
+            # J d = -r by block Gauss-Seidel from dK = 0
             for k in range(nK):
-                if not math.isfinite(rK[k]):
-                    ok = False
-                moved = max(moved, abs(rK[k] - x[s, k]))
-                x[s, k] = rK[k]
-            if not ok or last:
-                break
-            sweep += 1
-            if moved <= tol or sweep >= sweeps:
-                if not polish:
+                dK[k] = 0.0
+            for it in range(inner_max):
+                for e in range(nE):
+                    acc[e] = rE[e]
+                if it > 0:
+                    for k in range(nK):
+                        dk = dK[k]
+                        for e in range(nE):
+                            acc[e] += GKE[k, e] * dk
+                dmax = 0.0
+                for e in range(nE):
+                    d = -acc[e] * jE[e]
+                    dE[e] = d
+                    if not (abs(d) <= dmax):  # a NaN sticks (max() would drop it)
+                        dmax = abs(d)
+                for k in range(nK):
+                    t = 0.0
+                    for e in range(nE):
+                        t -= GKE[k, e] * dE[e]
+                    dKn[k] = t
+                cholesky_solve_inplace(LK, dKn, nK)
+                change = 0.0
+                for k in range(nK):
+                    change = max(change, abs(dKn[k] - dK[k]))
+                    dK[k] = dKn[k]
+                    if not (abs(dKn[k]) <= dmax):
+                        dmax = abs(dKn[k])
+                if not (change > inner_tol * dmax):  # NaN stops too (and fails below)
                     break
-                last = True
-        if not ok:
+            if dmax != dmax:
+                break
+            if not (dmax < GROWTH * prev):  # not finite, or growing: keep the point before
+                break
+            for k in range(nK):
+                x[s, k] += dK[k]
+            for e in range(nE):
+                x[s, nK + e] += dE[e]
+            took = True
+            prev = dmax
+            if dmax <= tol:
+                break
+        if not took:
             bad += 1
-            for i in range(nK + nE):
-                x[s, i] = keep[i]
     return bad
 
 
 @njit(cache=True, parallel=True)
-def clipped_start(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col, sweeps,
-                  tol, node_tol, polish, nchunks, x):
+def clipped_start(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx, side, col,
+                  steps, tol, inner_tol, inner_max, nchunks, x):
     """:func:`clipped_start_range` of every sample into ``x`` (B, nF) V, chunks of samples in
-    parallel (:func:`~fastres.kernels.blocks.block_range`). Returns how many samples kept
-    their linear start."""
+    parallel (:func:`~fastres.kernels.blocks.block_range`). Returns how many samples took no
+    step."""
     B = x.shape[0]
     bad = 0
     for c in prange(nchunks):
         lo, hi = block_range(B, nchunks, c)
         if lo < hi:
-            bad += clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr, idx,
-                                       side, col, sweeps, tol, node_tol, polish, lo, hi,
+            bad += clipped_start_range(L, LK, GKE, gEE, inv_gEE, b, vdfix, dkind, dpar, ptr,
+                                       idx, side, col, steps, tol, inner_tol, inner_max, lo, hi,
                                        x)
     return bad

@@ -63,7 +63,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import (beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
+from .devices import (NPAR, beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
                       diode_step_limit)
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
@@ -81,6 +81,17 @@ BEYOND_IMAX = int(Status.BEYOND_IMAX)
 AID_NONE = 0
 AID_GMIN = 1
 AID_SOURCE = 2
+
+assert NPAR == 5, "_par below reads NPAR = 5 parameters"
+
+
+@njit(cache=True, inline="always")
+def _par(dpar, k):
+    """Diode ``k``'s parameter row ``dpar[k]`` (nD, NPAR) as a tuple: the device functions
+    index it the same way, but no array view is made per diode (measured about 25 % of a
+    Shockley diode's move in the line search's loop); the arithmetic is the same."""
+    return (dpar[k, 0], dpar[k, 1], dpar[k, 2], dpar[k, 3], dpar[k, 4])
+
 
 EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
@@ -253,7 +264,7 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
         wa = vext[a] + t * dxe[a]
         wc = vext[c] + t * dxe[c]
         w = wa - wc
-        dphi, i, g, evn = diode_move(dkind[k], dpar[k], vext[a] - vext[c], ev[k], w)
+        dphi, i, g, evn = diode_move(dkind[k], _par(dpar, k), vext[a] - vext[c], ev[k], w)
         scale += abs(i) * (abs(wa) + abs(wc))
         di_t[k] = i
         dg_t[k] = g
@@ -265,11 +276,28 @@ def _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
 
 
 @njit(cache=True)
-def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
+def _move_only(vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t):
+    """The trial caches of :func:`_trial` at ``t = 1`` (``x + dx``), without the energy and
+    slopes: for the full step taken unchecked at round-off level (``tiny`` in
+    :func:`newton_sample`), whose energy nothing reads. The same arithmetic as ``_trial(1.0,
+    ...)`` for the values it fills (``t * dxe[a]`` is ``dxe[a]`` exactly)."""
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        wa = vext[a] + 1.0 * dxe[a]
+        wc = vext[c] + 1.0 * dxe[c]
+        _, i, g, evn = diode_move(dkind[k], _par(dpar, k), vext[a] - vext[c], ev[k], wa - wc)
+        di_t[k] = i
+        dg_t[k] = g
+        ev_t[k] = evn
+
+
+@njit(cache=True)
+def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always, assemble_always):
     """Diode currents, conductances and exponentials (``w.diode_i``, ``diode_g``, ``diode_ev``)
     computed afresh at ``vext`` (V), and the residual and Jacobian assembled from them -- if
-    ``always``, or if a current or conductance differs from the one held (else the residual and
-    Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
+    ``always`` or ``assemble_always``, or if a current or conductance differs from the one held
+    (else the residual and Jacobian held are already those, bit for bit). Without ``always``, only diodes whose move
     carries a value (:func:`~fastres.kernels.devices.diode_carries`) are evaluated: the others'
     moves evaluated the model at exactly this voltage (``_trial`` forms it with the arithmetic
     of the update), so their held values are the fresh ones."""
@@ -281,13 +309,15 @@ def _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, always):
         if not always and not diode_carries(dkind[k]):
             continue
         vd = vext[da[k]] - vext[db[k]]
-        i, g = diode_ig(dkind[k], dpar[k], vd)
+        p = _par(dpar, k)
+        i, g = diode_ig(dkind[k], p, vd)
+        evk = diode_exp(dkind[k], p, vd)  # before the stores: the same exponential as in i, g
         if i != di[k] or g != dg[k]:
             changed = True
         di[k] = i
         dg[k] = g
-        ev[k] = diode_exp(dkind[k], dpar[k], vd)
-    if changed:
+        ev[k] = evk
+    if changed or assemble_always:
         nF = GKK.shape[0] + gEE.shape[0]
         assemble(GKK, GKE, gEE, b, vext[:nF], da, db, di, dg, w.residual_lin, w.residual,
                  w.jac_kk, w.jac_e)
@@ -327,7 +357,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     nD = da.shape[0]
     x = vext[:nF]
     dx = dxe[:nF]  # dxe[nF:] stays zero: fixed nodes do not move
-    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True)
+    _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, True, False)
     it = 0
     noise_prev = 0.0  # the last step (V) found within round-off noise (0: the last one was not)
     stalls = 0  # consecutive such steps that did not shrink by STALL
@@ -336,8 +366,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
     while True:
         if step_small:
             # the convergence test never trusts carried values: every device's current and
-            # conductance, and the residual, afresh at this point
-            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+            # conductance, and the residual, afresh at this point (assembled here: the step
+            # that ended small did not)
+            _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False, True)
         rmax = 0.0
         for i in range(nF):
             a = abs(r[i])
@@ -354,7 +385,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             if limited:
                 # the steps stalled at the round-off floor: judge the last point afresh; if the
                 # residual test passes, it is the round-off-limited answer, left in place
-                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False)
+                _fresh(GKK, GKE, gEE, b, vext, da, db, dkind, dpar, w, False, False)
                 rmax = 0.0
                 for i in range(nF):
                     a = abs(r[i])
@@ -375,18 +406,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             for k in range(nD):
                 dgs[k] = dg[k]
             valid = True
-        gff_matvec(GKK, GKE, gEE, dx, Gdx)
-        g1 = 0.0
-        g2 = 0.0
-        slope = 0.0
         xmax = 0.0
         dxmax = 0.0
-        lin_scale = 0.0
         for i in range(nF):
-            lin_scale += abs(rlin[i] + b[i]) * abs(x[i]) + abs(b[i]) * abs(x[i])
-            g1 += rlin[i] * dx[i]
-            g2 += dx[i] * Gdx[i]
-            slope += r[i] * dx[i]
             xmax = max(xmax, abs(x[i]))
             a = abs(dx[i])
             if a > dxmax or a != a:  # a NaN sticks (max() would drop it)
@@ -395,6 +417,18 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             return it, rmax, SINGULAR, False
         tol_step = vntol + reltol * xmax
         tiny = dxmax <= tol_step  # round-off level: take the full step unchecked
+        # the line search's energy terms (W), not needed for a step taken unchecked
+        g1 = 0.0
+        g2 = 0.0
+        slope = 0.0
+        lin_scale = 0.0
+        if not tiny:
+            gff_matvec(GKK, GKE, gEE, dx, Gdx)
+            for i in range(nF):
+                lin_scale += abs(rlin[i] + b[i]) * abs(x[i]) + abs(b[i]) * abs(x[i])
+                g1 += rlin[i] * dx[i]
+                g2 += dx[i] * Gdx[i]
+                slope += r[i] * dx[i]
         stalled = False
         if not tiny and _residual_small(r, JKK, dE, x, reltol, vntol, abstol) \
                 and _step_noise(GKE, b, vext, da, db, di, dg, JKK, dE, S, w):
@@ -426,11 +460,10 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
         lo = 0.0
         hi = math.inf
         accepted = False
-        for _ in range(MAX_LINESEARCH):
+        if tiny:
+            _move_only(vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
+        for _ in range(0 if tiny else MAX_LINESEARCH):
             dEn, d1, d2, dscale = _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
-            if tiny:
-                accepted = True
-                break
             # sufficient decrease, up to the round-off floor of the energy (linear + diode parts)
             decrease = dEn <= ARMIJO * t * slope + 8.0 * EPS * (lin_scale + dscale)
             if not (math.isfinite(dEn) and math.isfinite(d1)) or not decrease or d1 > 0.0:
@@ -454,7 +487,7 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
                 t = 0.5 * (lo + hi)
             if hi < math.inf and hi - lo <= 1e-14 * hi:
                 break
-        if not accepted:
+        if not accepted and not tiny:
             if lo > 0.0:  # phi'(lo) < 0 with sufficient decrease: accept the bracket's left end
                 t = lo
                 _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, ev, di_t, dg_t, ev_t)
@@ -466,8 +499,9 @@ def newton_sample(GKK, GKE, gEE, b, vext, da, db, dkind, dpar,
             di[k] = di_t[k]
             dg[k] = dg_t[k]
             ev[k] = ev_t[k]
-        assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
         step_small = t * dxmax <= tol_step
+        if not step_small:  # else the convergence test's fresh evaluation assembles them
+            assemble(GKK, GKE, gEE, b, x, da, db, di, dg, rlin, r, JKK, dE)
         it += 1
 
 

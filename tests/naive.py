@@ -169,48 +169,16 @@ def linear_solve(GKK, GKE, gEE, b):
     return np.linalg.solve(dense_conductance(GKK, GKE, gEE), np.asarray(b, dtype=np.float64).T).T
 
 
-def clipped_sweep(GKK, GKE, gEE, b, x, vdfix, da, db, dkind, dpar, steps=200):
-    """One exact block Gauss-Seidel sweep of the clipped start (twin of the first sweep of
-    ``kernels/guess.py``'s ``clipped_start_range``), for circuits whose every diode joins an
-    ``E`` node to a held node: each ``E`` node's KCL solved with ``K`` held (``steps``
-    bisections of every node at once, between bounds found by doubling), then ``G_KK xK =
-    b_K - GKE xE``. ``x`` (B, nF) V the start, ``b`` (B, nF) A, ``vdfix`` (B or 1, nXd) V;
-    returns the new (B, nF) V."""
-    nK, nE = GKE.shape
-    nF = nK + nE
+def newton_steps(GKK, GKE, gEE, b, x, vdfix, da, db, dkind, dpar, steps=1):
+    """``steps`` plain Newton steps ``x <- x - J(x)^-1 r(x)`` on the free nodes (no line
+    search), the dense twin of the clipped start's steps (``kernels/guess.py``'s
+    ``clipped_start_range``, whose block Gauss-Seidel inner solve converges to this step).
+    ``x`` (B, nF) V the start, ``b`` (B, nF) A, ``vdfix`` (B or 1, nXd) V; returns the new
+    (B, nF) V (residual and Jacobian from :func:`kcl`)."""
     x = np.array(x, dtype=np.float64)
-    B = x.shape[0]
-    vd = np.broadcast_to(vdfix, (B, vdfix.shape[1]))
-    rhs = b[:, nK:] - x[:, :nK] @ GKE  # (B, nE) A
-
-    def kcl_e(v):  # (B, nE) A: current leaving each E node at voltages v, K held
-        f = gEE * v - rhs
-        for k in range(len(da)):
-            a, c = int(da[k]), int(db[k])
-            if nK <= a < nF:
-                i = diode(dkind[k], dpar[k], v[:, a - nK] - vd[:, c - nF])[0]
-                f[:, a - nK] += i
-            else:
-                i = diode(dkind[k], dpar[k], vd[:, a - nF] - v[:, c - nK])[0]
-                f[:, c - nK] -= i
-        return f
-
-    lo = x[:, nK:] - 1.0
-    hi = x[:, nK:] + 1.0
-    for _ in range(60):  # widen until f(lo) <= 0 <= f(hi)
-        flo, fhi = kcl_e(lo), kcl_e(hi)
-        if np.all(flo <= 0) and np.all(fhi >= 0):
-            break
-        lo = np.where(flo > 0, 2 * lo - hi, lo)
-        hi = np.where(fhi < 0, 2 * hi - lo, hi)
     for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        pos = kcl_e(mid) > 0
-        hi = np.where(pos, mid, hi)
-        lo = np.where(pos, lo, mid)
-    x[:, nK:] = 0.5 * (lo + hi)
-    if nK:
-        x[:, :nK] = np.linalg.solve(GKK, (b[:, :nK] - x[:, nK:] @ GKE.T).T).T
+        r, J = kcl(GKK, GKE, gEE, b, x, vdfix, da, db, dkind, dpar)
+        x = x - np.linalg.solve(J, r[..., None])[..., 0]
     return x
 
 

@@ -162,7 +162,8 @@ def test_linear_start_solves_the_resistor_network():
     xs = np.empty((3, cc.nF))
     bs = b[:3].copy()
     bs[1, 0] = np.inf
-    assert guess.linear_start_range(L, cc.GKE, inv, bs, 0, 3, xs) == 1
+    assert guess.linear_start_range(L, cc.GKE, inv, bs, 0, 3, xs, np.empty(cc.nK),
+                                    np.empty(cc.nE)) == 1
     np.testing.assert_array_equal(xs[1], 0.0)
     np.testing.assert_allclose(xs[[0, 2]], x[[0, 2]], rtol=1e-12, atol=1e-15)
 
@@ -237,26 +238,43 @@ def test_linear_start_lets_plain_newton_solve_fuzz_62():
 
 
 @pytest.mark.parametrize("diode", [Shockley(IS=1e-12), PiecewiseLinear(ron=1.0, roff=1e9, vfwd=0.4)])
-def test_clipped_start_first_sweep_matches_the_twin(diode):
+def test_clipped_start_steps_match_the_twin(diode):
     c, rng = _model_deck(diode, 21)
     cc = c.compile()
     assert cc.clipped_factor is not None
     prob = DCProblem(cc, netlist_speed.source_batch(rng, 12, 40))
     b, vdfix = prob.batch(Newton())
     x_lin = linear_start(cc, b)
-    twin = naive.clipped_sweep(cc.GKK, cc.GKE, cc.gEE, b, x_lin, vdfix, cc.da, cc.db, cc.dkind,
-                               cc.dpar)
-    one = clipped_start(cc, b, vdfix, sweeps=1, tol=1e-13, polish=False, node_tol=1e-13)
-    np.testing.assert_allclose(one, twin, rtol=0, atol=1e-11)
-    assert np.abs(one - x_lin).max() > 1e-3  # the diodes moved the start
-    # the default start (linearised sweeps, a polishing one): close to the circuit's own
-    # solution, which Newton then reaches in fewer steps, as the numpy reference Newton does
+    for steps in (1, 2):
+        twin = naive.newton_steps(cc.GKK, cc.GKE, cc.gEE, b, x_lin, vdfix, cc.da, cc.db,
+                                  cc.dkind, cc.dpar, steps)
+        mine = clipped_start(cc, b, vdfix, steps=steps, tol=0.0, inner_tol=1e-15, inner_max=500)
+        np.testing.assert_allclose(mine, twin, rtol=0, atol=1e-11)
+    assert np.abs(mine - x_lin).max() > 1e-3  # the diodes moved the start
+    # the default start: close to the circuit's own solution, which Newton then reaches in
+    # fewer steps, as the numpy reference Newton does
     start = clipped_start(cc, b, vdfix)
     _, V = naive.reference_solve(c, {k: v for k, v in prob.sources.items()})
     sol = solve(DCProblem(cc, prob.sources))
     lin = solve(DCProblem(cc, prob.sources, guess="linear"))
-    assert np.abs(sol.x - start).max() < 1e-5 < np.abs(sol.x - x_lin).max()
+    assert np.abs(sol.x - start).max() < 1e-9 < np.abs(sol.x - x_lin).max()
     assert sol.iterations.max() < lin.iterations.min()
+    np.testing.assert_allclose(sol.v, V, rtol=0, atol=1e-9)
+
+
+def test_clipped_start_brings_the_benchmark_deck_to_one_newton_iteration():
+    """On (a small copy of) the benchmark's deck the start is within Newton's tolerance: Newton
+    takes one step, which its own termination test accepts, to the same answer as from the
+    linear and the 0 V starts and as the numpy twin."""
+    c, rng = _deck(sizes=(60, 20, 5), seed=2)
+    src = netlist_speed.source_batch(rng, 50, 60)
+    sol = solve(DCProblem(c, src))
+    assert np.all(sol.iterations == 1)
+    for g in ("linear", "zero"):
+        other = solve(DCProblem(c, src, guess=g))
+        np.testing.assert_allclose(sol.v, other.v, rtol=0, atol=1e-9)
+        assert other.iterations.min() > 1
+    _, V = naive.reference_solve(c, src)
     np.testing.assert_allclose(sol.v, V, rtol=0, atol=1e-9)
 
 
@@ -267,20 +285,24 @@ def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_li
     LK, ptr, idx, side, col = cc.clipped_factor
     prob = DCProblem(cc, netlist_speed.source_batch(rng, 40, 30))
     b, vdfix = prob.batch(Newton())
+    head = (L, LK, cc.GKE, cc.gEE, inv)
+    tail = (cc.dkind, cc.dpar, ptr, idx, side, col, 6, 1e-7, 1e-4, 20)
     par = np.empty((40, cc.nF))
-    assert guess.clipped_start(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr, idx,
-                               side, col, 4, 1e-7, 1e-5, True, 3, par) == 0
+    assert guess.clipped_start(*head, b, vdfix, *tail, 3, par) == 0
     ser = np.empty((40, cc.nF))
-    assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, b, vdfix, cc.dkind, cc.dpar, ptr,
-                                     idx, side, col, 4, 1e-7, 1e-5, True, 0, 40, ser) == 0
+    assert guess.clipped_start_range(*head, b, vdfix, *tail, 0, 40, ser) == 0
     np.testing.assert_array_equal(par, ser)
     bs = b[:2].copy()
-    bs[1, cc.nK] = np.nan  # an E node's source current: the sweeps fail, the sample keeps
-    xs = np.empty((2, cc.nF))  # its (zeroed, non-finite) linear start
-    assert guess.clipped_start_range(L, LK, cc.GKE, cc.gEE, inv, bs, vdfix, cc.dkind, cc.dpar,
-                                     ptr, idx, side, col, 4, 1e-7, 1e-5, True, 0, 2, xs) == 1
+    bs[1, cc.nK] = np.nan  # an E node's source current: its linear start is not finite, the
+    xs = np.empty((2, cc.nF))  # sample starts at 0 V and takes no step
+    assert guess.clipped_start_range(*head, bs, vdfix, *tail, 0, 2, xs) == 1
     np.testing.assert_array_equal(xs[1], 0.0)
     np.testing.assert_array_equal(xs[0], ser[0])
+    # diodes that evaluate to NaN: no step is taken, every sample keeps its linear start
+    nan_tail = (cc.dkind, np.full_like(cc.dpar, np.nan)) + tail[2:]
+    xn = np.empty((40, cc.nF))
+    assert guess.clipped_start_range(*head, b, vdfix, *nan_tail, 0, 40, xn) == 40
+    np.testing.assert_array_equal(xn, linear_start(cc, b))
 
 
 def test_clipped_start_needs_every_diode_on_the_eliminated_layer():

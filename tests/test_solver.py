@@ -104,7 +104,10 @@ def test_batched_sources_and_warm_start():
         np.testing.assert_allclose(one.v[0], sol.v[s], atol=1e-13)
     warm = solve(DCProblem(c.compile(), src, v0=sol))
     assert warm.converged.all()
-    assert warm.iterations.mean() < sol.iterations.mean()
+    # the default start is already within Newton's tolerance here (one iteration, as warm)
+    assert warm.iterations.mean() <= sol.iterations.mean()
+    cold = solve(DCProblem(c.compile(), src, guess="zero"))
+    assert warm.iterations.mean() < cold.iterations.mean()
     np.testing.assert_allclose(warm.v, sol.v, atol=1e-12)
 
 
