@@ -356,6 +356,10 @@ def clipped_start(cc: CompiledCircuit, b, vdfix, steps=None, tol=None, inner_tol
     tol = CLIPPED_TOL if tol is None else float(tol)
     inner_tol = CLIPPED_INNER_TOL if inner_tol is None else float(inner_tol)
     inner_max = CLIPPED_INNER_MAX if inner_max is None else int(inner_max)
+    if steps < 0 or inner_max < 1 or not (tol >= 0.0) or not (inner_tol > 0.0):
+        raise ConfigError(f"clipped start: need steps >= 0, inner_max >= 1, tol >= 0 and "
+                          f"inner_tol > 0 (got steps={steps}, inner_max={inner_max}, tol={tol}, "
+                          f"inner_tol={inner_tol})")
     b = np.ascontiguousarray(b, dtype=np.float64)
     B = b.shape[0]
     x = np.empty((B, cc.nF))

@@ -262,6 +262,18 @@ def test_clipped_start_steps_match_the_twin(diode):
     np.testing.assert_allclose(sol.v, V, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("bad", [dict(inner_max=0), dict(steps=-1), dict(tol=float("nan")),
+                                 dict(inner_tol=0.0)])
+def test_clipped_start_rejects_settings_that_would_skip_its_inner_solve(bad):
+    """inner_max = 0 used to add an uninitialised step to the start (review of the third pass)."""
+    c, rng = _model_deck(Shockley(IS=1e-12), 21)
+    cc = c.compile()
+    prob = DCProblem(cc, netlist_speed.source_batch(rng, 3, 40))
+    b, vdfix = prob.batch(Newton())
+    with pytest.raises(ConfigError, match="clipped start"):
+        clipped_start(cc, b, vdfix, **bad)
+
+
 def test_clipped_start_brings_the_benchmark_deck_to_one_newton_iteration():
     """On (a small copy of) the benchmark's deck the start is within Newton's tolerance: Newton
     takes one step, which its own termination test accepts, to the same answer as from the
@@ -278,7 +290,7 @@ def test_clipped_start_brings_the_benchmark_deck_to_one_newton_iteration():
     np.testing.assert_allclose(sol.v, V, rtol=0, atol=1e-9)
 
 
-def test_clipped_start_serial_and_parallel_kernels_agree_and_bad_samples_keep_linear():
+def test_clipped_start_serial_and_parallel_kernels_agree_and_a_bad_sample_starts_at_zero():
     c, rng = _deck(seed=4)
     cc = c.compile()
     L, inv = cc.linear_factor
