@@ -230,25 +230,37 @@ def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
 
 
 @njit(cache=True)
-def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+def stamp_row(s, move, t, Gdx, rlin, d, da, db, di, dg, r, Jd):
     """Residual ``r = rlin + i_diodes`` (A) and Jacobian diagonal ``Jd = d + g_diodes`` (S) of
-    the samples ``cols``, from their diode currents ``di`` (A) and conductances ``dg`` (S)
-    (B, nD). Diodes join a free node to a fixed one."""
+    sample ``s``, from its diode currents ``di`` (A) and conductances ``dg`` (S) (B, nD), after
+    moving its linear residual by ``t Gdx`` (A) if ``move`` (in the same pass). Diodes join a
+    free node to a fixed one."""
     nF = rlin.shape[1]
-    for j in range(cols.shape[0]):
-        s = cols[j]
+    if move:
+        for i in range(nF):
+            rlin[s, i] += t * Gdx[s, i]
+            r[s, i] = rlin[s, i]
+            Jd[s, i] = d[i]
+    else:
         for i in range(nF):
             r[s, i] = rlin[s, i]
             Jd[s, i] = d[i]
-        for k in range(da.shape[0]):
-            a = da[k]
-            c = db[k]
-            if a < nF:
-                r[s, a] += di[s, k]
-                Jd[s, a] += dg[s, k]
-            if c < nF:
-                r[s, c] -= di[s, k]
-                Jd[s, c] += dg[s, k]
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        if a < nF:
+            r[s, a] += di[s, k]
+            Jd[s, a] += dg[s, k]
+        if c < nF:
+            r[s, c] -= di[s, k]
+            Jd[s, c] += dg[s, k]
+
+
+@njit(cache=True)
+def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+    """:func:`stamp_row` (no move) for the samples ``cols``."""
+    for j in range(cols.shape[0]):
+        stamp_row(cols[j], False, 0.0, rlin, rlin, d, da, db, di, dg, r, Jd)
 
 
 @njit(cache=True)
@@ -835,17 +847,24 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
 
 @njit(cache=True, parallel=True)
 def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, fx,
-                     di, dg, ev, reltol, vntol, flag, tstep, step, xabs):
+                     di, dg, ev, reltol, vntol, flag, tstep, step, xabs, ok, d, Jd):
     """:func:`line_search_sample` for every sample of ``cols``, in parallel; ``flag``, ``tstep``,
-    ``step`` (m,) its results; ``xabs`` (B,) V: max|x[s]| of each sample that took a step."""
+    ``step`` (m,) its results; ``xabs`` (B,) V: max|x[s]| of each sample that took a step.
+    A sample that took a step that is not small (``step > vntol + reltol xabs``) and whose
+    direction was sound (``ok`` (m,)) gets its linear residual moved by ``t G dx`` and its
+    residual ``r`` and Jacobian diagonal ``Jd`` stamped here (:func:`stamp_row`, ``d`` (nF,)
+    S), in the same parallel region; the others are left to the caller."""
     for j in prange(cols.shape[0]):
-        f, t, st, xa = line_search_sample(cols[j], x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind,
+        s = cols[j]
+        f, t, st, xa = line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind,
                                           dpar, vcrit, carry, fx, di, dg, ev, reltol, vntol)
         flag[j] = f
         tstep[j] = t
         step[j] = st
         if f < 0:
-            xabs[cols[j]] = xa
+            xabs[s] = xa
+            if ok[j] and not (st <= vntol + reltol * xa):
+                stamp_row(s, True, t, Gdx, rlin, d, da, db, di, dg, r, Jd)
 
 
 @njit(cache=True, parallel=True)
@@ -1025,8 +1044,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         tstep = np.empty(nact)
         step = np.empty(nact)
         line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry,
-                         fx, di, dg, ev, reltol, vntol, flag, tstep, step, xa)
-        nmove = 0
+                         fx, di, dg, ev, reltol, vntol, flag, tstep, step, xa, ok, d, Jd)
         for j in range(nact):
             s = cols[j]
             cg_iterations[s] += cgit[j]
@@ -1034,10 +1052,9 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
                 status[s] = SINGULAR
             elif flag[j] >= 0:
                 status[s] = flag[j]
-            else:
-                nmove += 1
-        # the linear part of the residual moves by t G dx; samples whose step was small (about
-        # to be tested for convergence) get it evaluated from scratch instead
+        # the linear part of the residual moved by t G dx (and the residual was stamped) in the
+        # line search's pass; samples whose step was small (about to be tested for
+        # convergence) get it evaluated from scratch instead
         nexact = 0
         for j in range(nact):
             s = cols[j]
@@ -1049,24 +1066,13 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
                 # the last linear model's predicted residual, for the next forcing term
                 # (only meaningful for a full step along it)
                 lres_prev[s] = lres[j] if tstep[j] == 1.0 else -1.0
-        moved = np.empty(nmove - nexact, dtype=np.int64)
         exact = np.empty(nexact, dtype=np.int64)
-        i = 0
         q = 0
         for j in range(nact):
             s = cols[j]
-            if status[s] < 0:
-                if step_small[s]:
-                    exact[q] = s
-                    q += 1
-                else:
-                    moved[i] = s
-                    i += 1
-                    t = tstep[j]
-                    for k in range(nF):
-                        rlin[s, k] += t * Gdx[s, k]
-        if moved.shape[0] > 0:
-            stamp_cols(moved, rlin, d, da, db, di, dg, r, Jd)
+            if status[s] < 0 and step_small[s]:
+                exact[q] = s
+                q += 1
         if nexact > 0:
             assemble_cols(x, exact, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
     for s in range(B):
