@@ -120,8 +120,15 @@ def ab_kernels(arch, diode, old_dir, rounds):
     solve = new.solve_layered
     calls = []
 
+    def copy(v):  # arrays, and the tuple of conductance matrices (the step updates W in place)
+        if isinstance(v, np.ndarray):
+            return v.copy()
+        if isinstance(v, tuple):
+            return tuple(copy(w) for w in v)
+        return v
+
     def record(*a):
-        calls.append([v.copy() if isinstance(v, np.ndarray) else v for v in a])
+        calls.append([copy(v) for v in a])
         return solve(*a)
 
     r = Runner(arch, diode, "cg")
@@ -135,7 +142,7 @@ def ab_kernels(arch, diode, old_dir, rounds):
         raise SystemExit("no solve_layered call recorded (run with NUMBA_NUM_THREADS=1)")
 
     def run(mod, c):
-        a = [v.copy() if isinstance(v, np.ndarray) else v for v in c]
+        a = [copy(v) for v in c]
         t0 = time.process_time()
         (solve if mod is new else mod.solve_layered)(*a)
         return time.process_time() - t0, a

@@ -230,25 +230,37 @@ def gff_cols(x, cols, Ws, gains, off, nl, nt, d, out):
 
 
 @njit(cache=True)
-def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+def stamp_row(s, move, t, Gdx, rlin, d, da, db, di, dg, r, Jd):
     """Residual ``r = rlin + i_diodes`` (A) and Jacobian diagonal ``Jd = d + g_diodes`` (S) of
-    the samples ``cols``, from their diode currents ``di`` (A) and conductances ``dg`` (S)
-    (B, nD). Diodes join a free node to a fixed one."""
+    sample ``s``, from its diode currents ``di`` (A) and conductances ``dg`` (S) (B, nD), after
+    moving its linear residual by ``t Gdx`` (A) if ``move`` (in the same pass). Diodes join a
+    free node to a fixed one."""
     nF = rlin.shape[1]
-    for j in range(cols.shape[0]):
-        s = cols[j]
+    if move:
+        for i in range(nF):
+            rlin[s, i] += t * Gdx[s, i]
+            r[s, i] = rlin[s, i]
+            Jd[s, i] = d[i]
+    else:
         for i in range(nF):
             r[s, i] = rlin[s, i]
             Jd[s, i] = d[i]
-        for k in range(da.shape[0]):
-            a = da[k]
-            c = db[k]
-            if a < nF:
-                r[s, a] += di[s, k]
-                Jd[s, a] += dg[s, k]
-            if c < nF:
-                r[s, c] -= di[s, k]
-                Jd[s, c] += dg[s, k]
+    for k in range(da.shape[0]):
+        a = da[k]
+        c = db[k]
+        if a < nF:
+            r[s, a] += di[s, k]
+            Jd[s, a] += dg[s, k]
+        if c < nF:
+            r[s, c] -= di[s, k]
+            Jd[s, c] += dg[s, k]
+
+
+@njit(cache=True)
+def stamp_cols(cols, rlin, d, da, db, di, dg, r, Jd):
+    """:func:`stamp_row` (no move) for the samples ``cols``."""
+    for j in range(cols.shape[0]):
+        stamp_row(cols[j], False, 0.0, rlin, rlin, d, da, db, di, dg, r, Jd)
 
 
 @njit(cache=True)
@@ -547,10 +559,20 @@ def schur_cg_wide(r, Jd, cols, W, A, nK, target, maxcg, d, dx, Gdx, ok, cgit, lr
             v = z[i, j]
             dx[s, i] = v
             Gdx[s, i] = -rK[i, j] - res[i, j] - (D[i, j] - d[i]) * v
+    # (a direction whose CG took no iteration, e.g. the last, confirming step of a phase, has
+    # z = 0: the product W z is exactly 0 then and is not formed)
+    zero = True
+    for i in range(nK):
+        for j in range(m):
+            if z[i, j] != 0.0:
+                zero = False
     for lo in range(0, nE, WIDE_BLOCK):
         n = min(WIDE_BLOCK, nE - lo)
         t = rows(tb, 0, n)
-        np.dot(rows(W, lo, n), z, t)
+        if zero:
+            t[:, :] = 0.0
+        else:
+            np.dot(rows(W, lo, n), z, t)
         for j in range(m):
             s = cols[j]
             for i in range(n):
@@ -719,9 +741,10 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
     """Line search along ``dx[s]`` and the update of sample ``s`` (x, di, dg, ev in place);
     ``fx`` the diodes in :func:`fixed_ends` form (trials by :func:`_trial_fixed`) or empty.
 
-    Returns ``(status, t, step)``: ``status`` -1 for a step taken (length ``t``, ``step`` =
-    t max|dx| in V), else SINGULAR (non-finite direction) or LINESEARCH (then ``x[s]`` is
-    unchanged and ``di[s]``, ``dg[s]`` hold the last trial's values: the sample is finished)."""
+    Returns ``(status, t, step, xabs)``: ``status`` -1 for a step taken (length ``t``, ``step``
+    = t max|dx| in V, ``xabs`` = max|x[s]| V after it, formed in the update's pass), else
+    SINGULAR (non-finite direction) or LINESEARCH (then ``x[s]`` is unchanged and ``di[s]``,
+    ``dg[s]`` hold the last trial's values: the sample is finished)."""
     nF = x.shape[1]
     nXd = vdfix.shape[1]
     nD = da.shape[0]
@@ -757,7 +780,7 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
         if a > dxmax or a != a:
             dxmax = a
     if not math.isfinite(dxmax):
-        return SINGULAR, 0.0, 0.0
+        return SINGULAR, 0.0, 0.0, 0.0
     tol_step = vntol + reltol * xmax
     tiny = dxmax <= tol_step
     t = 1.0 if tiny or not carry else _first_trial(vext, dxe, da, db, dkind, dpar, vcrit)
@@ -811,26 +834,37 @@ def line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vc
             else:
                 _trial(t, g1, g2, vext, dxe, da, db, dkind, dpar, carry, evs, di_t, dg_t, ev_t)
         else:
-            return LINESEARCH, 0.0, 0.0
+            return LINESEARCH, 0.0, 0.0, 0.0
+    xabs = 0.0
     for i in range(nF):
         x[s, i] += t * dxs[i]
+        xabs = max(xabs, abs(x[s, i]))
     if carry:
         for k in range(nD):
             ev[s, k] = ev_t[k]
-    return -1, t, t * dxmax
+    return -1, t, t * dxmax, xabs
 
 
 @njit(cache=True, parallel=True)
 def line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry, fx,
-                     di, dg, ev, reltol, vntol, flag, tstep, step):
+                     di, dg, ev, reltol, vntol, flag, tstep, step, xabs, ok, d, Jd):
     """:func:`line_search_sample` for every sample of ``cols``, in parallel; ``flag``, ``tstep``,
-    ``step`` (m,) its results."""
+    ``step`` (m,) its results; ``xabs`` (B,) V: max|x[s]| of each sample that took a step.
+    A sample that took a step that is not small (``step > vntol + reltol xabs``) and whose
+    direction was sound (``ok`` (m,)) gets its linear residual moved by ``t G dx`` and its
+    residual ``r`` and Jacobian diagonal ``Jd`` stamped here (:func:`stamp_row`, ``d`` (nF,)
+    S), in the same parallel region; the others are left to the caller."""
     for j in prange(cols.shape[0]):
-        f, t, st = line_search_sample(cols[j], x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar,
-                                      vcrit, carry, fx, di, dg, ev, reltol, vntol)
+        s = cols[j]
+        f, t, st, xa = line_search_sample(s, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind,
+                                          dpar, vcrit, carry, fx, di, dg, ev, reltol, vntol)
         flag[j] = f
         tstep[j] = t
         step[j] = st
+        if f < 0:
+            xabs[s] = xa
+            if ok[j] and not (st <= vntol + reltol * xa):
+                stamp_row(s, True, t, Gdx, rlin, d, da, db, di, dg, r, Jd)
 
 
 @njit(cache=True, parallel=True)
@@ -921,10 +955,17 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         stamp_cols(known, rlin, d, da, db, di, dg, r, Jd)
     if nknown < B:
         assemble_cols(x, fresh, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
+    # max|x[s]| (V) of every sample's current iterate: formed here and by the line search's
+    # update pass, not again by every test below (the same values)
+    xa = np.empty(B)
     for s in range(B):
         iterations[s] = 0
         cg_iterations[s] = 0
         status[s] = -1
+        e = 0.0
+        for i in range(nF):
+            e = max(e, abs(x[s, i]))
+        xa[s] = e
     while True:
         # per-sample termination tests, on the true residual
         nact = 0
@@ -932,12 +973,11 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
             if status[s] >= 0:
                 continue
             rmax = 0.0
-            xabs = 0.0
+            xabs = xa[s]
             for i in range(nF):
                 a = abs(r[s, i])
                 if a > rmax or a != a:
                     rmax = a
-                xabs = max(xabs, abs(x[s, i]))
             residual[s] = rmax
             if not math.isfinite(rmax):
                 status[s] = SINGULAR
@@ -979,6 +1019,13 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         target = np.empty(nact)
         for j in range(nact):
             s = cols[j]
+            floor = CG_FLOOR * (vntol + reltol * xa[s])
+            if eta_max <= 0.0 and eta0 <= 0.0:
+                # no forcing term (the default): eta_k = 0 and the target is the floor (the
+                # scaled residual, a pass with a division per node, is not needed; a sample
+                # whose diagonal is not positive and finite is SINGULAR in the CG either way)
+                target[j] = floor
+                continue
             rs = _scaled_max(r, Jd, s)
             if lres_prev[s] >= 0.0 and rs_prev[s] > 0.0:
                 # Eisenstat-Walker choice 1: | |r_k| - |r_{k-1} + J dx_{k-1}| | / |r_{k-1}|
@@ -986,10 +1033,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
                 eta_k = min(eta_max, e)
             else:
                 eta_k = min(eta_max, eta0)
-            xabs = 0.0
-            for i in range(nF):
-                xabs = max(xabs, abs(x[s, i]))
-            target[j] = max(eta_k * rs, CG_FLOOR * (vntol + reltol * xabs))
+            target[j] = max(eta_k * rs, floor)
             rs_prev[s] = rs
         ok = np.empty(nact, dtype=np.bool_)
         cgit = np.empty(nact, dtype=np.int64)
@@ -1000,8 +1044,7 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
         tstep = np.empty(nact)
         step = np.empty(nact)
         line_search_cols(cols, x, dx, rlin, r, Gdx, b, vdfix, da, db, dkind, dpar, vcrit, carry,
-                         fx, di, dg, ev, reltol, vntol, flag, tstep, step)
-        nmove = 0
+                         fx, di, dg, ev, reltol, vntol, flag, tstep, step, xa, ok, d, Jd)
         for j in range(nact):
             s = cols[j]
             cg_iterations[s] += cgit[j]
@@ -1009,42 +1052,27 @@ def solve_layered(Ws, gains, off, nl, nt, nK, d, b, vdfix, da, db, dkind, dpar, 
                 status[s] = SINGULAR
             elif flag[j] >= 0:
                 status[s] = flag[j]
-            else:
-                nmove += 1
-        # the linear part of the residual moves by t G dx; samples whose step was small (about
-        # to be tested for convergence) get it evaluated from scratch instead
+        # the linear part of the residual moved by t G dx (and the residual was stamped) in the
+        # line search's pass; samples whose step was small (about to be tested for
+        # convergence) get it evaluated from scratch instead
         nexact = 0
         for j in range(nact):
             s = cols[j]
             if status[s] < 0:
-                xabs = 0.0
-                for q in range(nF):
-                    xabs = max(xabs, abs(x[s, q]))
-                step_small[s] = step[j] <= vntol + reltol * xabs
+                step_small[s] = step[j] <= vntol + reltol * xa[s]
                 if step_small[s]:
                     nexact += 1
                 iterations[s] += 1
                 # the last linear model's predicted residual, for the next forcing term
                 # (only meaningful for a full step along it)
                 lres_prev[s] = lres[j] if tstep[j] == 1.0 else -1.0
-        moved = np.empty(nmove - nexact, dtype=np.int64)
         exact = np.empty(nexact, dtype=np.int64)
-        i = 0
         q = 0
         for j in range(nact):
             s = cols[j]
-            if status[s] < 0:
-                if step_small[s]:
-                    exact[q] = s
-                    q += 1
-                else:
-                    moved[i] = s
-                    i += 1
-                    t = tstep[j]
-                    for k in range(nF):
-                        rlin[s, k] += t * Gdx[s, k]
-        if moved.shape[0] > 0:
-            stamp_cols(moved, rlin, d, da, db, di, dg, r, Jd)
+            if status[s] < 0 and step_small[s]:
+                exact[q] = s
+                q += 1
         if nexact > 0:
             assemble_cols(x, exact, b, Ws, gains, off, nl, nt, d, da, db, di, dg, rlin, r, Jd)
     for s in range(B):
