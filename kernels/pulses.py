@@ -215,6 +215,15 @@ def move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max, tab_up
 
 
 @njit(cache=True, inline="always")
+def _round_stochastic(x, h, max_pulses):
+    """``x`` (steps) rounded up with probability ``x - floor(x)`` (the uniform :func:`unit`
+    ``(h)``), clipped to ``[-max_pulses, max_pulses]``; branch-free."""
+    fl = floor_count(x)
+    q = fl + (1.0 if unit(h) < x - fl else 0.0)
+    return min(max(q, -max_pulses), max_pulses)
+
+
+@njit(cache=True, inline="always")
 def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses, accumulate):
     """Signed whole pulse counts (step 1 of the module docstring) of devices ``f0..f0+n-1``
     for their desired changes ``dd[off..off+n-1]`` (S), into ``out[off..off+n-1]`` (may be
@@ -233,11 +242,8 @@ def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses
     elif rounding == 1:  # stochastic: up with probability x - floor(x)
         z = stream_state(key, f0)  # device f0 + j's uniform: uniform(key, f0 + j)
         for j in range(n):
-            x = dd[off + j] / step_nominal
-            fl = floor_count(x)
-            q = fl + (1.0 if unit(mix64(z)) < x - fl else 0.0)
+            out[off + j] = _round_stochastic(dd[off + j] / step_nominal, mix64(z), max_pulses)
             z += _GAMMA
-            out[off + j] = min(max(q, -max_pulses), max_pulses)
     else:  # to nearest
         for j in range(n):
             q = floor_count(dd[off + j] / step_nominal + 0.5)
@@ -552,6 +558,21 @@ def _pulse_row(W, vel, i, dd, lr, momentum, acc, key, step_nominal, rounding, ma
     pulse count (:func:`count_span`, into ``dd``); the firing devices are listed in ``idx``,
     ``nl`` from ``m`` on. Returns the new ``m``."""
     m_to = W.shape[1]
+    if rounding == 1 and not accumulate:  # the usual case, desired changes and counts in one
+        z = stream_state(key, i * m_to)  # loop: the same operations as the loops below
+        if momentum > 0.0:
+            for j in range(m_to):
+                q = momentum * vel[i, j] + dd[j]
+                vel[i, j] = q
+                w = W[i, j]
+                dd[j] = _round_stochastic(((w - lr * q) - w) / step_nominal, mix64(z), max_pulses)
+                z += _GAMMA
+        else:
+            for j in range(m_to):
+                w = W[i, j]
+                dd[j] = _round_stochastic(((w - lr * dd[j]) - w) / step_nominal, mix64(z), max_pulses)
+                z += _GAMMA
+        return list_firing(dd, 0, i * m_to, m_to, idx, nl, m)
     if momentum > 0.0:
         for j in range(m_to):
             q = momentum * vel[i, j] + dd[j]

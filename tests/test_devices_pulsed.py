@@ -316,7 +316,8 @@ def test_fused_pulsed_step_matches_its_numpy_twin(model, accumulate, momentum, f
     assert np.array_equal(got_W.ravel()[stuck > 0], W.ravel()[stuck > 0])
 
 
-@pytest.mark.parametrize("extra", [{}, {"accumulate": True}, {"rounding": "deterministic", "read_noise": 0.0}])
+@pytest.mark.parametrize("extra", [{}, {"momentum": 0.9}, {"accumulate": True},
+                                   {"rounding": "deterministic", "read_noise": 0.0}])
 def test_fused_pulsed_step_is_bit_identical_to_sgd_on_a_copy_then_pulses(extra):
     """The fused step equals the unfused path it replaced (an unclipped SGD step on a copy of
     the conductances, the differences programmed by pulses), bit for bit, noise on."""
