@@ -36,14 +36,17 @@ key's.
 
 Speed: the pulse counts of all devices are found in branch-free loops over contiguous rows (the
 desired change, the hash, the rounding, the clamps) that vectorise (no int64 <-> float64
-conversion, which AVX2 lacks: :func:`top53`, :func:`floor_count`), the firing
-devices are listed by a branch-free compaction, and only those (a few % a step) are moved by
+conversion, which AVX2 lacks: :func:`top53`, :func:`floor_count`; a row's hashes from a state
+advanced by gamma, :func:`stream_state`, not from each index times gamma), the firing
+devices are listed (:func:`list_firing`), and only those (a few % a step) are moved by
 the model. Loops that may call :func:`move` or draw a normal run far slower per device.
 """
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .blocks import block_range
 
@@ -60,13 +63,17 @@ _NOISE_SALT = np.uint64(0x5851F42D4C957F2D)  # write noise: a key of its own (no
 
 
 @njit(cache=True, inline="always")
-def splitmix64(x):
-    """One step of splitmix64 on a uint64 (a well-mixed 64-bit hash)."""
-    x = (x + _GAMMA)
-    z = x
+def mix64(z):
+    """splitmix64's output function on a uint64 state ``z`` (a well-mixed 64-bit hash)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def splitmix64(x):
+    """One step of splitmix64 on a uint64: :func:`mix64` of ``x + gamma``."""
+    return mix64(x + _GAMMA)
 
 
 @njit(cache=True, inline="always")
@@ -76,14 +83,38 @@ def device_bits(key, i):
 
 
 @njit(cache=True, inline="always")
+def stream_state(key, i):
+    """The splitmix64 state whose :func:`mix64` is device ``i``'s bits in stream ``key``
+    (``key + (i + 1) gamma``); device ``i + 1``'s state is this plus ``gamma``. A loop over
+    consecutive devices adds ``gamma`` instead of multiplying by the index: the same bits (all
+    mod 2^64), one emulated 64-bit vector multiply (AVX2 has none) a device fewer."""
+    return key + np.uint64(i + 1) * _GAMMA
+
+
+@intrinsic
+def _bits_as_f64(typingctx, x):
+    """The float64 whose IEEE bits are the uint64 ``x`` (a bitcast, no conversion)."""
+    sig = types.float64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return sig, codegen
+
+
+_EXP52 = np.uint64(0x4330000000000000)  # the bits of 2^52
+
+
+@njit(cache=True, inline="always")
 def top53(h):
-    """The top 53 bits of ``h`` as a float64, exactly: ``float(h >> 11)`` formed from two int32
-    halves (``a 2^27 + b``, exact below 2^53), because AVX2 has no vector int64 -> float64
-    conversion (a loop converting int64 is not vectorised; int32 halves are, bit for bit)."""
-    v = h >> np.uint64(11)
-    a = np.float64(np.int32(v >> np.uint64(27)))
-    b = np.float64(np.int32(v & np.uint64(0x7FFFFFF)))
-    return a * 134217728.0 + b
+    """The top 53 bits of ``h`` as a float64, exactly: ``float(h >> 11)``, formed as ``a 2^26 +
+    b`` from its top 27 and low 26 bits, each turned into a float64 by the 2^52 trick (its bits
+    or-ed into the mantissa of 2^52, minus 2^52: exact below 2^52), because AVX2 has no vector
+    int64 -> float64 conversion. Pure 64-bit lane operations, so a loop vectorises without
+    shuffling lanes (an earlier form through int32 halves needed them); bit-identical to
+    ``float(h >> 11)`` for every ``h`` (the sum is exact below 2^53; tested)."""
+    a = _bits_as_f64((h >> np.uint64(37)) | _EXP52) - 4503599627370496.0
+    b = _bits_as_f64(((h >> np.uint64(11)) & np.uint64(0x3FFFFFF)) | _EXP52) - 4503599627370496.0
+    return a * 67108864.0 + b
 
 
 @njit(cache=True, inline="always")
@@ -184,6 +215,15 @@ def move(model, g, n, lo, hi, s, step_up, step_down, a_up, a_down, p_max, tab_up
 
 
 @njit(cache=True, inline="always")
+def _round_stochastic(x, h, max_pulses):
+    """``x`` (steps) rounded up with probability ``x - floor(x)`` (the uniform :func:`unit`
+    ``(h)``), clipped to ``[-max_pulses, max_pulses]``; branch-free."""
+    fl = floor_count(x)
+    q = fl + (1.0 if unit(h) < x - fl else 0.0)
+    return min(max(q, -max_pulses), max_pulses)
+
+
+@njit(cache=True, inline="always")
 def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses, accumulate):
     """Signed whole pulse counts (step 1 of the module docstring) of devices ``f0..f0+n-1``
     for their desired changes ``dd[off..off+n-1]`` (S), into ``out[off..off+n-1]`` (may be
@@ -200,11 +240,10 @@ def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses
             acc[f] = a - q * step_nominal
             out[off + j] = q
     elif rounding == 1:  # stochastic: up with probability x - floor(x)
+        z = stream_state(key, f0)  # device f0 + j's uniform: uniform(key, f0 + j)
         for j in range(n):
-            x = dd[off + j] / step_nominal
-            fl = floor_count(x)
-            q = fl + (1.0 if uniform(key, f0 + j) < x - fl else 0.0)
-            out[off + j] = min(max(q, -max_pulses), max_pulses)
+            out[off + j] = _round_stochastic(dd[off + j] / step_nominal, mix64(z), max_pulses)
+            z += _GAMMA
     else:  # to nearest
         for j in range(n):
             q = floor_count(dd[off + j] / step_nominal + 0.5)
@@ -214,12 +253,27 @@ def count_span(dd, off, f0, n, acc, out, key, step_nominal, rounding, max_pulses
 @njit(cache=True, inline="always")
 def list_firing(q, off, f0, n, idx, nl, m):
     """Append the devices among ``f0..f0+n-1`` whose count ``q[off + j]`` is nonzero to
-    ``idx`` (device) and ``nl`` (count) from ``m`` on (branch-free); returns the new ``m``."""
+    ``idx`` (device) and ``nl`` (count) from ``m`` on; returns the new ``m``. Usually few
+    fire (a few % a step, fewer with accumulation): then a branch a device, predicted well,
+    writing only the firing ones (the branch-free compaction, two stores a device chained on
+    ``m``, took twice as long at 3-9 % firing, measured); when more than 1/8 of the span
+    fires, the branch-free compaction (a branch near 50 % would be mispredicted)."""
+    nz = 0
+    for j in range(n):  # vectorised: how many fire
+        nz += 1 if q[off + j] != 0.0 else 0
+    if 8 * nz > n:  # many fire: a branch would be mispredicted, compact without one
+        for j in range(n):
+            v = q[off + j]
+            idx[m] = f0 + j
+            nl[m] = v
+            m += 1 if v != 0.0 else 0
+        return m
     for j in range(n):
         v = q[off + j]
-        idx[m] = f0 + j
-        nl[m] = v
-        m += 1 if v != 0.0 else 0
+        if v != 0.0:
+            idx[m] = f0 + j
+            nl[m] = v
+            m += 1
     return m
 
 
@@ -409,8 +463,10 @@ def _read_first(g, out, key, sigma, idx, first, last):
     """Every device's first ziggurat try (branch-free); lists the rejected ones in ``idx`` from
     ``first`` on and returns where the list ends."""
     m = first
+    st = stream_state(key, first)  # device i's bits: device_bits(key, i)
     for i in range(first, last):
-        layer, u, z, ok = _zig_first(device_bits(key, i))
+        layer, u, z, ok = _zig_first(mix64(st))
+        st += _GAMMA
         out[i] = max(g[i] * (1.0 + sigma * z), 1e-300)
         idx[m] = i
         m += 0 if ok else 1
@@ -450,8 +506,10 @@ def read_noise_rows(g, out, key, sigma, idx, colsum):
     bits = np.empty(n_to, dtype=np.uint64)
     for i in range(n_from):
         o = i * n_to
+        z = stream_state(key, o)  # device o + j's bits: device_bits(key, o + j)
         for j in range(n_to):  # the row's hashes first: this loop vectorises, the next cannot
-            bits[j] = device_bits(key, o + j)  # (its table lookups); ~10 % of the read saved
+            bits[j] = mix64(z)  # (its table lookups); ~10 % of the read saved
+            z += _GAMMA
         m = 0  # the row's first tries (branch-free), its rejected devices listed in idx[:m]
         for j in range(n_to):
             layer, u, z, ok = _zig_first(bits[j])
@@ -460,7 +518,7 @@ def read_noise_rows(g, out, key, sigma, idx, colsum):
             m += 0 if ok else 1
         for k in range(m):  # the row's rejected ones (about 3 %)
             i2 = idx[k]
-            h0 = device_bits(key, i2)
+            h0 = bits[i2 - o]  # device_bits(key, i2), kept from the row's hashes
             layer, u, z, ok = _zig_first(h0)
             of[i2] = max(gf[i2] * (1.0 + sigma * _normal_slow(h0, layer, u)), 1e-300)
         if i == 0:
@@ -500,6 +558,21 @@ def _pulse_row(W, vel, i, dd, lr, momentum, acc, key, step_nominal, rounding, ma
     pulse count (:func:`count_span`, into ``dd``); the firing devices are listed in ``idx``,
     ``nl`` from ``m`` on. Returns the new ``m``."""
     m_to = W.shape[1]
+    if rounding == 1 and not accumulate:  # the usual case, desired changes and counts in one
+        z = stream_state(key, i * m_to)  # loop: the same operations as the loops below
+        if momentum > 0.0:
+            for j in range(m_to):
+                q = momentum * vel[i, j] + dd[j]
+                vel[i, j] = q
+                w = W[i, j]
+                dd[j] = _round_stochastic(((w - lr * q) - w) / step_nominal, mix64(z), max_pulses)
+                z += _GAMMA
+        else:
+            for j in range(m_to):
+                w = W[i, j]
+                dd[j] = _round_stochastic(((w - lr * dd[j]) - w) / step_nominal, mix64(z), max_pulses)
+                z += _GAMMA
+        return list_firing(dd, 0, i * m_to, m_to, idx, nl, m)
     if momentum > 0.0:
         for j in range(m_to):
             q = momentum * vel[i, j] + dd[j]

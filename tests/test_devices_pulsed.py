@@ -316,7 +316,8 @@ def test_fused_pulsed_step_matches_its_numpy_twin(model, accumulate, momentum, f
     assert np.array_equal(got_W.ravel()[stuck > 0], W.ravel()[stuck > 0])
 
 
-@pytest.mark.parametrize("extra", [{}, {"accumulate": True}, {"rounding": "deterministic", "read_noise": 0.0}])
+@pytest.mark.parametrize("extra", [{}, {"momentum": 0.9}, {"accumulate": True},
+                                   {"rounding": "deterministic", "read_noise": 0.0}])
 def test_fused_pulsed_step_is_bit_identical_to_sgd_on_a_copy_then_pulses(extra):
     """The fused step equals the unfused path it replaced (an unclipped SGD step on a copy of
     the conductances, the differences programmed by pulses), bit for bit, noise on."""
@@ -403,8 +404,9 @@ def kp_min():
 
 
 def test_vectorisable_conversions_are_the_int64_ones_bit_for_bit():
-    """``unit`` (int32 halves), ``floor_count`` and ``trunc_count`` (float floor/trunc and a
-    select) give what the int64 conversions they replace gave, edge cases included."""
+    """``unit`` (``top53``: the 2^52 trick on two bit fields), ``floor_count`` and
+    ``trunc_count`` (float floor/trunc and a select) give what the int64 conversions they
+    replace gave, edge cases included."""
     from numba import njit
 
     @njit
@@ -419,7 +421,8 @@ def test_vectorisable_conversions_are_the_int64_ones_bit_for_bit():
     import math  # noqa: F401 (used by the compiled twin)
     rng = np.random.default_rng(5)
     hs = np.concatenate([rng.integers(0, 2 ** 63, 20000, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
-                         np.array([0, 2 ** 64 - 1, 2 ** 63, 2 ** 11 - 1, 2 ** 11, (2 ** 53 - 1) << 11],
+                         np.array([0, 2 ** 64 - 1, 2 ** 63, 2 ** 11 - 1, 2 ** 11, (2 ** 53 - 1) << 11,
+                                   2 ** 37 - 1, 2 ** 37, 2 ** 64 - 2 ** 37, (2 ** 26 - 1) << 11],
                                   dtype=np.uint64)])
     xs = np.concatenate([rng.normal(0, 20, 20000), [0.0, -0.0, 0.5, -0.5, 8.0, -8.0, -9.0, 1e300, -1e300,
                                                     2.0 ** 63, -(2.0 ** 63), 2.0 ** 63 - 1024, np.inf,
@@ -427,6 +430,58 @@ def test_vectorisable_conversions_are_the_int64_ones_bit_for_bit():
     for h, x in zip(hs, xs):
         a, b = old(h, x), new(h, x)
         assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2], (h, x, a, b)
+
+
+def test_row_hashes_by_adding_gamma_are_the_devices_own_bits():
+    """A row's hashes formed by adding splitmix64's gamma to ``stream_state`` are
+    ``device_bits`` of each device (its index's multiple of gamma, mod 2^64), from any offset;
+    the twin's bits too."""
+    from numba import njit
+
+    @njit
+    def by_adding(key, f0, n):
+        out = np.empty(n, dtype=np.uint64)
+        z = kp.stream_state(key, f0)
+        for j in range(n):
+            out[j] = kp.mix64(z)
+            z += kp._GAMMA
+        return out
+
+    @njit
+    def by_index(key, f0, n):
+        out = np.empty(n, dtype=np.uint64)
+        for j in range(n):
+            out[j] = kp.device_bits(key, f0 + j)
+        return out
+
+    for key in (np.uint64(0), np.uint64(2 ** 64 - 1), np.uint64(0x9E3779B97F4A7C15), np.uint64(12345)):
+        for f0 in (0, 1, 99, 156_700, 2 ** 40):
+            a = by_adding(key, f0, 300)
+            np.testing.assert_array_equal(a, by_index(key, f0, 300))
+            assert [int(v) for v in a[:3]] == [naive.device_bits(int(key), f0 + j) for j in range(3)]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.2, 0.6, 1.0])
+def test_listing_the_firing_devices_is_numpys_nonzero(rate):
+    """``list_firing`` lists the nonzero counts in order, appended after ``m``, whether few fire
+    (a branch a device) or many (the branch-free compaction)."""
+    from numba import njit
+
+    @njit
+    def listed(q, off, f0, n, m):
+        idx = np.full(m + n, -1, dtype=np.int64)
+        nl = np.zeros(m + n)
+        return kp.list_firing(q, off, f0, n, idx, nl, m), idx, nl
+
+    rng = np.random.default_rng(int(rate * 100))
+    q = np.where(rng.random(500) < rate, rng.choice([-3.0, -1.0, 1.0, 2.0], 500), 0.0)
+    off, f0, n, m0 = 7, 1000, 450, 5
+    m, idx, nl = listed(q, off, f0, n, m0)
+    nz = np.flatnonzero(q[off:off + n])
+    assert m == m0 + nz.size
+    np.testing.assert_array_equal(idx[m0:m], f0 + nz)
+    np.testing.assert_array_equal(nl[m0:m], q[off + nz])
+    assert np.all(idx[:m0] == -1)
 
 
 def test_exponential_move_with_packed_asymptotes_is_move_bit_for_bit():
